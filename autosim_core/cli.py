@@ -1,0 +1,64 @@
+"""``autosim``: list installed plugins, run a config. Heavy imports wait until a command runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(help="Learn the sampling distribution of a simulator (AutoSimulate).",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+
+
+@app.command("list")
+def list_plugins(as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False) -> None:
+    """Installed simulators, tasks, estimators and searchers, and plugins that failed to load."""
+    from .plugins import load_registry
+
+    registry = load_registry()
+    if as_json:
+        typer.echo(json.dumps(registry.as_json(), indent=2))
+        return
+    for kind, names in registry.plugins.items():
+        typer.echo(f"{kind}: {', '.join(sorted(names)) or '(none)'}")
+    for failure in registry.failures:
+        typer.echo(f"failed to load {failure.group[:-1]} {failure.name!r} ({failure.target}): {failure.reason}",
+                   err=True)
+
+
+@app.command()
+def run(
+    config: Annotated[Path, typer.Argument(help="TOML file naming simulator, task, searcher, budget...")],
+    out: Annotated[Path | None, typer.Option("--out", help="run folder (default: runs/<config name>)")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="continue from the folder's last checkpoint")] = False,
+) -> None:
+    """Run one searcher; writes history.jsonl, checkpoints, psi.json, summary.json, curves.png."""
+    from .config import ConfigError, load_config
+
+    try:
+        cfg = load_config(config)
+        from .observers import ConsoleProgress, PlotCurves
+        from .run import Run
+
+        runner = Run(cfg, out or Path("runs") / config.stem, observers=(ConsoleProgress(), PlotCurves()),
+                     config_text=config.read_text())
+    except ConfigError as exc:
+        for line in exc.lines:
+            typer.echo(f"error: {line}" if line.startswith(str(config)) else f"error: {config}: {line}", err=True)
+        raise typer.Exit(2) from None
+    try:
+        summary = runner.execute(resume=resume)
+    except (FileExistsError, FileNotFoundError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(json.dumps({k: summary[k] for k in ("iterations", "images", "seconds") if k in summary}))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

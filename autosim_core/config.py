@@ -1,0 +1,161 @@
+"""Run configuration: a TOML file validated by pydantic before any work starts."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(Exception):
+    """A config that cannot run; each line names a key path and what is allowed."""
+
+    def __init__(self, lines: list[str]):
+        super().__init__("\n".join(lines))
+        self.lines = lines
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PluginChoice(_Strict):
+    name: str = Field(min_length=1)
+    settings: dict[str, Any] = Field(default_factory=dict)
+
+
+class SimulatorChoice(PluginChoice):
+    start: str | None = Field(None, description="preset that psi starts from (default: the space as declared)")
+    overrides: dict[str, dict[str, Any]] = Field(default_factory=dict,
+                                                 description="changes to the starting space, per parameter")
+
+
+class SearcherChoice(PluginChoice):
+    name: str = "autosimulate"
+
+
+class EstimatorChoice(PluginChoice):
+    name: str = "quadratic"
+
+
+class Training(_Strict):
+    epochs: int = Field(1, ge=1, description="fine-tuning epochs per outer iteration (epsilon)")
+    batch_size: int = Field(32, ge=1)
+    optimizer: Literal["adam", "sgd"] = "adam"
+    lr: float = Field(1e-3, gt=0)
+    momentum: float = Field(0.0, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    eval_batch_size: int = Field(64, ge=1)
+
+
+class Budget(_Strict):
+    iterations: int | None = Field(None, ge=1)
+    images: int | None = Field(None, ge=1)
+    seconds: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _one_limit(self) -> Budget:
+        if self.iterations is None and self.images is None and self.seconds is None:
+            raise ValueError("set at least one of iterations, images, seconds")
+        return self
+
+
+class Data(_Strict):
+    source: Literal["simulator", "folder"] = "simulator"
+    preset: str | None = Field("target", description="preset the simulator renders this set from")
+    overrides: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    count: int = Field(100, ge=1)
+    seed: int = Field(ge=0)
+    path: Path | None = None
+
+    @model_validator(mode="after")
+    def _folder_needs_path(self) -> Data:
+        if self.source == "folder" and self.path is None:
+            raise ValueError("source = 'folder' needs path")
+        return self
+
+
+class RunConfig(_Strict):
+    seed: int = Field(0, ge=0, description="seed of the training scenes and the model's initial weights")
+    simulator: SimulatorChoice
+    task: PluginChoice
+    searcher: SearcherChoice = Field(default_factory=SearcherChoice)
+    estimator: EstimatorChoice = Field(default_factory=EstimatorChoice)
+    training: Training = Field(default_factory=Training)
+    budget: Budget
+    validation: Data | None = None
+    test: Data | None = None
+    cache_dir: Path | None = Field(None, description="where rendered validation/test sets are kept")
+
+    @model_validator(mode="after")
+    def _distinct_seeds(self) -> RunConfig:
+        seeds = {"seed": self.seed}
+        for key in ("validation", "test"):
+            data = getattr(self, key)
+            if data is not None and data.source == "simulator":
+                for other, value in seeds.items():
+                    if value == data.seed:
+                        raise ValueError(f"{key}.seed = {data.seed} equals {other}; "
+                                         "evaluation sets must not share the training seed or each other's")
+                seeds[f"{key}.seed"] = data.seed
+        return self
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(p) for p in loc if not (isinstance(p, str) and p.startswith("function-")))
+
+
+def format_validation_error(error: ValidationError, prefix: str = "") -> list[str]:
+    lines = []
+    for err in error.errors():
+        path = _loc(tuple(err["loc"]))
+        path = f"{prefix}.{path}" if prefix and path else (prefix or path)
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif err["type"] == "missing":
+            msg = "required key is missing"
+        got = err.get("input")
+        shown = "" if err["type"] in ("missing", "extra_forbidden") or isinstance(got, dict) else f" (got {got!r})"
+        lines.append(f"{path or '(top level)'}: {msg}{shown}")
+    return lines
+
+
+def parse_config(data: dict[str, Any]) -> RunConfig:
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc)) from None
+
+
+def load_config(path: str | Path) -> RunConfig:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read ({exc.strerror})"]) from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{path}: not valid TOML ({exc})"]) from None
+    try:
+        config = parse_config(data)
+    except ConfigError as exc:
+        raise ConfigError([f"{path}: {line}" for line in exc.lines]) from None
+    base = path.parent
+    for data_cfg in (config.validation, config.test):
+        if data_cfg is not None and data_cfg.path is not None and not data_cfg.path.is_absolute():
+            data_cfg.path = (base / data_cfg.path).resolve()
+    return config
+
+
+def validate_settings(model: type[BaseModel] | None, settings: dict[str, Any], prefix: str) -> Any:
+    """A plugin's settings table checked against the model it declares (dict if none)."""
+    if model is None:
+        return dict(settings)
+    try:
+        return model.model_validate(settings)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, prefix)) from None

@@ -1,0 +1,170 @@
+"""The four hypergradient estimators of AutoSimulate (paper, Table 1).
+
+Each computes a vector v in theta-space, then the per-sample scalars c_k = grad_theta l_k . v
+by one jvp, then the score-function hypergradient
+
+    g_psi = -(1/K) sum_k (c_k - b) grad_psi log q_psi(s_k),        b = mean(c),
+
+which the searcher *descends*. ``no-val`` uses no validation set and instead lowers the
+model's own expected training loss: g_psi = (1/K) sum_k (l_k - b) grad_psi log q_psi(s_k).
+
+The paper prints the approximate-quadratic row with the opposite sign of the other rows; with
+a damped, positive-definite H, v = H g_val keeps the descent direction of the others (it is
+the quadratic row with H^-1 replaced by H), so that sign is the one used here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from .hookspecs import hookimpl
+from .hypergrad import (
+    Params,
+    conjugate_gradient,
+    directional_derivatives,
+    score_function_gradient,
+    tree_axpy,
+    tree_norm,
+)
+
+
+@dataclass
+class HypergradProblem:
+    """What an estimator may use in one outer iteration.
+
+    params:       theta (the trainable parameters after fine-tuning), detached.
+    train_losses: theta -> per-sample training losses l(r(s_k), theta) on this iteration's K
+                  rendered examples, shape (K,); a pure function torch.func can transform.
+    hvp:          v -> H v, H the Hessian of the mean training loss at ``params``.
+    val_gradient: () -> grad_theta L_val(theta); None when the run has no validation set.
+    log_prob:     () -> log q_psi(s_k) of the K scenes, shape (K,), differentiable in psi.
+    psi:          the simulator's psi tensors (the learnable ones require grad).
+    """
+
+    params: Params
+    train_losses: Callable[[Params], torch.Tensor]
+    hvp: Callable[[Params], Params]
+    val_gradient: Callable[[], Params] | None
+    log_prob: Callable[[], torch.Tensor]
+    psi: dict[str, torch.Tensor]
+
+    def require_val_gradient(self, estimator: str) -> Params:
+        if self.val_gradient is None:
+            raise ValueError(f"the {estimator!r} estimator needs a validation set")
+        return self.val_gradient()
+
+
+@dataclass
+class Hypergrad:
+    """A hypergradient to descend, with numbers worth logging about how it was obtained."""
+
+    grad: dict[str, torch.Tensor]
+    diagnostics: dict[str, Any] = field(default_factory=dict)
+
+
+def _from_direction(problem: HypergradProblem, v: Params, diagnostics: dict[str, Any]) -> Hypergrad:
+    c = directional_derivatives(problem.train_losses, problem.params, v)
+    g = score_function_gradient(-c, problem.log_prob(), problem.psi)
+    diagnostics.update(v_norm=tree_norm(v), c_mean=float(c.mean()), c_std=float(c.std()) if len(c) > 1 else 0.0)
+    return Hypergrad(g, diagnostics)
+
+
+def quadratic(problem: HypergradProblem, *, damping: float = 0.01, max_iter: int = 10,
+              tol: float = 1e-4) -> Hypergrad:
+    """v = (H + damping I)^-1 g_val by conjugate gradient."""
+    g_val = problem.require_val_gradient("quadratic")
+    cg = conjugate_gradient(problem.hvp, g_val, damping=damping, max_iter=max_iter, tol=tol)
+    diag = {"g_val_norm": tree_norm(g_val), "cg_iterations": cg.iterations,
+            "cg_residual": cg.residual, "negative_curvature": cg.negative_curvature}
+    return _from_direction(problem, cg.solution, diag)
+
+
+def approx_quadratic(problem: HypergradProblem, *, damping: float = 0.0) -> Hypergrad:
+    """v = (H + damping I) g_val: one HVP."""
+    g_val = problem.require_val_gradient("approx-quadratic")
+    hv = problem.hvp(g_val)
+    v = tree_axpy(damping, g_val, hv) if damping else hv
+    return _from_direction(problem, v, {"g_val_norm": tree_norm(g_val)})
+
+
+def linear(problem: HypergradProblem) -> Hypergrad:
+    """v = g_val: no HVP."""
+    g_val = problem.require_val_gradient("linear")
+    return _from_direction(problem, g_val, {"g_val_norm": tree_norm(g_val)})
+
+
+def no_val(problem: HypergradProblem) -> Hypergrad:
+    """Lower the model's own loss on the data it is trained on: no validation set."""
+    with torch.no_grad():
+        losses = problem.train_losses(problem.params).detach()
+    g = score_function_gradient(losses, problem.log_prob(), problem.psi)
+    return Hypergrad(g, {"train_loss_mean": float(losses.mean())})
+
+
+class _Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class QuadraticSettings(_Settings):
+    damping: float = Field(0.01, ge=0, description="Levenberg damping lambda added to H")
+    max_iter: int = Field(10, ge=1, description="conjugate-gradient iterations at most")
+    tol: float = Field(1e-4, gt=0, description="relative residual at which CG stops")
+
+
+class ApproxQuadraticSettings(_Settings):
+    damping: float = Field(0.0, ge=0, description="lambda in v = (H + lambda I) g_val")
+
+
+class QuadraticEstimator:
+    @hookimpl
+    def estimator_settings_model(self) -> type[BaseModel]:
+        return QuadraticSettings
+
+    @hookimpl
+    def estimate_hypergrad(self, problem: HypergradProblem, settings: QuadraticSettings) -> Hypergrad:
+        return quadratic(problem, **settings.model_dump())
+
+
+class ApproxQuadraticEstimator:
+    @hookimpl
+    def estimator_settings_model(self) -> type[BaseModel]:
+        return ApproxQuadraticSettings
+
+    @hookimpl
+    def estimate_hypergrad(self, problem: HypergradProblem, settings: ApproxQuadraticSettings) -> Hypergrad:
+        return approx_quadratic(problem, **settings.model_dump())
+
+
+class LinearEstimator:
+    @hookimpl
+    def estimator_settings_model(self) -> type[BaseModel]:
+        return _Settings
+
+    @hookimpl
+    def estimate_hypergrad(self, problem: HypergradProblem) -> Hypergrad:
+        return linear(problem)
+
+
+class NoValEstimator:
+    @hookimpl
+    def estimator_settings_model(self) -> type[BaseModel]:
+        return _Settings
+
+    @hookimpl
+    def needs_validation(self) -> bool:
+        return False
+
+    @hookimpl
+    def estimate_hypergrad(self, problem: HypergradProblem) -> Hypergrad:
+        return no_val(problem)
+
+
+quadratic_plugin = QuadraticEstimator()
+approx_quadratic_plugin = ApproxQuadraticEstimator()
+linear_plugin = LinearEstimator()
+no_val_plugin = NoValEstimator()

@@ -1,0 +1,161 @@
+"""Hook specifications: everything a simulator, task or estimator plugin can provide.
+
+A run registers exactly one simulator, one task and one estimator in one plugin manager, next
+to the core's defaults (registered last, so a plugin's implementation wins). Hooks marked
+"first result" return the first non-None answer. ``settings`` is always the plugin's own
+settings from the run's config: an instance of the model its ``*_settings_model`` hook returns,
+or a plain dict when it declares none. A hook implementation may omit any argument it does not
+use (pluggy passes arguments by name).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    import torch
+    from pydantic import BaseModel
+
+    from .estimators import Hypergrad, HypergradProblem
+    from .records import Batch, Example, SceneBatch
+    from .space import ParameterSpace, Psi
+
+PROJECT = "autosim"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+# ---------------------------------------------------------------------------- simulator ---
+@hookspec(firstresult=True)
+def simulator_settings_model() -> type[BaseModel] | None:
+    """The pydantic model of the simulator's ``[simulator.settings]`` table (optional).
+
+    Unknown keys and bad values in the config are then reported before any work starts.
+    """
+
+
+@hookspec(firstresult=True)
+def parameter_space(settings: Any) -> ParameterSpace:
+    """The simulator's parameter space with its default initial values (required)."""
+
+
+@hookspec(firstresult=True)
+def presets(settings: Any) -> dict[str, dict[str, dict[str, Any]]] | None:
+    """Named variants of the space: ``{"target": {"light": {"mean": 2.0}}, ...}`` (optional).
+
+    Each preset is a set of changes applied with ``ParameterSpace.override``. Configs start
+    psi from a preset (``simulator.start``) and render validation/test data from one.
+    """
+
+
+@hookspec(firstresult=True)
+def sample(space: ParameterSpace, psi: Psi, count: int, generator: torch.Generator) -> SceneBatch:
+    """Draw ``count`` scenes from q_psi. The core's default samples every parameter of
+    ``space`` independently; override it for structured sampling (and ``log_prob`` with it).
+    The core adds ``id`` and ``seed`` to each record afterwards."""
+
+
+@hookspec(firstresult=True)
+def log_prob(space: ParameterSpace, psi: Psi, scenes: SceneBatch) -> torch.Tensor:
+    """log q_psi(s_k) of each sampled scene, shape (K,), differentiable with respect to psi."""
+
+
+@hookspec(firstresult=True)
+def render(scenes: list[dict[str, Any]], settings: Any) -> list[Example]:
+    """Render scene records into examples, one per scene and in order (required).
+
+    Must be deterministic for a given record (use ``scene["seed"]`` for any noise). Raise an
+    exception naming ``scene["id"]`` when a scene cannot be rendered.
+    """
+
+
+# --------------------------------------------------------------------------------- task ---
+@hookspec(firstresult=True)
+def task_settings_model() -> type[BaseModel] | None:
+    """The pydantic model of the task's ``[task.settings]`` table (optional)."""
+
+
+@hookspec(firstresult=True)
+def create_model(settings: Any) -> torch.nn.Module:
+    """A freshly initialised model (required). The core seeds torch's RNG before calling.
+
+    Parameters with ``requires_grad=False`` are frozen: they are excluded from theta for
+    training, Hessian-vector products and the hypergradient. ``model(batch.inputs)`` must be
+    the forward pass. Use GroupNorm, or BatchNorm only in eval mode: torch.func transforms
+    (used for HVPs and per-sample directional derivatives) fail on BatchNorm in train mode.
+    """
+
+
+@hookspec(firstresult=True)
+def collate(examples: list[Example], settings: Any) -> Batch:
+    """Stack examples into a ``Batch`` of model inputs and loss targets (required)."""
+
+
+@hookspec(firstresult=True)
+def loss(outputs: Any, targets: Any, settings: Any) -> torch.Tensor:
+    """Per-sample losses, shape (K,): one scalar per example (required).
+
+    The training objective is their mean. Must be written with torch operations only (no
+    ``.item()``, no in-place updates of inputs) so that torch.func can transform it.
+    """
+
+
+@hookspec(firstresult=True)
+def evaluate(outputs: Any, targets: Any, settings: Any) -> dict[str, float]:
+    """Metrics of a whole evaluation set (required). Must contain ``"metric"``, the number
+    searchers maximise (e.g. mean IoU); other keys (per-class scores) are reported as well."""
+
+
+@hookspec(firstresult=True)
+def load_dataset(path: str, settings: Any) -> list[Example]:
+    """Examples read from a folder the user gives (real validation/test data)."""
+
+
+@hookspec(firstresult=True)
+def train_step(model: torch.nn.Module, batch: Batch, optimizer: torch.optim.Optimizer,
+               loss_fn: Callable[[Any, Any], torch.Tensor], settings: Any) -> float:
+    """One optimiser step on a minibatch; returns the minibatch's mean loss. The core's
+    default: mean of ``loss_fn(model(batch.inputs), batch.targets)``, backward, step."""
+
+
+@hookspec(firstresult=True)
+def hvp(loss_fn: Callable[[dict[str, torch.Tensor]], torch.Tensor],
+        params: dict[str, torch.Tensor], vector: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Hessian-vector product of the scalar ``loss_fn`` at ``params`` with ``vector``.
+    The core's default is forward-over-reverse with torch.func."""
+
+
+# ---------------------------------------------------------------------------- estimator ---
+@hookspec(firstresult=True)
+def estimator_settings_model() -> type[BaseModel] | None:
+    """The pydantic model of the estimator's ``[estimator.settings]`` table (optional)."""
+
+
+@hookspec(firstresult=True)
+def estimate_hypergrad(problem: HypergradProblem, settings: Any) -> Hypergrad:
+    """The hypergradient d L_val / d psi for the current iteration (required)."""
+
+
+@hookspec(firstresult=True)
+def needs_validation(settings: Any) -> bool:
+    """Whether the estimator reads the validation set (default True)."""
+
+
+# ---------------------------------------------------------------------------- observers ---
+@hookspec
+def on_run_start(run: Any) -> None:
+    """A run is about to start its first (or resumed) iteration."""
+
+
+@hookspec
+def on_iteration(run: Any, row: dict[str, Any]) -> None:
+    """An iteration ended; ``row`` is what was appended to history.jsonl."""
+
+
+@hookspec
+def on_run_end(run: Any, summary: dict[str, Any]) -> None:
+    """A run ended (budget reached); ``summary`` is what was written to summary.json."""

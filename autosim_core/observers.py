@@ -1,0 +1,76 @@
+"""Observers: progress on the console and plots of a run's curves, as hook implementations."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .hookspecs import hookimpl
+
+
+class ConsoleProgress:
+    """One line per iteration: images, seconds, validation loss and metric."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+
+        self.console = Console(stderr=True, highlight=False)
+
+    @hookimpl
+    def on_run_start(self, run: Any) -> None:
+        c = run.config
+        self.console.print(f"[bold]autosim[/] {c.searcher.name} · simulator {c.simulator.name} · "
+                           f"task {c.task.name} · estimator {c.estimator.name} → {run.out_dir}")
+
+    @hookimpl
+    def on_iteration(self, row: dict[str, Any]) -> None:
+        val = ""
+        if row.get("val_metric") is not None:
+            val = f"  val loss {row['val_loss']:.4f}  metric {row['val_metric']:.4f}"
+        self.console.print(f"it {row['iteration']:4d}  images {row['images']:6d}  "
+                           f"{row['seconds']:7.1f} s{val}")
+
+    @hookimpl
+    def on_run_end(self, summary: dict[str, Any]) -> None:
+        line = f"done: {summary['iterations']} iterations, {summary['images']} images, {summary['seconds']:.1f} s"
+        for key in ("val", "test"):
+            if key in summary:
+                line += f"  {key} metric {summary[key]['metric']:.4f}"
+        self.console.print(line)
+
+
+def plot_history(history_path: str | Path, out_path: str | Path, title: str = "") -> Path | None:
+    """Validation metric against images and against seconds, side by side (PNG)."""
+    rows = [json.loads(line) for line in Path(history_path).read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if r.get("val_metric") is not None]
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5), sharey=True)
+    metric = [r["val_metric"] for r in rows]
+    for ax, key, label in ((axes[0], "images", "images generated"), (axes[1], "seconds", "seconds")):
+        ax.plot([r[key] for r in rows], metric, marker=".")
+        ax.set_xlabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("validation metric")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(out_path, dpi=120)
+    plt.close(fig)
+    return Path(out_path)
+
+
+class PlotCurves:
+    """Writes ``curves.png`` into the run folder when the run ends."""
+
+    @hookimpl
+    def on_run_end(self, run: Any) -> None:
+        c = run.config
+        plot_history(run.out_dir / "history.jsonl", run.out_dir / "curves.png",
+                     f"{c.searcher.name} ({c.estimator.name}) · {c.simulator.name} · {c.task.name}")

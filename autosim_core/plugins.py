@@ -1,0 +1,87 @@
+"""Finding installed plugins (entry points, through stevedore) and wiring a run's hooks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pluggy
+
+from . import hookspecs
+
+GROUPS = {
+    "simulators": "autosim.simulators",
+    "tasks": "autosim.tasks",
+    "estimators": "autosim.estimators",
+    "searchers": "autosim.searchers",
+}
+
+
+@dataclass
+class LoadFailure:
+    group: str
+    name: str
+    target: str
+    reason: str
+
+
+@dataclass
+class Registry:
+    """Installed plugins by kind (``simulators``, ``tasks``, ...) and the ones that failed."""
+
+    plugins: dict[str, dict[str, Any]] = field(default_factory=lambda: {k: {} for k in GROUPS})
+    targets: dict[str, dict[str, str]] = field(default_factory=lambda: {k: {} for k in GROUPS})
+    failures: list[LoadFailure] = field(default_factory=list)
+
+    def get(self, kind: str, name: str) -> Any:
+        found = self.plugins[kind].get(name)
+        if found is None:
+            failed = [f for f in self.failures if f.group == kind and f.name == name]
+            if failed:
+                raise LookupError(f"{kind[:-1]} {name!r} is installed but failed to load: {failed[0].reason}")
+            known = ", ".join(sorted(self.plugins[kind])) or "none"
+            raise LookupError(f"{name!r} is not an installed {kind[:-1]}; installed: {known}")
+        return found
+
+    def as_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {kind: [{"name": n, "target": self.targets[kind][n]} for n in sorted(names)]
+                               for kind, names in self.plugins.items()}
+        out["failed"] = [f.__dict__ for f in self.failures]
+        return out
+
+
+def load_registry(kinds: tuple[str, ...] = tuple(GROUPS)) -> Registry:
+    """Load every plugin of the given kinds; a plugin that fails is recorded, never raised."""
+    from stevedore import ExtensionManager
+
+    registry = Registry()
+    for kind in kinds:
+        group = GROUPS[kind]
+
+        def on_failure(_manager: Any, entry_point: Any, error: BaseException, kind: str = kind) -> None:
+            registry.failures.append(LoadFailure(kind, entry_point.name, entry_point.value,
+                                                 f"{type(error).__name__}: {error}"))
+
+        manager = ExtensionManager(group, invoke_on_load=False, on_load_failure_callback=on_failure)
+        for ext in manager:
+            registry.plugins[kind][ext.name] = ext.plugin
+            registry.targets[kind][ext.name] = ext.entry_point.value
+    return registry
+
+
+def plugin_manager(*plugins: tuple[str, Any]) -> pluggy.PluginManager:
+    """One plugin manager with the hookspecs, the core's defaults and the named plugins."""
+    from .defaults import core_defaults
+
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    pm.register(core_defaults, name="core-defaults")
+    for role, plugin in plugins:
+        if pm.is_registered(plugin):
+            raise ValueError(f"the same plugin object serves two roles ({role}); give each role its own object")
+        pm.register(plugin, name=role)
+    return pm
+
+
+def has_impl(pm: pluggy.PluginManager, hook: str, plugin_name: str) -> bool:
+    return any(impl.plugin_name == plugin_name for impl in getattr(pm.hook, hook).get_hookimpls())

@@ -1,0 +1,464 @@
+"""A run: one searcher driving one simulator and one task, with its folder on disk.
+
+The run owns what every searcher shares — rendering, fine-tuning, evaluation, the clock and
+image counters, checkpoints and history — so that a searcher's ``step`` stays short.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from pydantic import BaseModel
+from torch.func import functional_call, grad
+
+from .config import ConfigError, Data, RunConfig, validate_settings
+from .hypergrad import Params
+from .plugins import Registry, has_impl, load_registry, plugin_manager
+from .records import Batch, Example, SceneBatch
+from .space import ParameterSpace, Psi
+
+PHASES = ("render", "train", "hypergrad", "eval")
+CHECKPOINT = "checkpoint.pt"
+HISTORY = "history.jsonl"
+CACHE_VERSION = 1
+
+
+class Searcher(Protocol):
+    """An outer search strategy (entry-point group ``autosim.searchers``).
+
+    The class is constructed with the run and its validated settings; ``step`` performs one
+    iteration (AutoSimulate) or one objective evaluation (black-box searchers) and returns the
+    fields of its history row (``val_loss``, ``val_metric``, ``psi`` and anything else); the run
+    adds ``iteration``, ``images`` and the ``seconds`` fields.
+    """
+
+    settings_model: type[BaseModel] | None
+
+    def __init__(self, run: Run, settings: Any) -> None: ...
+
+    def step(self, iteration: int) -> dict[str, Any]: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+def _require(pm: Any, hooks: tuple[str, ...], role: str, name: str, errors: list[str]) -> None:
+    for hook in hooks:
+        if not has_impl(pm, hook, role):
+            errors.append(f"{role}.name: {role} {name!r} implements no {hook!r} hook")
+
+
+def _to_device(batch: Batch, device: torch.device) -> Batch:
+    targets = batch.targets.to(device) if isinstance(batch.targets, torch.Tensor) else batch.targets
+    return Batch(batch.inputs.to(device), targets)
+
+
+def _cat(parts: list[Any]) -> Any:
+    if isinstance(parts[0], torch.Tensor):
+        return torch.cat(parts)
+    return [x for part in parts for x in part]
+
+
+class Run:
+    """Everything one ``autosim run`` needs, checked before any work starts."""
+
+    def __init__(self, config: RunConfig, out_dir: str | Path, *, registry: Registry | None = None,
+                 observers: tuple[Any, ...] = (), config_text: str | None = None):
+        self.config = config
+        self.out_dir = Path(out_dir)
+        self.config_text = config_text
+        registry = registry or load_registry()
+        errors: list[str] = []
+
+        def lookup(kind: str, key: str, name: str) -> Any:
+            try:
+                return registry.get(kind, name)
+            except LookupError as exc:
+                errors.append(f"{key}.name: {exc}")
+                return None
+
+        sim = lookup("simulators", "simulator", config.simulator.name)
+        task = lookup("tasks", "task", config.task.name)
+        est = lookup("estimators", "estimator", config.estimator.name)
+        searcher_cls = lookup("searchers", "searcher", config.searcher.name)
+        if errors:
+            raise ConfigError(errors)
+
+        self.pm = plugin_manager(("simulator", sim), ("task", task), ("estimator", est),
+                                 *((f"observer-{i}", o) for i, o in enumerate(observers)))
+        _require(self.pm, ("parameter_space", "render"), "simulator", config.simulator.name, errors)
+        _require(self.pm, ("create_model", "collate", "loss", "evaluate"), "task", config.task.name, errors)
+        _require(self.pm, ("estimate_hypergrad",), "estimator", config.estimator.name, errors)
+        if errors:
+            raise ConfigError(errors)
+        hook = self.pm.hook
+
+        def settings(model: type[BaseModel] | None, table: dict[str, Any], prefix: str) -> Any:
+            try:
+                return validate_settings(model, table, prefix)
+            except ConfigError as exc:
+                errors.extend(exc.lines)
+                return None
+
+        self.sim_settings = settings(hook.simulator_settings_model(), config.simulator.settings, "simulator.settings")
+        self.task_settings = settings(hook.task_settings_model(), config.task.settings, "task.settings")
+        self.est_settings = settings(hook.estimator_settings_model(), config.estimator.settings, "estimator.settings")
+        self.searcher_settings = settings(getattr(searcher_cls, "settings_model", None),
+                                          config.searcher.settings, "searcher.settings")
+        if errors:
+            raise ConfigError(errors)
+
+        self.base_space: ParameterSpace = hook.parameter_space(settings=self.sim_settings)
+        self.presets: dict[str, dict[str, dict[str, Any]]] = hook.presets(settings=self.sim_settings) or {}
+        self.space = self._space(config.simulator.start, config.simulator.overrides, "simulator", errors)
+        for key in ("validation", "test"):
+            data: Data | None = getattr(config, key)
+            if data is None:
+                continue
+            if data.source == "simulator":
+                self._space(data.preset, data.overrides, key, errors)
+            elif not has_impl(self.pm, "load_dataset", "task"):
+                errors.append(f"{key}.source: task {config.task.name!r} cannot load folders "
+                              "(no 'load_dataset' hook); allowed: 'simulator'")
+            elif data.path is not None and not data.path.is_dir():
+                errors.append(f"{key}.path: {str(data.path)!r} is not a folder")
+        self.needs_validation = bool(hook.needs_validation(settings=self.est_settings))
+        if self.needs_validation and config.validation is None:
+            errors.append(f"validation: required by the {config.estimator.name!r} estimator "
+                          "(add a [validation] table, or use estimator 'no-val')")
+        if errors:
+            raise ConfigError(errors)
+
+        self.device = torch.device("cpu")
+        self.searcher_cls = searcher_cls
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.images = 0
+        self.iteration = 0
+        self.seconds = dict.fromkeys(PHASES, 0.0)
+        self.seconds_before = 0.0
+        self._clock_start = time.perf_counter()
+        self.val: Batch | None = None
+        self.test: Batch | None = None
+        self.model: torch.nn.Module | None = None
+
+    # -------------------------------------------------------------------- configuration ---
+    def _space(self, preset: str | None, overrides: dict[str, dict[str, Any]], key: str,
+               errors: list[str]) -> ParameterSpace:
+        space = self.base_space
+        if preset is not None:
+            if preset not in self.presets:
+                allowed = ", ".join(repr(p) for p in self.presets) or "none (the simulator declares no presets)"
+                field = "start" if key == "simulator" else "preset"
+                errors.append(f"{key}.{field}: unknown preset {preset!r}; allowed: {allowed}")
+                return space
+            space = space.override(self.presets[preset])
+        try:
+            return space.override(overrides) if overrides else space
+        except (KeyError, TypeError, ValueError) as exc:
+            errors.append(f"{key}.overrides: {exc}")
+            return space
+
+    def settings_json(self) -> dict[str, Any]:
+        def dump(s: Any) -> Any:
+            return s.model_dump(mode="json") if isinstance(s, BaseModel) else s
+
+        resolved = self.config.model_dump(mode="json")
+        resolved["simulator"]["settings"] = dump(self.sim_settings)
+        resolved["task"]["settings"] = dump(self.task_settings)
+        resolved["estimator"]["settings"] = dump(self.est_settings)
+        resolved["searcher"]["settings"] = dump(self.searcher_settings)
+        resolved["space"] = self.space.to_dict()
+        return resolved
+
+    # ------------------------------------------------------------------------ the clock ---
+    @contextlib.contextmanager
+    def timed(self, phase: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] += time.perf_counter() - start
+
+    @property
+    def elapsed(self) -> float:
+        return self.seconds_before + (time.perf_counter() - self._clock_start)
+
+    # ------------------------------------------------------------------------ rendering ---
+    def render(self, space: ParameterSpace, psi: Psi, count: int, generator: torch.Generator,
+               ids: list[Any]) -> tuple[SceneBatch, list[Example]]:
+        """Sample ``count`` scenes from q_psi and render each once."""
+        scenes: SceneBatch = self.pm.hook.sample(space=space, psi=psi, count=count, generator=generator)
+        seeds = torch.randint(0, 2**31 - 1, (len(scenes),), generator=generator).tolist()
+        for record, scene_id, seed in zip(scenes.records, ids, seeds, strict=True):
+            record["id"] = scene_id
+            record["seed"] = seed
+        examples = self.pm.hook.render(scenes=scenes.records, settings=self.sim_settings)
+        if len(examples) != len(scenes):
+            raise RuntimeError(f"simulator {self.config.simulator.name!r} returned {len(examples)} "
+                               f"examples for {len(scenes)} scenes")
+        return scenes, examples
+
+    def render_training(self, psi: Psi, count: int, space: ParameterSpace | None = None
+                        ) -> tuple[SceneBatch, Batch]:
+        """Render this iteration's training data; counts images and render seconds."""
+        with self.timed("render"):
+            ids = list(range(self.images, self.images + count))
+            scenes, examples = self.render(space or self.space, psi, count, self.generator, ids)
+            self.images += count
+            batch = self.collate(examples)
+        return scenes, batch
+
+    def collate(self, examples: list[Example]) -> Batch:
+        return _to_device(self.pm.hook.collate(examples=examples, settings=self.task_settings), self.device)
+
+    def log_prob(self, psi: Psi, scenes: SceneBatch, space: ParameterSpace | None = None) -> torch.Tensor:
+        return self.pm.hook.log_prob(space=space or self.space, psi=psi, scenes=scenes)
+
+    # ------------------------------------------------------------------ evaluation sets ---
+    def _cache_dir(self) -> Path:
+        if self.config.cache_dir is not None:
+            return self.config.cache_dir
+        root = os.environ.get("AUTOSIM_CACHE") or os.path.join(
+            os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "autosim")
+        return Path(root)
+
+    def load_data(self, key: str) -> Batch | None:
+        data: Data | None = getattr(self.config, key)
+        if data is None:
+            return None
+        if data.source == "folder":
+            examples = self.pm.hook.load_dataset(path=str(data.path), settings=self.task_settings)
+            if not examples:
+                raise ValueError(f"{key}.path: no examples found in {data.path}")
+            return self.collate(examples)
+        space = self._space(data.preset, data.overrides, key, [])
+        settings = self.settings_json()["simulator"]["settings"]
+        fingerprint = json.dumps({"v": CACHE_VERSION, "simulator": self.config.simulator.name,
+                                  "settings": settings, "space": space.to_dict(),
+                                  "count": data.count, "seed": data.seed}, sort_keys=True, default=str)
+        digest = hashlib.sha256(fingerprint.encode()).hexdigest()[:20]
+        path = self._cache_dir() / f"{self.config.simulator.name}-{key}-{digest}.pt"
+        if path.exists():
+            stored = torch.load(path, weights_only=True)
+            examples = [Example.from_dict(d) for d in stored["examples"]]
+        else:
+            generator = torch.Generator().manual_seed(data.seed)
+            ids = [f"{key}-{i}" for i in range(data.count)]
+            _, examples = self.render(space, space.init_psi(), data.count, generator, ids)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".tmp{os.getpid()}")
+            torch.save({"fingerprint": fingerprint, "examples": [e.to_dict() for e in examples]}, tmp)
+            os.replace(tmp, path)
+        return self.collate(examples)
+
+    # ----------------------------------------------------------------------------- model ---
+    def create_model(self) -> torch.nn.Module:
+        with torch.random.fork_rng():
+            torch.manual_seed(self.config.seed)
+            model = self.pm.hook.create_model(settings=self.task_settings)
+        return model.to(self.device)
+
+    def create_model_optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
+        t = self.config.training
+        params = [p for p in model.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError("the task's model has no trainable parameters (all are frozen)")
+        if t.optimizer == "adam":
+            return torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay)
+        return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+
+    def theta(self, model: torch.nn.Module) -> Params:
+        return {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+
+    def losses(self, outputs: Any, targets: Any) -> torch.Tensor:
+        return self.pm.hook.loss(outputs=outputs, targets=targets, settings=self.task_settings)
+
+    def functional_losses(self, model: torch.nn.Module, batch: Batch) -> Callable[[Params], torch.Tensor]:
+        """theta -> per-sample losses of ``batch``, with frozen parameters and buffers fixed."""
+        fixed = {n: p.detach() for n, p in model.named_parameters() if not p.requires_grad}
+        fixed.update(dict(model.named_buffers()))
+
+        def per_sample(theta: Params) -> torch.Tensor:
+            outputs = functional_call(model, {**fixed, **theta}, (batch.inputs,))
+            return self.losses(outputs, batch.targets)
+
+        return per_sample
+
+    def fine_tune(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: Batch,
+                  epochs: int | None = None) -> float:
+        """epsilon epochs of minibatch training on ``batch``; returns the last epoch's mean loss."""
+        t = self.config.training
+        model.train()
+        last: list[float] = []
+        with self.timed("train"):
+            for _ in range(epochs or t.epochs):
+                last = []
+                order = torch.randperm(len(batch), generator=self.generator)
+                for start in range(0, len(batch), t.batch_size):
+                    minibatch = batch.select(order[start:start + t.batch_size])
+                    last.append(self.pm.hook.train_step(model=model, batch=minibatch, optimizer=optimizer,
+                                                        loss_fn=self.losses, settings=self.task_settings))
+        return sum(last) / max(len(last), 1)
+
+    def val_gradient(self, model: torch.nn.Module) -> Params:
+        """grad_theta of the mean validation loss, accumulated over chunks."""
+        assert self.val is not None
+        theta = self.theta(model)
+        total = {k: torch.zeros_like(v) for k, v in theta.items()}
+        n = len(self.val)
+        for chunk in self.val.chunks(self.config.training.eval_batch_size):
+            per_sample = self.functional_losses(model, chunk)
+            g = grad(lambda th, f=per_sample: f(th).sum() / n)(theta)
+            for k in total:
+                total[k] += g[k].detach()
+        return total
+
+    def evaluate(self, model: torch.nn.Module, batch: Batch) -> tuple[float, dict[str, float]]:
+        """Mean loss and the task's metrics on a whole evaluation set."""
+        model.eval()
+        outputs, losses = [], []
+        with torch.no_grad():
+            for chunk in batch.chunks(self.config.training.eval_batch_size):
+                out = model(chunk.inputs)
+                losses.append(self.losses(out, chunk.targets))
+                outputs.append(out)
+            metrics = self.pm.hook.evaluate(outputs=_cat(outputs), targets=batch.targets,
+                                            settings=self.task_settings)
+        if "metric" not in metrics:
+            raise KeyError(f"task {self.config.task.name!r}: evaluate() returned no 'metric' key")
+        return float(torch.cat(losses).mean()), {k: float(v) for k, v in metrics.items()}
+
+    # ------------------------------------------------------------------------ the loop ---
+    def _budget_left(self) -> bool:
+        b = self.config.budget
+        if b.iterations is not None and self.iteration >= b.iterations:
+            return False
+        if b.images is not None and self.images >= b.images:
+            return False
+        return not (b.seconds is not None and self.elapsed >= b.seconds)
+
+    def _prepare_folder(self, resume: bool) -> dict[str, Any] | None:
+        ckpt = self.out_dir / CHECKPOINT
+        if resume:
+            if not ckpt.exists():
+                raise FileNotFoundError(f"--resume: no {CHECKPOINT} in {self.out_dir}")
+            return torch.load(ckpt, weights_only=True)
+        if (self.out_dir / HISTORY).exists() or ckpt.exists():
+            raise FileExistsError(f"{self.out_dir} already holds a run; pass --resume to continue it "
+                                  "or choose another --out")
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        return None
+
+    def _write_json(self, name: str, data: Any) -> None:
+        tmp = self.out_dir / f".{name}.tmp"
+        tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+        os.replace(tmp, self.out_dir / name)
+
+    def _checkpoint(self, searcher: Searcher, optimizer: torch.optim.Optimizer, best: dict[str, Any]) -> None:
+        assert self.model is not None
+        state = {
+            "iteration": self.iteration, "images": self.images, "seconds": dict(self.seconds),
+            "elapsed": self.elapsed, "psi": {k: v.detach().clone() for k, v in self.psi.items()},
+            "model": self.model.state_dict(), "model_optimizer": optimizer.state_dict(),
+            "searcher": searcher.state_dict(), "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(), "best": best,
+        }
+        tmp = self.out_dir / f".{CHECKPOINT}.tmp"
+        torch.save(state, tmp)
+        os.replace(tmp, self.out_dir / CHECKPOINT)
+
+    def _restore(self, state: dict[str, Any], searcher: Searcher, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+        assert self.model is not None
+        self.iteration = int(state["iteration"])
+        self.images = int(state["images"])
+        self.seconds = {k: float(v) for k, v in state["seconds"].items()}
+        self.seconds_before = float(state["elapsed"])
+        with torch.no_grad():
+            for k, v in state["psi"].items():
+                self.psi[k].copy_(v)
+        self.model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["model_optimizer"])
+        searcher.load_state_dict(state["searcher"])
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        history = self.out_dir / HISTORY
+        if history.exists():
+            rows = [line for line in history.read_text().splitlines()
+                    if line.strip() and json.loads(line)["iteration"] <= self.iteration]
+            history.write_text("".join(r + "\n" for r in rows))
+        return dict(state["best"])
+
+    def execute(self, resume: bool = False) -> dict[str, Any]:
+        """Run the searcher until the budget is spent; returns the summary it writes."""
+        state = self._prepare_folder(resume)
+        if self.config_text is not None and not resume:
+            (self.out_dir / "config.toml").write_text(self.config_text)
+        self._write_json("config.json", self.settings_json())
+
+        setup_start = time.perf_counter()
+        self.val = self.load_data("validation")
+        self.test = self.load_data("test")
+        setup_seconds = time.perf_counter() - setup_start
+
+        self.psi = self.space.init_psi()
+        self.model = self.create_model()
+        self.model_optimizer = self.create_model_optimizer(self.model)
+        searcher: Searcher = self.searcher_cls(self, self.searcher_settings)
+        best: dict[str, Any] = {}
+        if state is not None:
+            best = self._restore(state, searcher, self.model_optimizer)
+        self._clock_start = time.perf_counter()
+
+        self.pm.hook.on_run_start(run=self)
+        history = (self.out_dir / HISTORY).open("a")
+        try:
+            while self._budget_left():
+                self.iteration += 1
+                row = {"iteration": self.iteration, **searcher.step(self.iteration)}
+                row.update(images=self.images, seconds=self.elapsed,
+                           **{f"seconds_{p}": s for p, s in self.seconds.items()})
+                metric = row.get("val_metric")
+                if metric is not None and (not best or metric > best["val_metric"]):
+                    best = {k: row[k] for k in ("iteration", "images", "seconds", "val_metric", "psi") if k in row}
+                self._checkpoint(searcher, self.model_optimizer, best)
+                history.write(json.dumps(row, default=float) + "\n")
+                history.flush()
+                self.pm.hook.on_iteration(run=self, row=row)
+        finally:
+            history.close()
+
+        summary = self.summarize(best, setup_seconds)
+        self._write_json("summary.json", summary)
+        self.pm.hook.on_run_end(run=self, summary=summary)
+        return summary
+
+    def summarize(self, best: dict[str, Any], setup_seconds: float) -> dict[str, Any]:
+        assert self.model is not None
+        final_psi = self.space.describe(self.psi)
+        self._write_json("psi.json", {"psi": final_psi,
+                                      "raw": {k: v.detach().tolist() for k, v in self.psi.items()},
+                                      "space": self.space.with_psi(self.psi).to_dict()})
+        summary: dict[str, Any] = {
+            "iterations": self.iteration, "images": self.images, "seconds": self.elapsed,
+            "seconds_split": dict(self.seconds), "seconds_setup": setup_seconds,
+            "psi": final_psi, "best": best,
+        }
+        if self.presets and "target" in self.presets:
+            summary["psi_target"] = self.base_space.override(self.presets["target"]).describe(
+                self.base_space.override(self.presets["target"]).init_psi())
+        if self.val is not None:
+            loss, metrics = self.evaluate(self.model, self.val)
+            summary["val"] = {"loss": loss, **metrics}
+        if self.test is not None:
+            loss, metrics = self.evaluate(self.model, self.test)
+            summary["test"] = {"loss": loss, **metrics}
+        return summary

@@ -1,0 +1,461 @@
+"""Parameter spaces: the learnable sampling distribution q_psi(s) of a simulator.
+
+A space is a set of named parameters, each with a distribution family. Every family has a
+few learnable coordinates (psi), e.g. ``mean`` and ``log_std`` for a normal. The core samples
+*latent* values from the family, scores them with ``log_prob`` (differentiable in psi) and maps
+them to the plain values a renderer receives (clipped, squashed, rounded or looked up).
+
+torch is imported inside the methods that need it, so that declaring a space stays cheap.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from abc import abstractmethod
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
+
+if TYPE_CHECKING:
+    import torch
+
+Psi = dict[str, "torch.Tensor"]
+
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
+RESERVED_NAMES = frozenset({"id", "seed"})
+
+
+class _Family(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    learn: bool = True
+    """Whether psi of this parameter is optimised (False keeps it at its initial value)."""
+    repeat: int = Field(1, ge=1)
+    """Independent draws per scene; with repeat > 1 the scene holds a list of values."""
+
+    # -- interface every family implements ----------------------------------------------
+    @abstractmethod
+    def psi_init(self) -> Psi: ...
+
+    def psi_bounds(self) -> dict[str, tuple[float, float]]:
+        return {}
+
+    @abstractmethod
+    def distribution(self, psi: Psi) -> torch.distributions.Distribution: ...
+
+    @abstractmethod
+    def sample(self, psi: Psi, n: int, generator: torch.Generator) -> torch.Tensor: ...
+
+    @abstractmethod
+    def to_value(self, latent: torch.Tensor) -> Any: ...
+
+    @abstractmethod
+    def describe(self, psi: Psi) -> dict[str, Any]: ...
+
+    # -- shared ----------------------------------------------------------------------------
+    def log_prob(self, psi: Psi, latent: torch.Tensor) -> torch.Tensor:
+        """Log-density of latents of shape (n, repeat), summed over repeats: shape (n,)."""
+        return self.distribution(psi).log_prob(latent).sum(dim=-1)
+
+    def values(self, latent: torch.Tensor) -> list[Any]:
+        out = []
+        for row in latent:
+            vals = [self.to_value(x) for x in row]
+            out.append(vals[0] if self.repeat == 1 else vals)
+        return out
+
+
+def _std_bounds(min_std: float, max_std: float | None) -> tuple[float, float]:
+    return (math.log(min_std), math.log(max_std) if max_std is not None else math.inf)
+
+
+class _GaussianLatent(_Family):
+    """Families whose latent is u ~ N(loc, std), psi = (loc, log_std)."""
+
+    std: float = Field(1.0, gt=0)
+    min_std: float = Field(1e-3, gt=0)
+    max_std: float | None = Field(None, gt=0)
+
+    @abstractmethod
+    def _loc(self) -> float: ...
+
+    def psi_init(self) -> Psi:
+        import torch
+
+        return {"loc": torch.tensor(float(self._loc())), "log_std": torch.tensor(math.log(self.std))}
+
+    def psi_bounds(self) -> dict[str, tuple[float, float]]:
+        return {"log_std": _std_bounds(self.min_std, self.max_std)}
+
+    def distribution(self, psi: Psi) -> torch.distributions.Distribution:
+        import torch
+
+        return torch.distributions.Normal(psi["loc"], psi["log_std"].exp())
+
+    def sample(self, psi: Psi, n: int, generator: torch.Generator) -> torch.Tensor:
+        import torch
+
+        with torch.no_grad():
+            eps = torch.randn((n, self.repeat), generator=generator)
+            return psi["loc"].detach() + psi["log_std"].detach().exp() * eps
+
+    @model_validator(mode="after")
+    def _check_std(self) -> _GaussianLatent:
+        if self.std < self.min_std:
+            raise ValueError(f"std={self.std} is below min_std={self.min_std}")
+        if self.max_std is not None and self.std > self.max_std:
+            raise ValueError(f"std={self.std} is above max_std={self.max_std}")
+        return self
+
+
+class Normal(_GaussianLatent):
+    """s ~ N(mean, std); the renderer gets s clipped to [low, high] (rounded if integer)."""
+
+    family: Literal["normal"] = "normal"
+    mean: float
+    low: float | None = None
+    high: float | None = None
+    integer: bool = False
+
+    def _loc(self) -> float:
+        return self.mean
+
+    @model_validator(mode="after")
+    def _check_range(self) -> Normal:
+        if self.low is not None and self.high is not None and self.low >= self.high:
+            raise ValueError(f"low={self.low} must be below high={self.high}")
+        if (self.low is not None and self.mean < self.low) or (
+            self.high is not None and self.mean > self.high
+        ):
+            raise ValueError(f"mean={self.mean} lies outside [{self.low}, {self.high}]")
+        return self
+
+    def psi_bounds(self) -> dict[str, tuple[float, float]]:
+        lo = -math.inf if self.low is None else self.low
+        hi = math.inf if self.high is None else self.high
+        return {"loc": (lo, hi), **super().psi_bounds()}
+
+    def to_value(self, latent: torch.Tensor) -> float | int:
+        x = float(latent)
+        if self.low is not None:
+            x = max(x, self.low)
+        if self.high is not None:
+            x = min(x, self.high)
+        return round(x) if self.integer else x
+
+    def describe(self, psi: Psi) -> dict[str, Any]:
+        return {"mean": float(psi["loc"]), "std": float(psi["log_std"].exp())}
+
+
+class LogNormal(_GaussianLatent):
+    """log s ~ N(log median, std): positive quantities such as light intensities."""
+
+    family: Literal["lognormal"] = "lognormal"
+    median: float = Field(gt=0)
+    low: float | None = Field(None, ge=0)
+    high: float | None = Field(None, gt=0)
+    integer: bool = False
+
+    def _loc(self) -> float:
+        return math.log(self.median)
+
+    def psi_bounds(self) -> dict[str, tuple[float, float]]:
+        lo = -math.inf if not self.low else math.log(self.low)
+        hi = math.inf if self.high is None else math.log(self.high)
+        return {"loc": (lo, hi), **super().psi_bounds()}
+
+    def to_value(self, latent: torch.Tensor) -> float | int:
+        x = math.exp(float(latent))
+        if self.low is not None:
+            x = max(x, self.low)
+        if self.high is not None:
+            x = min(x, self.high)
+        return round(x) if self.integer else x
+
+    def describe(self, psi: Psi) -> dict[str, Any]:
+        return {"median": math.exp(float(psi["loc"])), "std": float(psi["log_std"].exp())}
+
+
+class Bounded(_GaussianLatent):
+    """s = low + (high - low) * sigmoid(u), u ~ N(logit of ``mean``'s position, std).
+
+    ``mean`` is the value the renderer gets for u at its centre; ``std`` is the spread of u.
+    """
+
+    family: Literal["bounded"] = "bounded"
+    low: float
+    high: float
+    mean: float
+    integer: bool = False
+
+    @model_validator(mode="after")
+    def _check_range(self) -> Bounded:
+        if not self.low < self.mean < self.high:
+            raise ValueError(f"mean={self.mean} must lie strictly inside ({self.low}, {self.high})")
+        return self
+
+    def _loc(self) -> float:
+        p = (self.mean - self.low) / (self.high - self.low)
+        return math.log(p / (1 - p))
+
+    def psi_bounds(self) -> dict[str, tuple[float, float]]:
+        return {"loc": (-12.0, 12.0), **super().psi_bounds()}
+
+    def to_value(self, latent: torch.Tensor) -> float | int:
+        u = float(latent)
+        x = self.low + (self.high - self.low) / (1.0 + math.exp(-u)) if u > -700 else self.low
+        return round(x) if self.integer else x
+
+    def describe(self, psi: Psi) -> dict[str, Any]:
+        centre = self.low + (self.high - self.low) * (1 / (1 + math.exp(-float(psi["loc"]))))
+        return {"mean": centre, "std": float(psi["log_std"].exp())}
+
+
+Choice = Union[str, int, float, bool]
+
+
+class Categorical(_Family):
+    """One of ``choices``; psi = logits (initialised from ``probs``, uniform by default)."""
+
+    family: Literal["categorical"] = "categorical"
+    choices: list[Choice] = Field(min_length=2)
+    probs: list[float] | None = None
+    max_logit: float = Field(10.0, gt=0)
+
+    @model_validator(mode="after")
+    def _check_probs(self) -> Categorical:
+        if self.probs is not None:
+            if len(self.probs) != len(self.choices):
+                raise ValueError(f"probs has {len(self.probs)} entries for {len(self.choices)} choices")
+            if any(p <= 0 for p in self.probs):
+                raise ValueError("probs must all be > 0")
+            if abs(sum(self.probs) - 1.0) > 1e-6:
+                raise ValueError(f"probs must sum to 1 (they sum to {sum(self.probs)})")
+        return self
+
+    def psi_init(self) -> Psi:
+        import torch
+
+        probs = self.probs or [1.0 / len(self.choices)] * len(self.choices)
+        logits = torch.tensor([math.log(p) for p in probs])
+        return {"logits": logits - logits.mean()}
+
+    def psi_bounds(self) -> dict[str, tuple[float, float]]:
+        return {"logits": (-self.max_logit, self.max_logit)}
+
+    def distribution(self, psi: Psi) -> torch.distributions.Distribution:
+        import torch
+
+        return torch.distributions.Categorical(logits=psi["logits"])
+
+    def sample(self, psi: Psi, n: int, generator: torch.Generator) -> torch.Tensor:
+        import torch
+
+        probs = torch.softmax(psi["logits"].detach(), dim=-1)
+        return torch.multinomial(probs, n * self.repeat, replacement=True, generator=generator).view(
+            n, self.repeat
+        )
+
+    def to_value(self, latent: torch.Tensor) -> Choice:
+        return self.choices[int(latent)]
+
+    def describe(self, psi: Psi) -> dict[str, Any]:
+        import torch
+
+        probs = torch.softmax(psi["logits"].detach(), dim=-1).tolist()
+        return {"probs": {str(c): p for c, p in zip(self.choices, probs, strict=True)}}
+
+
+class Bernoulli(_Family):
+    """True with probability p; psi = logit(p)."""
+
+    family: Literal["bernoulli"] = "bernoulli"
+    p: float = Field(gt=0, lt=1)
+    max_logit: float = Field(10.0, gt=0)
+
+    def psi_init(self) -> Psi:
+        import torch
+
+        return {"logit": torch.tensor(math.log(self.p / (1 - self.p)))}
+
+    def psi_bounds(self) -> dict[str, tuple[float, float]]:
+        return {"logit": (-self.max_logit, self.max_logit)}
+
+    def distribution(self, psi: Psi) -> torch.distributions.Distribution:
+        import torch
+
+        return torch.distributions.Bernoulli(logits=psi["logit"])
+
+    def sample(self, psi: Psi, n: int, generator: torch.Generator) -> torch.Tensor:
+        import torch
+
+        p = torch.sigmoid(psi["logit"].detach())
+        return (torch.rand((n, self.repeat), generator=generator) < p).float()
+
+    def to_value(self, latent: torch.Tensor) -> bool:
+        return bool(latent > 0.5)
+
+    def describe(self, psi: Psi) -> dict[str, Any]:
+        return {"p": float(psi["logit"].sigmoid())}
+
+
+Family = Annotated[
+    Normal | LogNormal | Bounded | Categorical | Bernoulli, Field(discriminator="family")
+]
+_FAMILY_ADAPTER: TypeAdapter[Any] = TypeAdapter(Family)
+
+
+def parse_family(data: Mapping[str, Any]) -> _Family:
+    """Build a family from plain data such as ``{"family": "normal", "mean": 1, "std": 0.2}``."""
+    return _FAMILY_ADAPTER.validate_python(dict(data))
+
+
+class ParameterSpace:
+    """Named parameters of a simulator, each a distribution family with learnable psi.
+
+    ``psi`` is a flat dict ``{"<parameter>.<coordinate>": tensor}``; samples are per-parameter
+    latent tensors of shape (n, repeat); records are the plain dicts a renderer consumes.
+    """
+
+    def __init__(self, parameters: Mapping[str, _Family] | None = None, /, **kwargs: _Family):
+        merged = {**(parameters or {}), **kwargs}
+        if not merged:
+            raise ValueError("a parameter space needs at least one parameter")
+        for name, fam in merged.items():
+            if not _NAME.match(name):
+                raise ValueError(f"parameter name {name!r} must be an identifier (letters, digits, _ or -)")
+            if name in RESERVED_NAMES:
+                raise ValueError(f"parameter name {name!r} is reserved for the scene record")
+            if not isinstance(fam, _Family):
+                raise TypeError(f"parameter {name!r} must be a family such as Normal(...), got {fam!r}")
+        self.parameters: dict[str, _Family] = dict(merged)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.parameters)
+
+    def __len__(self) -> int:
+        return len(self.parameters)
+
+    def __getitem__(self, name: str) -> _Family:
+        return self.parameters[name]
+
+    def __repr__(self) -> str:
+        return f"ParameterSpace({', '.join(f'{k}={v!r}' for k, v in self.parameters.items())})"
+
+    # -- psi ---------------------------------------------------------------------------------
+    def init_psi(self) -> Psi:
+        """Fresh psi tensors at the declared initial values (learnable ones require grad)."""
+        psi = {}
+        for name, fam in self.parameters.items():
+            for coord, value in fam.psi_init().items():
+                psi[f"{name}.{coord}"] = value.clone().requires_grad_(fam.learn)
+        return psi
+
+    def learnable(self, psi: Psi) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in psi.items() if self.parameters[k.split(".", 1)[0]].learn}
+
+    def _psi_of(self, psi: Psi, name: str) -> Psi:
+        prefix = name + "."
+        return {k[len(prefix):]: v for k, v in psi.items() if k.startswith(prefix)}
+
+    def project_(self, psi: Psi) -> None:
+        """Clamp psi in place into each family's bounds (after an optimiser step)."""
+        import torch
+
+        with torch.no_grad():
+            for name, fam in self.parameters.items():
+                for coord, (lo, hi) in fam.psi_bounds().items():
+                    if lo > -math.inf or hi < math.inf:
+                        psi[f"{name}.{coord}"].clamp_(min=lo if lo > -math.inf else None,
+                                                      max=hi if hi < math.inf else None)
+
+    def box(self) -> dict[str, tuple[float, float]]:
+        """Finite search box over the learnable psi coordinates, for black-box searchers.
+
+        Unbounded coordinates get a box of +-3 around their initial value (log_std: +-1).
+        """
+        out: dict[str, tuple[float, float]] = {}
+        for name, fam in self.parameters.items():
+            if not fam.learn:
+                continue
+            bounds = fam.psi_bounds()
+            for coord, init in fam.psi_init().items():
+                lo, hi = bounds.get(coord, (-math.inf, math.inf))
+                width = 1.0 if coord == "log_std" else 3.0
+                for i, v in enumerate(init.reshape(-1).tolist()):
+                    key = f"{name}.{coord}" + (f"[{i}]" if init.dim() else "")
+                    out[key] = (max(lo, v - width), min(hi, v + width))
+        return out
+
+    def describe(self, psi: Psi) -> dict[str, dict[str, Any]]:
+        """Human-readable psi: means, stds, probabilities per parameter."""
+        return {name: fam.describe(self._psi_of(psi, name)) for name, fam in self.parameters.items()}
+
+    # -- sampling and scoring ------------------------------------------------------------------
+    def sample(self, psi: Psi, n: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        return {name: fam.sample(self._psi_of(psi, name), n, generator)
+                for name, fam in self.parameters.items()}
+
+    def log_prob(self, psi: Psi, latents: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """log q_psi(s_k) for each of the n sampled scenes, shape (n,), differentiable in psi."""
+        total = None
+        for name, fam in self.parameters.items():
+            lp = fam.log_prob(self._psi_of(psi, name), latents[name])
+            total = lp if total is None else total + lp
+        assert total is not None
+        return total
+
+    def records(self, latents: Mapping[str, torch.Tensor]) -> list[dict[str, Any]]:
+        columns = {name: fam.values(latents[name]) for name, fam in self.parameters.items()}
+        n = len(next(iter(columns.values())))
+        return [{name: col[i] for name, col in columns.items()} for i in range(n)]
+
+    # -- variants ------------------------------------------------------------------------------
+    def override(self, changes: Mapping[str, Mapping[str, Any]]) -> ParameterSpace:
+        """A copy with some parameters' settings changed, e.g. ``{"light": {"mean": 2.0}}``.
+
+        A change that names ``family`` replaces the parameter's family altogether.
+        """
+        params = dict(self.parameters)
+        for name, change in changes.items():
+            if name not in params:
+                raise KeyError(f"unknown parameter {name!r}; the space has: {', '.join(params)}")
+            if not isinstance(change, Mapping):
+                raise TypeError(f"the change for {name!r} must be a table of settings, got {change!r}")
+            if "family" in change and change["family"] != params[name].family:  # type: ignore[attr-defined]
+                params[name] = parse_family(change)
+            else:
+                params[name] = parse_family({**params[name].model_dump(), **change})
+        return ParameterSpace(params)
+
+    def with_psi(self, psi: Psi) -> ParameterSpace:
+        """The space whose initial values are ``psi`` (to start a new run from a learned psi)."""
+        import torch
+
+        changes: dict[str, dict[str, Any]] = {}
+        for name, fam in self.parameters.items():
+            p = self._psi_of(psi, name)
+            if isinstance(fam, Normal):
+                changes[name] = {"mean": float(p["loc"]), "std": float(p["log_std"].exp())}
+            elif isinstance(fam, LogNormal):
+                changes[name] = {"median": math.exp(float(p["loc"])), "std": float(p["log_std"].exp())}
+            elif isinstance(fam, Bounded):
+                centre = fam.low + (fam.high - fam.low) * float(torch.sigmoid(p["loc"]))
+                eps = 1e-9 * (fam.high - fam.low)
+                changes[name] = {"mean": min(max(centre, fam.low + eps), fam.high - eps),
+                                 "std": float(p["log_std"].exp())}
+            elif isinstance(fam, Categorical):
+                probs = torch.softmax(p["logits"].detach().double(), -1)
+                changes[name] = {"probs": (probs / probs.sum()).tolist()}
+            elif isinstance(fam, Bernoulli):
+                changes[name] = {"p": float(torch.sigmoid(p["logit"]))}
+        return self.override(changes)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return {name: fam.model_dump() for name, fam in self.parameters.items()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Mapping[str, Any]]) -> ParameterSpace:
+        return cls({name: parse_family(spec) for name, spec in data.items()})

@@ -1,0 +1,93 @@
+"""A toy simulator and task, small enough for tests and the plugin guide.
+
+The simulator draws labelled 2-D points: a label from a Bernoulli, then a point from that
+class's Gaussian, whose mean and spread are psi. The task is logistic regression (or a small
+MLP) classifying the points. The ``target`` preset moves class 1 to (1, 0); the space starts
+it at (2.5, 1.5), so a classifier trained on the initial data draws its boundary in the wrong
+place and the validation loss points back to the target.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from .hookspecs import hookimpl
+from .records import Batch, Example
+from .space import Bernoulli, Normal, ParameterSpace
+
+
+class ToySimulatorSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def toy_space() -> ParameterSpace:
+    return ParameterSpace(
+        label=Bernoulli(p=0.5, learn=False),
+        x0=Normal(mean=-1.0, std=0.7, learn=False),
+        y0=Normal(mean=0.0, std=0.7, learn=False),
+        x1=Normal(mean=2.5, std=0.7, low=-5, high=5),
+        y1=Normal(mean=1.5, std=0.7, low=-5, high=5),
+    )
+
+
+class ToySimulator:
+    @hookimpl
+    def simulator_settings_model(self) -> type[BaseModel]:
+        return ToySimulatorSettings
+
+    @hookimpl
+    def parameter_space(self) -> ParameterSpace:
+        return toy_space()
+
+    @hookimpl
+    def presets(self) -> dict[str, dict[str, dict[str, Any]]]:
+        return {"target": {"x1": {"mean": 1.0}, "y1": {"mean": 0.0}}, "initial": {}}
+
+    @hookimpl
+    def render(self, scenes: list[dict[str, Any]]) -> list[Example]:
+        out = []
+        for scene in scenes:
+            c = int(scene["label"])
+            point = torch.tensor([scene[f"x{c}"], scene[f"y{c}"]], dtype=torch.float32)
+            out.append(Example(image=point, label=c, scene=scene))
+        return out
+
+
+class ToyTaskSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    hidden: int = Field(0, ge=0, description="hidden units of the MLP; 0 = logistic regression")
+
+
+class ToyTask:
+    @hookimpl
+    def task_settings_model(self) -> type[BaseModel]:
+        return ToyTaskSettings
+
+    @hookimpl
+    def create_model(self, settings: ToyTaskSettings) -> torch.nn.Module:
+        if settings.hidden == 0:
+            return torch.nn.Linear(2, 2)
+        return torch.nn.Sequential(torch.nn.Linear(2, settings.hidden), torch.nn.Tanh(),
+                                   torch.nn.Linear(settings.hidden, 2))
+
+    @hookimpl
+    def collate(self, examples: list[Example]) -> Batch:
+        inputs = torch.stack([e.image for e in examples])
+        labels = torch.tensor([e.label for e in examples], dtype=torch.long)
+        return Batch(inputs, labels)
+
+    @hookimpl
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.cross_entropy(outputs, targets, reduction="none")
+
+    @hookimpl
+    def evaluate(self, outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+        return {"metric": float((outputs.argmax(-1) == targets).float().mean())}
+
+
+toy_simulator = ToySimulator()
+toy_task = ToyTask()
