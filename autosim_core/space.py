@@ -213,7 +213,7 @@ class Bounded(_GaussianLatent):
         return {"mean": centre, "std": float(psi["log_std"].exp())}
 
 
-Choice = Union[str, int, float, bool]
+Choice = str | int | float | bool
 
 
 class Categorical(_Family):
