@@ -56,6 +56,47 @@ def run(
     typer.echo(json.dumps({k: summary[k] for k in ("iterations", "images", "seconds") if k in summary}))
 
 
+@app.command()
+def compare(
+    configs: Annotated[list[Path], typer.Argument(help="two or more run configs")],
+    out: Annotated[Path, typer.Option("--out", help="folder for the runs and the comparison")] = Path("runs/compare"),
+    resume: Annotated[bool, typer.Option("--resume", help="continue runs that were interrupted")] = False,
+) -> None:
+    """Run several configs one after another; writes comparison.md/.json and comparison.png."""
+    from .compare import markdown_table, write_comparison
+    from .config import ConfigError, load_config
+    from .observers import ConsoleProgress, PlotCurves
+    from .run import Run
+
+    names = [c.stem for c in configs]
+    if len(set(names)) != len(names):
+        typer.echo("error: configs must have distinct file names (they name the run folders)", err=True)
+        raise typer.Exit(2)
+    runners = {}
+    failed = False
+    for path in configs:
+        try:
+            runners[path.stem] = Run(load_config(path), out / path.stem, config_text=path.read_text(),
+                                     observers=(ConsoleProgress(), PlotCurves()))
+        except ConfigError as exc:
+            failed = True
+            for line in exc.lines:
+                typer.echo(f"error: {line}" if line.startswith(str(path)) else f"error: {path}: {line}", err=True)
+    if failed:
+        raise typer.Exit(2)
+    for name, runner in runners.items():
+        done = (runner.out_dir / "summary.json").exists()
+        if done and resume:
+            continue
+        try:
+            runner.execute(resume=resume and (runner.out_dir / "checkpoint.pt").exists())
+        except (FileExistsError, FileNotFoundError) as exc:
+            typer.echo(f"error: {name}: {exc}", err=True)
+            raise typer.Exit(2) from None
+    rows = write_comparison({name: r.out_dir for name, r in runners.items()}, out)
+    typer.echo(markdown_table(rows), nl=False)
+
+
 def main() -> None:
     app()
 

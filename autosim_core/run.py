@@ -41,6 +41,8 @@ class Searcher(Protocol):
     """
 
     settings_model: type[BaseModel] | None
+    uses_estimator: bool
+    """False for searchers that never call the run's estimator (default True)."""
 
     def __init__(self, run: Run, settings: Any) -> None: ...
 
@@ -131,7 +133,8 @@ class Run:
                               "(no 'load_dataset' hook); allowed: 'simulator'")
             elif data.path is not None and not data.path.is_dir():
                 errors.append(f"{key}.path: {str(data.path)!r} is not a folder")
-        self.needs_validation = bool(hook.needs_validation(settings=self.est_settings))
+        self.uses_estimator = bool(getattr(searcher_cls, "uses_estimator", True))
+        self.needs_validation = self.uses_estimator and bool(hook.needs_validation(settings=self.est_settings))
         if self.needs_validation and config.validation is None:
             errors.append(f"validation: required by the {config.estimator.name!r} estimator "
                           "(add a [validation] table, or use estimator 'no-val')")
@@ -177,6 +180,8 @@ class Run:
         resolved["estimator"]["settings"] = dump(self.est_settings)
         resolved["searcher"]["settings"] = dump(self.searcher_settings)
         resolved["space"] = self.space.to_dict()
+        if not self.uses_estimator:
+            resolved["estimator"] = None
         return resolved
 
     # ------------------------------------------------------------------------ the clock ---
@@ -337,6 +342,14 @@ class Run:
             raise KeyError(f"task {self.config.task.name!r}: evaluate() returned no 'metric' key")
         return float(torch.cat(losses).mean()), {k: float(v) for k, v in metrics.items()}
 
+    def validation_row(self, model: torch.nn.Module) -> dict[str, Any]:
+        """``val_loss``, ``val_metric`` and ``val_details`` of a history row (None without a set)."""
+        if self.val is None:
+            return {"val_loss": None, "val_metric": None}
+        with self.timed("eval"):
+            val_loss, metrics = self.evaluate(model, self.val)
+        return {"val_loss": val_loss, "val_metric": metrics.pop("metric"), "val_details": metrics}
+
     # ------------------------------------------------------------------------ the loop ---
     def _budget_left(self) -> bool:
         b = self.config.budget
@@ -452,9 +465,10 @@ class Run:
             "seconds_split": dict(self.seconds), "seconds_setup": setup_seconds,
             "psi": final_psi, "best": best,
         }
-        if self.presets and "target" in self.presets:
-            summary["psi_target"] = self.base_space.override(self.presets["target"]).describe(
-                self.base_space.override(self.presets["target"]).init_psi())
+        val_cfg = self.config.validation
+        if val_cfg is not None and val_cfg.source == "simulator":
+            target = self._space(val_cfg.preset, val_cfg.overrides, "validation", [])
+            summary["psi_validation"] = target.describe(target.init_psi())
         if self.val is not None:
             loss, metrics = self.evaluate(self.model, self.val)
             summary["val"] = {"loss": loss, **metrics}

@@ -69,13 +69,7 @@ class AutoSimulate:
             self.optimizer.step()
             run.space.project_(run.psi)
 
-        row: dict[str, Any] = {"train_loss": train_loss}
-        if run.val is not None:
-            with run.timed("eval"):
-                val_loss, metrics = run.evaluate(model, run.val)
-            row.update(val_loss=val_loss, val_metric=metrics.pop("metric"), val_details=metrics)
-        else:
-            row.update(val_loss=None, val_metric=None)
+        row: dict[str, Any] = {"train_loss": train_loss, **run.validation_row(model)}
         row.update(psi=run.space.describe(run.psi),
                    estimator={"name": run.config.estimator.name, "grad_norm": grad_norm, **estimate.diagnostics})
         return row
@@ -85,3 +79,34 @@ class AutoSimulate:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
+
+
+class FixedSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    scenes_per_iteration: int = Field(32, ge=1, description="scenes rendered per iteration")
+
+
+class Fixed:
+    """No search: every iteration renders K scenes from the starting psi and fine-tunes on
+    them. The reference a learned psi has to beat with the same number of images."""
+
+    settings_model = FixedSettings
+    uses_estimator = False
+
+    def __init__(self, run: Run, settings: FixedSettings):
+        self.run = run
+        self.settings = settings
+
+    def step(self, iteration: int) -> dict[str, Any]:
+        run = self.run
+        assert run.model is not None
+        _, batch = run.render_training(run.psi, self.settings.scenes_per_iteration)
+        train_loss = run.fine_tune(run.model, run.model_optimizer, batch)
+        return {"train_loss": train_loss, **run.validation_row(run.model), "psi": run.space.describe(run.psi)}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
