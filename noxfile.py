@@ -1,0 +1,115 @@
+"""Test, lint and benchmark sessions. ``nox`` runs every test session and lint; ``nox -s bench``
+writes benchmark JSON to bench-results/.
+
+Every install applies constraints.txt (the torch/torchvision pair). uv does not read pip's
+configuration, so pip's find-links and extra index URLs are handed to uv here: on machines with
+a local package mirror, torch then installs from disk instead of being downloaded.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import nox
+
+nox.options.default_venv_backend = "uv|virtualenv"
+nox.options.sessions = ["lint", "core", "clevr", "unet", "clevr_unet", "cycles"]
+
+CONSTRAINTS = ("-c", "constraints.txt")
+CORE = ("-e", ".[test]")
+CLEVR = ("-e", "plugins/autosim_clevr")
+UNET = ("-e", "plugins/autosim_unet")
+PYTHON = "3.11"
+
+
+def _pip_config() -> dict[str, str]:
+    try:
+        out = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True,
+                             text=True, timeout=60, check=False).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    found = {}
+    for line in out.splitlines():
+        key, _, value = line.partition("=")
+        found[key.split(".", 1)[-1]] = value.strip().strip("'\"")
+    return found
+
+
+def _uv_env() -> None:
+    config = _pip_config()
+    if config.get("find-links") and "UV_FIND_LINKS" not in os.environ:
+        os.environ["UV_FIND_LINKS"] = ",".join(config["find-links"].split())
+    if config.get("extra-index-url") and "UV_EXTRA_INDEX_URL" not in os.environ:
+        os.environ["UV_EXTRA_INDEX_URL"] = config["extra-index-url"]
+    if config.get("index-url") and "UV_DEFAULT_INDEX" not in os.environ:
+        os.environ["UV_DEFAULT_INDEX"] = config["index-url"]
+    os.environ.setdefault("UV_INDEX_STRATEGY", "unsafe-best-match")
+    os.environ.setdefault("UV_LINK_MODE", "hardlink")
+
+
+_uv_env()
+
+
+def _install(session: nox.Session, *specs: tuple[str, ...]) -> None:
+    args: list[str] = []
+    for spec in specs:
+        args.extend(spec)
+    session.install(*CONSTRAINTS, *args)
+
+
+def _pytest(session: nox.Session, *paths: str) -> None:
+    env = {"AUTOSIM_CACHE": str(session.create_tmp() + "/autosim-cache"), "MPLBACKEND": "Agg"}
+    session.run("pytest", "-q", *paths, *session.posargs, env=env)
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    session.install("ruff")
+    session.run("ruff", "check", ".")
+
+
+@nox.session(python=PYTHON)
+def core(session: nox.Session) -> None:
+    """The core alone."""
+    _install(session, CORE)
+    _pytest(session, "tests")
+
+
+@nox.session(python=PYTHON)
+def clevr(session: nox.Session) -> None:
+    """autosim-clevr beside the core (fast backend)."""
+    _install(session, CORE, CLEVR)
+    _pytest(session, "plugins/autosim_clevr/tests")
+
+
+@nox.session(python=PYTHON)
+def cycles(session: nox.Session) -> None:
+    """autosim-clevr with Blender (the bpy wheel): Cycles renders against the fast backend."""
+    _install(session, CORE, ("-e", "plugins/autosim_clevr[blender]"))
+    _pytest(session, "plugins/autosim_clevr/tests/test_cycles.py")
+
+
+@nox.session(python=PYTHON)
+def unet(session: nox.Session) -> None:
+    """autosim-unet beside the core."""
+    _install(session, CORE, UNET)
+    _pytest(session, "plugins/autosim_unet/tests")
+
+
+@nox.session(python=PYTHON)
+def clevr_unet(session: nox.Session) -> None:
+    """The combination the demo uses: CLEVR renders, UNet segments."""
+    _install(session, CORE, CLEVR, UNET)
+    _pytest(session, "integration")
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """Benchmarks of the core and of each plugin, as JSON in bench-results/."""
+    _install(session, CORE, ("-e", "plugins/autosim_clevr[blender]"), UNET)
+    os.makedirs("bench-results", exist_ok=True)
+    session.run("python", "benchmarks/core.py", "--out", "bench-results/core.json")
+    session.run("python", "plugins/autosim_clevr/bench.py", "--out", "bench-results/clevr.json")
+    session.run("python", "plugins/autosim_unet/bench.py", "--out", "bench-results/unet.json")
