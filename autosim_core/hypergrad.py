@@ -6,11 +6,16 @@ parameters; conjugate gradient works on those dicts directly.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
 from torch.func import grad, jvp
+
+# torch's first forward-mode call loads its jvp decompositions through torch.jit.script, which
+# warns about its own deprecation; the warning says nothing about autosim or the user's code.
+warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
 
 Params = dict[str, torch.Tensor]
 

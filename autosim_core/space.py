@@ -391,7 +391,8 @@ class ParameterSpace:
 
     def describe(self, psi: Psi) -> dict[str, dict[str, Any]]:
         """Human-readable psi: means, stds, probabilities per parameter."""
-        return {name: fam.describe(self._psi_of(psi, name)) for name, fam in self.parameters.items()}
+        detached = {k: v.detach() for k, v in psi.items()}
+        return {name: fam.describe(self._psi_of(detached, name)) for name, fam in self.parameters.items()}
 
     # -- sampling and scoring ------------------------------------------------------------------
     def sample(self, psi: Psi, n: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
