@@ -436,8 +436,9 @@ class ParameterSpace:
         import torch
 
         changes: dict[str, dict[str, Any]] = {}
+        detached = {k: v.detach() for k, v in psi.items()}
         for name, fam in self.parameters.items():
-            p = self._psi_of(psi, name)
+            p = self._psi_of(detached, name)
             if isinstance(fam, Normal):
                 changes[name] = {"mean": float(p["loc"]), "std": float(p["log_std"].exp())}
             elif isinstance(fam, LogNormal):
