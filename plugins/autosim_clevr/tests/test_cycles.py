@@ -1,0 +1,289 @@
+"""The Cycles backend against analytic projections, a brute-force ray caster and the fast backend.
+
+Everything here needs the ``bpy`` wheel (the ``blender`` extra) and is skipped without it. Images
+are small and sample counts low so that the module runs in seconds.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("bpy")
+
+from autosim_clevr import cycles
+from autosim_clevr.scene import CLASS_ID, Camera, Light, Scene3D, SceneObject
+
+LIGHTS = [
+    Light("key", (6.4, -2.9, 4.2), 1.0),
+    Light("fill", (-4.7, -1.0, 3.0), 0.3),
+    Light("back", (-1.2, 2.6, 5.8), 0.4),
+]
+
+
+def make_scene(objects: list[SceneObject], *, id: object = "t", seed: int = 0, width: int = 96, height: int = 72,
+               samples: int = 4, bounces: int = 2, camera: Camera | None = None,
+               lights: list[Light] | None = None, ambient: float = 0.3) -> Scene3D:
+    return Scene3D(id=id, seed=seed, width=width, height=height, samples=samples, bounces=bounces,
+                   camera=camera or Camera(position=(0.0, -8.0, 3.0), look_at=(0.0, 0.0, 1.0), fov=40.0),
+                   lights=LIGHTS if lights is None else lights, ambient=ambient, objects=objects)
+
+
+# --------------------------------------------------------------------------------------------
+# Geometry references, written independently of both backends
+
+
+def camera_basis(cam: Camera) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Position, forward, right and up vectors (world z up)."""
+    pos = np.asarray(cam.position, float)
+    fwd = np.asarray(cam.look_at, float) - pos
+    fwd /= np.linalg.norm(fwd)
+    right = np.cross(fwd, [0.0, 0.0, 1.0])
+    right /= np.linalg.norm(right)
+    return pos, fwd, right, np.cross(right, fwd)
+
+
+def focal_px(scene: Scene3D) -> float:
+    return (scene.width / 2.0) / math.tan(math.radians(scene.camera.fov) / 2.0)
+
+
+def project(scene: Scene3D, point: tuple[float, float, float]) -> tuple[float, float]:
+    """(column, row) in continuous pixel units, pixel (i, j) centred at (j + 0.5, i + 0.5)."""
+    pos, fwd, right, up = camera_basis(scene.camera)
+    d = np.asarray(point, float) - pos
+    f = focal_px(scene)
+    return scene.width / 2.0 + f * d @ right / (d @ fwd), scene.height / 2.0 - f * d @ up / (d @ fwd)
+
+
+def sphere_ellipse(scene: Scene3D, centre: tuple[float, float, float], r: float) -> tuple[float, float, float]:
+    """Area (px²) and centre (column, row) of a sphere's perspective image, an ellipse.
+
+    With the sphere's centre at distance d and angle θ off the optical axis and sin α = r / d,
+    the semi-axes are f sinα cosα / (cos²θ - sin²α) and f sinα / sqrt(cos²θ - sin²α), and the
+    ellipse's centre lies on the ray towards the projected centre at f sinθ cosθ / (cos²θ - sin²α).
+    """
+    pos, fwd, _, _ = camera_basis(scene.camera)
+    d_vec = np.asarray(centre, float) - pos
+    d = float(np.linalg.norm(d_vec))
+    cos_t = float(d_vec @ fwd) / d
+    sin_t = math.sqrt(max(0.0, 1.0 - cos_t**2))
+    sin_a = r / d
+    cos_a = math.sqrt(1.0 - sin_a**2)
+    f = focal_px(scene)
+    denom = cos_t**2 - sin_a**2
+    area = math.pi * (f * sin_a * cos_a / denom) * (f * sin_a / math.sqrt(denom))
+    cx, cy = project(scene, centre)
+    ox, oy = cx - scene.width / 2.0, cy - scene.height / 2.0
+    rho_proj = math.hypot(ox, oy)
+    if rho_proj == 0.0:
+        return area, cx, cy
+    scale = (f * sin_t * cos_t / denom) / rho_proj
+    return area, scene.width / 2.0 + ox * scale, scene.height / 2.0 + oy * scale
+
+
+def raycast_mask(scene: Scene3D) -> np.ndarray:
+    """Class mask by casting one ray through each pixel centre against the exact shapes."""
+    pos, fwd, right, up = camera_basis(scene.camera)
+    w, h = scene.width, scene.height
+    f = focal_px(scene)
+    jj, ii = np.meshgrid(np.arange(w) + 0.5, np.arange(h) + 0.5)
+    dirs = fwd + ((jj - w / 2.0) / f)[..., None] * right - ((ii - h / 2.0) / f)[..., None] * up
+    dirs /= np.linalg.norm(dirs, axis=-1, keepdims=True)
+    depth = np.full((h, w), np.inf)
+    mask = np.zeros((h, w), np.int64)
+    for obj in scene.objects:
+        r = obj.radius
+        centre = np.array([obj.x, obj.y, r])
+        if obj.shape == "sphere":
+            oc = pos - centre
+            b = dirs @ oc
+            disc = b**2 - (oc @ oc - r**2)
+            t = np.where(disc >= 0, -b - np.sqrt(np.maximum(disc, 0.0)), np.inf)
+        else:
+            # Work in the object's frame: undo the rotation about the vertical axis.
+            a = math.radians(obj.rotation)
+            rot = np.array([[math.cos(a), math.sin(a), 0.0], [-math.sin(a), math.cos(a), 0.0], [0.0, 0.0, 1.0]])
+            o = rot @ (pos - centre)
+            d = dirs @ rot.T
+            with np.errstate(divide="ignore", invalid="ignore"):
+                tz0, tz1 = (-r - o[2]) / d[..., 2], (r - o[2]) / d[..., 2]
+                t_near = np.minimum(tz0, tz1)
+                t_far = np.maximum(tz0, tz1)
+                if obj.shape == "cube":
+                    for k in (0, 1):
+                        t0, t1 = (-r - o[k]) / d[..., k], (r - o[k]) / d[..., k]
+                        t_near = np.maximum(t_near, np.minimum(t0, t1))
+                        t_far = np.minimum(t_far, np.maximum(t0, t1))
+                else:
+                    qa = d[..., 0] ** 2 + d[..., 1] ** 2
+                    qb = o[0] * d[..., 0] + o[1] * d[..., 1]
+                    disc = qb**2 - qa * (o[0] ** 2 + o[1] ** 2 - r**2)
+                    root = np.sqrt(np.maximum(disc, 0.0))
+                    t_near = np.where(disc >= 0, np.maximum(t_near, (-qb - root) / qa), np.inf)
+                    t_far = np.minimum(t_far, (-qb + root) / qa)
+            t = np.where((t_near <= t_far) & (t_far > 0), t_near, np.inf)
+        closer = t < depth
+        depth[closer] = t[closer]
+        mask[closer] = CLASS_ID[obj.shape]
+    return mask
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum() / max(1, (a | b).sum()))
+
+
+def centroid(m: np.ndarray) -> tuple[float, float]:
+    rows, cols = np.nonzero(m)
+    return float(cols.mean() + 0.5), float(rows.mean() + 0.5)
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def test_output_types_and_ranges() -> None:
+    scene = make_scene([SceneObject("sphere", "red", "rubber", "large", 0.0, 0.0)], width=40, height=30)
+    [(image, mask)] = cycles.render_batch([scene])
+    assert image.shape == (3, 30, 40) and image.dtype == torch.float32
+    assert mask.shape == (30, 40) and mask.dtype == torch.int64
+    assert 0.0 <= float(image.min()) and float(image.max()) <= 1.0
+    assert set(mask.unique().tolist()) == {0, 1}
+    assert cycles.render_batch([]) == []
+
+
+def test_sphere_area_and_centroid_match_projection() -> None:
+    scene = make_scene([SceneObject("sphere", "red", "rubber", "large", 1.5, 0.5)], width=128, height=96,
+                       camera=Camera(position=(1.0, -6.0, 3.5), look_at=(-0.5, 0.0, 0.5), fov=45.0))
+    centre = (1.5, 0.5, 0.7)
+    [(_, mask)] = cycles.render_batch([scene])
+    sphere = mask.numpy() == CLASS_ID["sphere"]
+    area, cx, cy = sphere_ellipse(scene, centre, 0.7)
+    assert area > 300  # big enough that one-pixel boundaries are a small fraction
+    assert sphere.sum() == pytest.approx(area, rel=0.03)
+    mx, my = centroid(sphere)
+    assert mx == pytest.approx(cx, abs=0.5) and my == pytest.approx(cy, abs=0.5)
+    # The off-axis placement must land right of and above the image centre (row 0 is the top).
+    assert cx > scene.width / 2 and cy < scene.height / 2
+
+
+def test_cube_and_cylinder_where_projected() -> None:
+    objects = [
+        SceneObject("cube", "blue", "metal", "large", 1.6, 0.6, rotation=30.0),
+        SceneObject("cylinder", "yellow", "rubber", "large", -1.6, -0.4),
+    ]
+    scene = make_scene(objects, width=128, height=96)
+    [(_, mask)] = cycles.render_batch([scene])
+    m = mask.numpy()
+    ref = raycast_mask(scene)
+    for obj in objects:
+        cls = CLASS_ID[obj.shape]
+        col, row = project(scene, (obj.x, obj.y, obj.radius))
+        assert m[int(row), int(col)] == cls, obj.shape
+        assert iou(m == cls, ref == cls) >= 0.95, obj.shape
+    assert set(np.unique(m).tolist()) == {0, CLASS_ID["cube"], CLASS_ID["cylinder"]}
+
+
+def test_occlusion_and_ground_follow_the_ray_caster() -> None:
+    objects = [
+        SceneObject("sphere", "green", "metal", "small", 0.0, -1.5),
+        SceneObject("cube", "gray", "rubber", "large", 0.2, 0.3, rotation=10.0),
+        SceneObject("cylinder", "cyan", "metal", "small", 1.2, 1.5),
+    ]
+    scene = make_scene(objects, width=96, height=72, camera=Camera(position=(0.5, -7.0, 2.0), look_at=(0.0, 0.0, 0.5)))
+    [(_, mask)] = cycles.render_batch([scene])
+    ref = raycast_mask(scene)
+    for cls in set(np.unique(ref).tolist()) - {0}:
+        assert iou(mask.numpy() == cls, ref == cls) >= 0.9, cls
+
+
+def test_same_seed_same_image_and_batch_reuse_is_clean() -> None:
+    a = make_scene([SceneObject("sphere", "red", "metal", "large", 0.0, 0.0)], id="a", seed=3, width=48, height=36)
+    b = make_scene([SceneObject("cube", "purple", "rubber", "large", 1.0, 0.0, rotation=20.0)], id="b", seed=4,
+                   width=48, height=36)
+    out = cycles.render_batch([a, b, a])
+    assert torch.equal(out[0][0], out[2][0]) and torch.equal(out[0][1], out[2][1])
+    # Objects from the previous scene must be gone: b's mask has no sphere, a's no cube.
+    assert CLASS_ID["sphere"] not in out[1][1].unique().tolist()
+    assert CLASS_ID["cube"] not in out[2][1].unique().tolist()
+    [(b_alone, _)] = cycles.render_batch([b])
+    assert torch.equal(out[1][0], b_alone)
+    a_other_seed = make_scene(a.objects, id="a", seed=4, width=48, height=36)
+    assert not torch.equal(cycles.render_batch([a_other_seed])[0][0], out[0][0])
+
+
+def test_more_samples_less_noise() -> None:
+    objects = [SceneObject("sphere", "red", "rubber", "large", 0.0, 0.0),
+               SceneObject("cube", "blue", "metal", "large", 1.6, 0.6, rotation=30.0)]
+    kwargs = {"width": 48, "height": 36, "bounces": 2}
+    reference = cycles.render_batch([make_scene(objects, samples=256, **kwargs)])[0][0]
+
+    def error(samples: int) -> float:
+        image = cycles.render_batch([make_scene(objects, samples=samples, seed=1, **kwargs)])[0][0]
+        return float((image - reference).pow(2).mean().sqrt())
+
+    low, high = error(1), error(32)
+    assert high < 0.5 * low
+
+
+def test_light_and_ambient_raise_brightness() -> None:
+    objects = [SceneObject("sphere", "gray", "rubber", "large", 0.0, 0.0)]
+    dim = make_scene(objects, width=32, height=24, lights=[Light("key", (6.4, -2.9, 4.2), 0.5)], ambient=0.1)
+    bright = make_scene(objects, width=32, height=24, lights=[Light("key", (6.4, -2.9, 4.2), 1.5)], ambient=0.1)
+    ambient = make_scene(objects, width=32, height=24, lights=[Light("key", (6.4, -2.9, 4.2), 0.5)], ambient=1.0)
+    d, b, a = (img.mean().item() for img, _ in cycles.render_batch([dim, bright, ambient]))
+    assert b > d + 0.05 and a > d + 0.05
+
+
+def test_error_names_the_scene() -> None:
+    bad = make_scene([SceneObject("sphere", "red", "rubber", "huge", 0.0, 0.0)], id="scene-42", width=16, height=12)
+    with pytest.raises(cycles.CyclesRenderError, match="scene-42"):
+        cycles.render_batch([bad])
+
+
+# --------------------------------------------------------------------------------------------
+# Agreement with the fast backend
+
+
+def _fast_scenes() -> list[Scene3D]:
+    layouts = [
+        [("sphere", 1.5, 0.5, "large"), ("cube", -1.2, 0.8, "large"), ("cylinder", 0.2, -1.6, "small")],
+        [("cylinder", -2.0, -0.5, "large"), ("sphere", 0.0, 1.8, "small"), ("cube", 2.2, -0.8, "small"),
+         ("sphere", -0.6, -1.9, "large")],
+        [("cube", 0.0, 0.0, "large"), ("cube", 2.3, 1.2, "small"), ("cylinder", -2.2, 1.5, "large"),
+         ("sphere", 1.0, -2.0, "large"), ("cylinder", -1.0, -2.2, "small")],
+    ]
+    colours = ["red", "blue", "green", "yellow", "purple"]
+    scenes = []
+    for k, layout in enumerate(layouts):
+        objects = [SceneObject(shape, colours[i], "metal" if i % 2 else "rubber", size, x, y, rotation=25.0 * i)
+                   for i, (shape, x, y, size) in enumerate(layout)]
+        scenes.append(make_scene(objects, id=f"fast-{k}", seed=k, width=96, height=96, samples=2,
+                                 camera=Camera(position=(7.5 - k, -6.7, 5.1 - 0.5 * k))))
+    return scenes
+
+
+def test_masks_agree_with_fast_backend() -> None:
+    fast = pytest.importorskip("autosim_clevr.fast")
+    if not hasattr(fast, "render_batch"):
+        pytest.skip("autosim_clevr.fast has no render_batch")
+    scenes = _fast_scenes()
+    for scene, (_, m_cycles), (_, m_fast) in zip(scenes, cycles.render_batch(scenes), fast.render_batch(scenes),
+                                                 strict=True):
+        a, b = m_cycles.numpy(), m_fast.numpy()
+        assert a.shape == b.shape
+        for cls in set(np.unique(a).tolist()) | set(np.unique(b).tolist()):
+            if cls == 0:
+                continue
+            assert iou(a == cls, b == cls) >= 0.9, (scene.id, cls)
+
+
+def test_fast_scenes_agree_with_ray_caster() -> None:
+    # The same scenes as the fast comparison, so that a failure there can be told apart: this
+    # checks the Cycles side alone.
+    scenes = _fast_scenes()
+    for scene, (_, mask) in zip(scenes, cycles.render_batch(scenes), strict=True):
+        ref = raycast_mask(scene)
+        for cls in set(np.unique(ref).tolist()) - {0}:
+            assert iou(mask.numpy() == cls, ref == cls) >= 0.9, (scene.id, cls)
