@@ -16,7 +16,7 @@ from abc import abstractmethod
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 if TYPE_CHECKING:
     import torch
@@ -312,6 +312,38 @@ def parse_family(data: Mapping[str, Any]) -> _Family:
     return _FAMILY_ADAPTER.validate_python(dict(data))
 
 
+_FAMILIES: dict[str, type[_Family]] = {
+    cls.model_fields["family"].default: cls for cls in (Normal, LogNormal, Bounded, Categorical, Bernoulli)
+}
+
+
+class UnknownParameterError(KeyError):
+    """A change names a parameter the space does not have (printed without KeyError's quotes)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def _family_error(name: str, exc: ValidationError) -> ValueError:
+    """One line naming ``<parameter>.<setting>`` for each problem of a family's settings."""
+    parts = []
+    for err in exc.errors():
+        loc = [str(p) for p in err["loc"]]
+        family = _FAMILIES.get(loc[0]) if loc else None
+        if family is not None:
+            loc = loc[1:]  # the union's tag, not a key the user wrote
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            allowed = ", ".join(family.model_fields) if family is not None else ""
+            msg = "unknown key" + (f"; allowed: {allowed}" if allowed else "")
+        elif err["type"] == "missing":
+            msg = "required key is missing"
+        elif not isinstance(err.get("input"), Mapping):
+            msg += f" (got {err.get('input')!r})"
+        parts.append(f"{'.'.join([name, *loc])}: {msg}")
+    return ValueError("; ".join(parts))
+
+
 class ParameterSpace:
     """Named parameters of a simulator, each a distribution family with learnable psi.
 
@@ -422,13 +454,16 @@ class ParameterSpace:
         params = dict(self.parameters)
         for name, change in changes.items():
             if name not in params:
-                raise KeyError(f"unknown parameter {name!r}; the space has: {', '.join(params)}")
+                raise UnknownParameterError(f"unknown parameter {name!r}; the space has: {', '.join(params)}")
             if not isinstance(change, Mapping):
                 raise TypeError(f"the change for {name!r} must be a table of settings, got {change!r}")
-            if "family" in change and change["family"] != params[name].family:  # type: ignore[attr-defined]
-                params[name] = parse_family(change)
-            else:
-                params[name] = parse_family({**params[name].model_dump(), **change})
+            try:
+                if "family" in change and change["family"] != params[name].family:  # type: ignore[attr-defined]
+                    params[name] = parse_family(change)
+                else:
+                    params[name] = parse_family({**params[name].model_dump(), **change})
+            except ValidationError as exc:
+                raise _family_error(name, exc) from None
         return ParameterSpace(params)
 
     def with_psi(self, psi: Psi) -> ParameterSpace:
