@@ -97,6 +97,46 @@ def compare(
     typer.echo(markdown_table(rows), nl=False)
 
 
+@app.command()
+def generate(
+    run_dir: Annotated[Path, typer.Argument(help="a run folder (uses its config.toml and final psi.json)")],
+    count: Annotated[int, typer.Option("-n", "--count", min=1, help="examples to render")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="dataset folder to create")],
+    seed: Annotated[int, typer.Option("--seed", help="seed of the sampled scenes")] = 0,
+    batch: Annotated[int, typer.Option("--batch", min=1, help="scenes rendered at a time")] = 64,
+) -> None:
+    """Render a dataset from a run's learned psi: images/, masks/ (PNG) and annotations.jsonl."""
+    from .config import ConfigError, load_config
+    from .export import write_examples
+    from .run import Run
+    from .space import ParameterSpace
+
+    if out.exists() and any(out.iterdir()):
+        typer.echo(f"error: {out} is not empty", err=True)
+        raise typer.Exit(2)
+    try:
+        psi_file = json.loads((run_dir / "psi.json").read_text())
+        runner = Run(load_config(run_dir / "config.toml"), run_dir)
+    except FileNotFoundError as exc:
+        typer.echo(f"error: {run_dir} is not a finished run folder ({exc.filename} is missing)", err=True)
+        raise typer.Exit(2) from None
+    except ConfigError as exc:
+        for line in exc.lines:
+            typer.echo(f"error: {line}", err=True)
+        raise typer.Exit(2) from None
+    import torch
+
+    space = ParameterSpace.from_dict(psi_file["space"])
+    psi = space.init_psi()
+    generator = torch.Generator().manual_seed(seed)
+    written = 0
+    while written < count:
+        n = min(batch, count - written)
+        _, examples = runner.render(space, psi, n, generator, list(range(written, written + n)))
+        written += write_examples(examples, out, start=written)
+    typer.echo(json.dumps({"examples": written, "out": str(out)}))
+
+
 def main() -> None:
     app()
 
