@@ -41,3 +41,9 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def toy_example() -> dict[str, Any]:
     return tomllib.loads(TOY_TOML.read_text())
+
+
+@pytest.fixture(scope="session")
+def make_toy_data():
+    """The ``toy_data`` builder, for tests (conftest is not importable as a module)."""
+    return toy_data

@@ -15,8 +15,6 @@ from autosim_core import hookimpl
 from autosim_core.config import parse_config
 from autosim_core.run import CHECKPOINT, HISTORY, Run
 
-from .conftest import toy_data
-
 START = (2.5, 1.5)
 TARGET = (1.0, 0.0)  # the toy's "target" preset, where the validation set comes from
 CLASS0 = (-1.0, 0.0)
@@ -46,13 +44,13 @@ class ToyRun:
 
 
 @pytest.fixture(scope="module")
-def toy_runs(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path):
+def toy_runs(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path, make_toy_data):
     """name -> a finished AutoSimulate run on the toy with that estimator (each run once per module)."""
     done: dict[str, ToyRun] = {}
 
     def get(estimator: str) -> ToyRun:
         if estimator not in done:
-            data = toy_data(cache_dir, estimator=estimator, iterations=ITERATIONS)
+            data = make_toy_data(cache_dir, estimator=estimator, iterations=ITERATIONS)
             if estimator == "no-val":
                 data.pop("validation")  # no-val needs no validation set
             folder = tmp_path_factory.mktemp(f"run-{estimator}") / "run"
@@ -172,9 +170,9 @@ RESUME_ITERATIONS = 5
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Path:
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path, make_toy_data) -> Path:
     folder = tmp_path_factory.mktemp("uninterrupted") / "run"
-    Run(parse_config(toy_data(cache_dir, iterations=RESUME_ITERATIONS)), folder).execute()
+    Run(parse_config(make_toy_data(cache_dir, iterations=RESUME_ITERATIONS)), folder).execute()
     return folder
 
 
@@ -200,8 +198,8 @@ def assert_same_run(resumed: Path, reference: Path) -> None:
 
 @pytest.mark.parametrize("stop_at", [1, 3])
 def test_resume_after_interrupt_equals_uninterrupted_run(stop_at: int, tmp_path: Path, cache_dir: Path,
-                                                        uninterrupted: Path) -> None:
-    config = parse_config(toy_data(cache_dir, iterations=RESUME_ITERATIONS))
+                                                        uninterrupted: Path, make_toy_data) -> None:
+    config = parse_config(make_toy_data(cache_dir, iterations=RESUME_ITERATIONS))
     folder = tmp_path / "run"
     with pytest.raises(Interrupted):
         Run(config, folder, observers=(InterruptAt(stop_at),)).execute()
@@ -219,10 +217,10 @@ def test_resume_after_interrupt_equals_uninterrupted_run(stop_at: int, tmp_path:
     "run.py writes the checkpoint of iteration N before appending its history row; a process killed "
     "between the two resumes from N and never writes row N (history then lacks that iteration)"))
 def test_resume_after_a_crash_between_checkpoint_and_history(tmp_path: Path, cache_dir: Path,
-                                                             uninterrupted: Path,
+                                                             uninterrupted: Path, make_toy_data,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     """The process dies right after iteration 3's checkpoint is written (before its history row)."""
-    config = parse_config(toy_data(cache_dir, iterations=RESUME_ITERATIONS))
+    config = parse_config(make_toy_data(cache_dir, iterations=RESUME_ITERATIONS))
     folder = tmp_path / "run"
     original = Run._checkpoint
 
@@ -240,8 +238,8 @@ def test_resume_after_a_crash_between_checkpoint_and_history(tmp_path: Path, cac
 
 
 def test_run_refuses_to_overwrite_and_resume_needs_a_checkpoint(tmp_path: Path, cache_dir: Path,
-                                                                uninterrupted: Path) -> None:
-    config = parse_config(toy_data(cache_dir, iterations=RESUME_ITERATIONS))
+                                                                uninterrupted: Path, make_toy_data) -> None:
+    config = parse_config(make_toy_data(cache_dir, iterations=RESUME_ITERATIONS))
     with pytest.raises(FileExistsError):
         Run(config, uninterrupted).execute()
     with pytest.raises(FileNotFoundError):
