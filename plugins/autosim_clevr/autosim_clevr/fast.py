@@ -1,0 +1,566 @@
+"""The ``fast`` backend: an analytic ray caster for CLEVR scenes in plain torch.
+
+It is not a path tracer, but it is built so that every knob of the parameter space changes
+the pixels the way it changes a path-traced image, which is what the segmentation model
+(and so the optimiser) sees:
+
+- samples per pixel: each sample jitters its ray inside the pixel, picks *one* light at
+  random (in proportion to its strength), a random point on that light's disc, one
+  cosine-distributed ambient-occlusion ray and, for metal, a slightly perturbed mirror
+  ray. Few samples therefore give the grainy look of a low-sample render (noisy shadows,
+  speckled ambient light, aliased edges); many samples converge to a clean image.
+- bounces: 0 means direct light only (metal shows its highlights and the environment
+  but no other objects); >= 1 traces one mirror bounce off metal, and diffuse
+  inter-reflection is approximated by a uniform fill that grows as 1 - 2^-bounces.
+- light intensities scale the three point lights (with soft shadows) and the ambient sky.
+
+The class mask is primary visibility of the pixel-centre ray, so it is exact and the same
+for any number of samples. Vectors are kept as triples of tensors (x, y, z) rather than
+tensors with a trailing 3, so that every operation is a plain elementwise kernel.
+
+Scenes of the same image size are rendered together: objects are padded per shape to the
+largest count of the batch (padding never hits), each scene draws its random numbers from
+its own generator seeded with ``scene.seed``, so an image does not depend on which other
+scenes share its batch (up to the last bit of transcendental functions).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+
+import torch
+
+from .geometry import camera_basis, tan_half_fov
+from .scene import CLASS_ID, COLOURS, MATERIALS, SHAPES, SIZES, Scene3D
+
+Tensor = torch.Tensor
+V3 = tuple[Tensor, Tensor, Tensor]
+
+INF = math.inf
+T_EPS = 1e-4
+"""Hits closer than this are ignored (the surface a secondary ray starts from)."""
+OFFSET = 2e-3
+"""Secondary rays start this far off the surface along its normal."""
+
+# Strength of each lamp at intensity 1: irradiance at the scene centre facing the lamp.
+LIGHT_GAIN: dict[str, float] = {"key": 1.0, "fill": 0.4, "back": 0.6}
+LIGHT_RADIUS = 0.5
+AMBIENT_GAIN = 0.35
+BOUNCE_GAIN = 0.08
+SKY = (0.85, 0.9, 1.0)
+GROUND_SRGB = (0.47, 0.47, 0.47)
+METAL_DIFFUSE = 0.15
+METAL_REFLECT = 0.8
+SPECULAR = 6.0
+SHININESS = 60.0
+GLOSS = 0.04
+SPEC_WHITE = 0.5
+"""How far a metal's highlight is whitened from its own colour (bright light sources clip)."""
+PIXEL_ELEMENTS = 1 << 20
+"""Rays x objects per intermediate tensor; chunks of that size stay in cache."""
+N_RANDOM = 9
+STRATIFIED = [2, 5]
+"""Random numbers stratified over samples: the light choice and the occlusion ray's elevation."""
+
+
+def srgb_to_linear(c: float) -> float:
+    return c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4
+
+
+def linear_to_srgb(x: Tensor) -> Tensor:
+    x = x.clamp(0.0, 1.0)
+    return torch.where(x <= 0.0031308, 12.92 * x, 1.055 * x.clamp_min(1e-12).pow(1 / 2.4) - 0.055)
+
+
+GROUND = tuple(srgb_to_linear(c) for c in GROUND_SRGB)
+
+
+# ------------------------------------------------------------------------ vector helpers ---
+def dot(a: V3, b: V3) -> Tensor:
+    return a[0] * b[0] + a[1] * b[1] + a[2] * b[2]
+
+
+def unit(a: V3) -> V3:
+    inv = torch.rsqrt(dot(a, a).clamp_min(1e-20))
+    return (a[0] * inv, a[1] * inv, a[2] * inv)
+
+
+def along(o: V3, d: V3, t: Tensor) -> V3:
+    return (o[0] + d[0] * t, o[1] + d[1] * t, o[2] + d[2] * t)
+
+
+def last(v: V3) -> V3:
+    """Add a trailing axis so that rays broadcast against the objects axis."""
+    return (v[0].unsqueeze(-1), v[1].unsqueeze(-1), v[2].unsqueeze(-1))
+
+
+# ------------------------------------------------------------------------------ objects ---
+@dataclass
+class Objects:
+    """The batch's objects. Per-shape tensors (for intersection) and per-object tensors in
+    the global order spheres, cubes, cylinders (for shading the hit); leading axis = scene."""
+
+    sph_x: Tensor
+    sph_y: Tensor
+    sph_r: Tensor
+    sph_ok: Tensor
+    cub_x: Tensor
+    cub_y: Tensor
+    cub_h: Tensor
+    cub_c: Tensor
+    cub_s: Tensor
+    cub_ok: Tensor
+    cyl_x: Tensor
+    cyl_y: Tensor
+    cyl_r: Tensor
+    cyl_ok: Tensor
+    kind: Tensor
+    x: Tensor
+    y: Tensor
+    r: Tensor
+    cos: Tensor
+    sin: Tensor
+    red: Tensor
+    green: Tensor
+    blue: Tensor
+    metal: Tensor
+
+    def map(self, fn: Callable[[Tensor], Tensor]) -> Objects:
+        return Objects(**{f.name: fn(getattr(self, f.name)) for f in fields(self)})
+
+    @property
+    def count(self) -> int:
+        return int(self.kind.shape[-1])
+
+
+def pack_objects(scenes: list[Scene3D], device: torch.device) -> Objects:
+    per_shape = {s: [[o for o in sc.objects if o.shape == s] for sc in scenes] for s in SHAPES}
+    width = {s: max((len(lst) for lst in per_shape[s]), default=0) for s in SHAPES}
+    b = len(scenes)
+
+    def table(shape: str, values: Callable[..., float], pad: float) -> Tensor:
+        rows = [[values(o) for o in lst] + [pad] * (width[shape] - len(lst)) for lst in per_shape[shape]]
+        return torch.tensor(rows, dtype=torch.float32, device=device).reshape(b, width[shape])
+
+    def ok(shape: str) -> Tensor:
+        rows = [[True] * len(lst) + [False] * (width[shape] - len(lst)) for lst in per_shape[shape]]
+        return torch.tensor(rows, dtype=torch.bool, device=device).reshape(b, width[shape])
+
+    def rad(o: object) -> float:
+        return math.radians(o.rotation)  # type: ignore[attr-defined]
+
+    parts: dict[str, list[Tensor]] = {k: [] for k in ("kind", "x", "y", "r", "cos", "sin", "red", "green",
+                                                        "blue", "metal")}
+    for s in SHAPES:
+        parts["kind"].append(torch.full((b, width[s]), CLASS_ID[s], dtype=torch.long, device=device))
+        parts["x"].append(table(s, lambda o: o.x, 0.0))
+        parts["y"].append(table(s, lambda o: o.y, 0.0))
+        parts["r"].append(table(s, lambda o: o.radius, 1.0))
+        parts["cos"].append(table(s, lambda o: math.cos(rad(o)), 1.0))
+        parts["sin"].append(table(s, lambda o: math.sin(rad(o)), 0.0))
+        for i, ch in enumerate(("red", "green", "blue")):
+            parts[ch].append(table(s, lambda o, i=i: srgb_to_linear(o.rgb[i]), 0.0))
+        parts["metal"].append(table(s, lambda o: float(o.material == "metal"), 0.0))
+    glob = {k: torch.cat(v, dim=1) for k, v in parts.items()}
+    return Objects(
+        sph_x=table("sphere", lambda o: o.x, 0.0), sph_y=table("sphere", lambda o: o.y, 0.0),
+        sph_r=table("sphere", lambda o: o.radius, 1.0), sph_ok=ok("sphere"),
+        cub_x=table("cube", lambda o: o.x, 0.0), cub_y=table("cube", lambda o: o.y, 0.0),
+        cub_h=table("cube", lambda o: o.radius, 1.0), cub_c=table("cube", lambda o: math.cos(rad(o)), 1.0),
+        cub_s=table("cube", lambda o: math.sin(rad(o)), 0.0), cub_ok=ok("cube"),
+        cyl_x=table("cylinder", lambda o: o.x, 0.0), cyl_y=table("cylinder", lambda o: o.y, 0.0),
+        cyl_r=table("cylinder", lambda o: o.radius, 1.0), cyl_ok=ok("cylinder"),
+        **glob,
+    )
+
+
+# ------------------------------------------------------------------------- intersection ---
+def _spans(o: V3, d: V3, g: Objects) -> list[tuple[Tensor, Tensor, Tensor]]:
+    """(t_enter, t_exit, valid) per shape; rays carry a trailing axis of 1, objects of N."""
+    out = []
+    ox, oy, oz = o
+    dx, dy, dz = d
+    if g.sph_x.shape[-1]:
+        r = g.sph_r
+        px, py, pz = ox - g.sph_x, oy - g.sph_y, oz - r
+        b = px * dx + py * dy + pz * dz
+        disc = b * b - (px * px + py * py + pz * pz - r * r)
+        sq = disc.clamp_min(0.0).sqrt()
+        out.append((-b - sq, sq - b, (disc >= 0) & g.sph_ok))
+    if g.cub_x.shape[-1]:
+        h, c, s = g.cub_h, g.cub_c, g.cub_s
+        px, py = ox - g.cub_x, oy - g.cub_y
+        lx, ly = c * px + s * py, c * py - s * px
+        ix, iy = 1.0 / (c * dx + s * dy), 1.0 / (c * dy - s * dx)
+        iz = 1.0 / dz
+        a1, a2 = (-h - lx) * ix, (h - lx) * ix
+        b1, b2 = (-h - ly) * iy, (h - ly) * iy
+        c1, c2 = -oz * iz, (2 * h - oz) * iz
+        near = torch.maximum(torch.maximum(torch.minimum(a1, a2), torch.minimum(b1, b2)), torch.minimum(c1, c2))
+        far = torch.minimum(torch.minimum(torch.maximum(a1, a2), torch.maximum(b1, b2)), torch.maximum(c1, c2))
+        out.append((near, far, (near <= far) & g.cub_ok))
+    if g.cyl_x.shape[-1]:
+        r = g.cyl_r
+        px, py = ox - g.cyl_x, oy - g.cyl_y
+        a = (dx * dx + dy * dy).clamp_min(1e-12)
+        b = px * dx + py * dy
+        disc = b * b - a * (px * px + py * py - r * r)
+        sq = disc.clamp_min(0.0).sqrt()
+        inva = 1.0 / a
+        iz = 1.0 / dz
+        z1, z2 = -oz * iz, (2 * r - oz) * iz
+        near = torch.maximum((-b - sq) * inva, torch.minimum(z1, z2))
+        far = torch.minimum((sq - b) * inva, torch.maximum(z1, z2))
+        out.append((near, far, (disc >= 0) & (near <= far) & g.cyl_ok))
+    return out
+
+
+def closest(o: V3, d: V3, g: Objects) -> tuple[Tensor, Tensor, Tensor]:
+    """Nearest hit along unit rays: (t, object index, what) with what 0 sky, 1 ground, 2 object."""
+    ol, dl = last(o), last(d)
+    ts = []
+    for near, far, valid in _spans(ol, dl, g):
+        t = torch.where(near > T_EPS, near, far)
+        ts.append(torch.where(valid & (t > T_EPS), t, INF))
+    dz = d[2]
+    t_ground = torch.where(dz < 0, -o[2] / dz.clamp_max(-1e-12), INF)
+    if ts:
+        t_obj, idx = torch.cat(ts, dim=-1).min(dim=-1)
+    else:
+        t_obj = torch.full_like(t_ground, INF)
+        idx = torch.zeros(t_ground.shape, dtype=torch.long, device=t_ground.device)
+    is_obj = t_obj < t_ground
+    t = torch.where(is_obj, t_obj, t_ground)
+    what = torch.where(is_obj, 2, torch.where(t_ground < INF, 1, 0))
+    return t, idx, what
+
+
+def occluded(o: V3, d: V3, g: Objects, t_max: Tensor | float) -> Tensor:
+    """Whether any object blocks the ray before ``t_max`` (shadow and occlusion rays)."""
+    ol, dl = last(o), last(d)
+    tm = t_max.unsqueeze(-1) if isinstance(t_max, Tensor) else t_max
+    blocked = None
+    for near, far, valid in _spans(ol, dl, g):
+        hit = (valid & (far > T_EPS) & (near < tm)).any(dim=-1)
+        blocked = hit if blocked is None else blocked | hit
+    if blocked is None:
+        return torch.zeros_like(d[0], dtype=torch.bool)
+    return blocked
+
+
+@dataclass
+class Surface:
+    point: V3
+    normal: V3
+    albedo: V3
+    metal: Tensor
+    kind: Tensor
+
+
+def surface(o: V3, d: V3, t: Tensor, idx: Tensor, what: Tensor, g: Objects,
+            pick: Callable[[Tensor, Tensor], Tensor]) -> Surface:
+    """Point, normal and material where each ray stopped; ``pick(table, idx)`` reads a
+    per-object table at each ray's object index."""
+    t = torch.where(what > 0, t, 0.0)
+    p = along(o, d, t)
+    obj = what == 2
+    kind = torch.where(obj, pick(g.kind, idx), 0)
+    r = pick(g.r, idx)
+    c, s = pick(g.cos, idx), pick(g.sin, idx)
+    qx, qy, qz = p[0] - pick(g.x, idx), p[1] - pick(g.y, idx), p[2] - r
+    lx, ly = c * qx + s * qy, c * qy - s * qx
+    # sphere
+    inv_r = 1.0 / r
+    sph = (qx * inv_r, qy * inv_r, qz * inv_r)
+    # cube: the face whose local coordinate is largest
+    ax, ay, az = lx.abs(), ly.abs(), qz.abs()
+    fx = (ax >= ay) & (ax >= az)
+    fy = ~fx & (ay >= az)
+    fz = ~fx & ~fy
+    nlx = torch.where(fx, torch.sign(lx), 0.0)
+    nly = torch.where(fy, torch.sign(ly), 0.0)
+    cub = (c * nlx - s * nly, s * nlx + c * nly, torch.where(fz, torch.sign(qz), 0.0))
+    # cylinder: cap when nearer the cap plane than the side
+    rho = (qx * qx + qy * qy).sqrt().clamp_min(1e-9)
+    cap = (r - az) < (r - rho)
+    cyl = (torch.where(cap, 0.0, qx / rho), torch.where(cap, 0.0, qy / rho), torch.where(cap, torch.sign(qz), 0.0))
+
+    is_s, is_c = kind == CLASS_ID["sphere"], kind == CLASS_ID["cube"]
+    normal = tuple(
+        torch.where(obj, torch.where(is_s, a, torch.where(is_c, b_, e)), 1.0 if i == 2 else 0.0)
+        for i, (a, b_, e) in enumerate(zip(sph, cub, cyl, strict=True))
+    )
+    albedo = tuple(torch.where(obj, pick(tab, idx), GROUND[i]) for i, tab in enumerate((g.red, g.green, g.blue)))
+    metal = torch.where(obj, pick(g.metal, idx), 0.0)
+    return Surface(p, normal, albedo, metal, kind)  # type: ignore[arg-type]
+
+
+def tangent_frame(n: V3) -> tuple[V3, V3]:
+    """An orthonormal pair perpendicular to n, without branches (Duff et al. 2017)."""
+    sign = torch.where(n[2] >= 0, 1.0, -1.0)
+    a = -1.0 / (sign + n[2])
+    b = n[0] * n[1] * a
+    t1 = (1.0 + sign * n[0] * n[0] * a, sign * b, -sign * n[0])
+    t2 = (b, sign + n[1] * n[1] * a, -n[1])
+    return t1, t2
+
+
+# ------------------------------------------------------------------------------- render ---
+@dataclass
+class _Batch:
+    scenes: list[Scene3D]
+    spp: list[int]
+    height: int
+    width: int
+    eye: V3
+    fwd: V3
+    right: V3
+    up: V3
+    tx: Tensor
+    ty: Tensor
+    lights: V3
+    """Light positions, (B, 3 lights) each."""
+    power: Tensor
+    """Irradiance of each light at the scene centre, (B, 3)."""
+    dist2: Tensor
+    """Squared distance of each light to the scene centre, (B, 3)."""
+    cdf: Tensor
+    """Cumulative light-choice probabilities, (B, 3)."""
+    ambient: Tensor
+    bounce: Tensor
+    has_bounce: Tensor
+    objects: Objects
+
+    def rows(self, k: int) -> _Batch:
+        """The first k scenes (those that still take samples)."""
+        def cut(x: Tensor) -> Tensor:
+            return x[:k]
+
+        def cut3(v: V3) -> V3:
+            return (v[0][:k], v[1][:k], v[2][:k])
+
+        return _Batch(self.scenes[:k], self.spp[:k], self.height, self.width, cut3(self.eye), cut3(self.fwd),
+                      cut3(self.right), cut3(self.up), cut(self.tx), cut(self.ty), cut3(self.lights),
+                      cut(self.power), cut(self.dist2), cut(self.cdf), cut(self.ambient), cut(self.bounce),
+                      cut(self.has_bounce), self.objects.map(cut))
+
+
+def _prepare(scenes: list[Scene3D], device: torch.device, max_samples: int | None) -> _Batch:
+    def col(values: list[float]) -> Tensor:
+        return torch.tensor(values, dtype=torch.float32, device=device).unsqueeze(-1)
+
+    bases = [camera_basis(s.camera) for s in scenes]
+    fovs = [tan_half_fov(s.camera, s.width, s.height) for s in scenes]
+    eye = tuple(col([s.camera.position[i] for s in scenes]) for i in range(3))
+    fwd, right, up = (tuple(col([b[j][i] for b in bases]) for i in range(3)) for j in range(3))
+    lights = tuple(torch.tensor([[lt.position[i] for lt in s.lights] for s in scenes], dtype=torch.float32,
+                                device=device) for i in range(3))
+    power = torch.tensor([[lt.intensity * LIGHT_GAIN.get(lt.name, 1.0) for lt in s.lights] for s in scenes],
+                         dtype=torch.float32, device=device)
+    dist2 = lights[0] ** 2 + lights[1] ** 2 + lights[2] ** 2
+    total = power.sum(-1, keepdim=True)
+    prob = torch.where(total > 0, power / total.clamp_min(1e-12), 1.0 / power.shape[-1])
+    cdf = prob.cumsum(-1)
+    ambient = col([s.ambient * AMBIENT_GAIN for s in scenes])
+    bounce = col([(1 - 0.5 ** s.bounces) * BOUNCE_GAIN for s in scenes]) * (total + ambient)
+    spp = [max(1, min(s.samples, max_samples or s.samples)) for s in scenes]
+    return _Batch(scenes, spp, scenes[0].height, scenes[0].width, eye, fwd, right, up,  # type: ignore[arg-type]
+                  col([f[0] for f in fovs]), col([f[1] for f in fovs]), lights, power, dist2, cdf,  # type: ignore[arg-type]
+                  ambient, bounce, col([float(s.bounces >= 1) for s in scenes]) > 0,
+                  pack_objects(scenes, device))
+
+
+def _primary(bt: _Batch, cols: Tensor, rows: Tensor) -> V3:
+    """Unit view rays through continuous pixel positions, (B, P) each."""
+    sx = (2.0 * cols / bt.width - 1.0) * bt.tx
+    sy = (1.0 - 2.0 * rows / bt.height) * bt.ty
+    return unit(tuple(bt.fwd[i] + sx * bt.right[i] + sy * bt.up[i] for i in range(3)))  # type: ignore[arg-type]
+
+
+def _grid_pick(table: Tensor, idx: Tensor) -> Tensor:
+    return torch.gather(table, 1, idx) if table.shape[1] else torch.zeros(idx.shape, device=idx.device)
+
+
+def _direct_all(bt: _Batch, sidx: Tensor, p: V3, n: V3) -> Tensor:
+    """Unshadowed irradiance from all lights (for what a mirror sees)."""
+    total = torch.zeros_like(p[0])
+    for li in range(bt.power.shape[1]):
+        lp = tuple(bt.lights[i][sidx, li] for i in range(3))
+        v = (lp[0] - p[0], lp[1] - p[1], lp[2] - p[2])
+        d2 = dot(v, v).clamp_min(1e-6)
+        cos = (dot(n, v) * torch.rsqrt(d2)).clamp_min(0.0)
+        total = total + bt.power[sidx, li] * bt.dist2[sidx, li] / d2 * cos
+    return total
+
+
+def _reflection(bt: _Batch, surf: Surface, d: V3, rnd: Tensor, sel: Tensor) -> V3:
+    """Radiance seen in the mirror direction of the selected metal pixels, (M,) each."""
+    sidx, pidx = sel.nonzero(as_tuple=True)
+    n = tuple(c[sidx, pidx] for c in surf.normal)
+    dd = tuple(c[sidx, pidx] for c in d)
+    p = tuple(c[sidx, pidx] + OFFSET * n[i] for i, c in enumerate(surf.point))
+    dn = dot(dd, n)
+    g1, g2, g3 = (rnd[sidx, pidx, i] - 0.5 for i in (6, 7, 8))
+    rd = unit((dd[0] - 2 * dn * n[0] + GLOSS * g1, dd[1] - 2 * dn * n[1] + GLOSS * g2,
+               dd[2] - 2 * dn * n[2] + GLOSS * g3))
+    g = bt.objects.map(lambda x: x[sidx])
+    t, idx, what = closest(p, rd, g)
+
+    def pick(table: Tensor, i: Tensor) -> Tensor:
+        return table[sidx, i] if table.shape[1] else torch.zeros(i.shape, device=i.device)
+
+    hit = surface(p, rd, t, idx, what, bt.objects, pick)
+    amb = bt.ambient[sidx, 0]
+    irr = _direct_all(bt, sidx, hit.point, hit.normal) + amb + bt.bounce[sidx, 0]
+    sky = what == 0
+    return tuple(torch.where(sky, amb * SKY[i], hit.albedo[i] * irr) for i in range(3))  # type: ignore[return-value]
+
+
+def _sample(bt: _Batch, cols: Tensor, rows: Tensor, rnd: Tensor) -> V3:
+    """One sample of every pixel of the chunk: linear RGB, (B, P) each."""
+    g = bt.objects.map(lambda x: x.unsqueeze(1))
+    d = _primary(bt, cols + rnd[..., 0], rows + rnd[..., 1])
+    t, idx, what = closest(bt.eye, d, g)
+    surf = surface(bt.eye, d, t, idx, what, bt.objects, _grid_pick)
+    n = surf.normal
+    start = tuple(surf.point[i] + OFFSET * n[i] for i in range(3))
+
+    # one light, chosen in proportion to its strength, at a random point of its disc
+    u = rnd[..., 2]
+    li = (u.unsqueeze(-1) >= bt.cdf[:, None, :-1]).sum(-1)
+    prob = torch.gather(torch.diff(bt.cdf, dim=-1, prepend=torch.zeros_like(bt.cdf[:, :1])), 1, li)
+    rho, phi = LIGHT_RADIUS * rnd[..., 3].sqrt(), 2 * math.pi * rnd[..., 4]
+    lp = (torch.gather(bt.lights[0], 1, li) + rho * phi.cos(), torch.gather(bt.lights[1], 1, li) + rho * phi.sin(),
+          torch.gather(bt.lights[2], 1, li))
+    v = (lp[0] - start[0], lp[1] - start[1], lp[2] - start[2])
+    dist = dot(v, v).clamp_min(1e-6).sqrt()
+    ldir = (v[0] / dist, v[1] / dist, v[2] / dist)
+    cos_l = dot(n, ldir)
+    lit = (cos_l > 0) & (what > 0)
+    visible = lit & ~occluded(start, ldir, g, dist)
+    strength = torch.gather(bt.power, 1, li) * torch.gather(bt.dist2, 1, li) / (dist * dist) / prob.clamp_min(1e-12)
+    strength = torch.where(visible, strength, 0.0)
+    direct = strength * cos_l.clamp_min(0.0)
+
+    # ambient sky through one cosine-distributed occlusion ray
+    r1, r2 = rnd[..., 5], 2 * math.pi * rnd[..., 6]
+    sr = r1.sqrt()
+    t1, t2 = tangent_frame(n)
+    lx, ly, lz = sr * r2.cos(), sr * r2.sin(), (1.0 - r1).clamp_min(0.0).sqrt()
+    adir = tuple(t1[i] * lx + t2[i] * ly + n[i] * lz for i in range(3))
+    open_sky = (adir[2] > 0) & ~occluded(start, adir, g, INF)  # type: ignore[arg-type]
+    irr = direct + torch.where(open_sky, bt.ambient, 0.0) + bt.bounce
+
+    # metal: dim diffuse, a highlight from the chosen light, and a mirror term
+    half = unit((ldir[0] - d[0], ldir[1] - d[1], ldir[2] - d[2]))
+    spec = SPECULAR * dot(n, half).clamp(0.0, 1.0).pow(SHININESS) * strength
+    metal = surf.metal
+    mirror_sel = (metal > 0) & bt.has_bounce
+    mirror: list[Tensor] = [bt.ambient * SKY[i] * torch.ones_like(metal) for i in range(3)]
+    if bool(mirror_sel.any()):
+        refl = _reflection(bt, surf, d, rnd, mirror_sel)
+        for i in range(3):
+            mirror[i] = mirror[i].index_put(mirror_sel.nonzero(as_tuple=True), refl[i])
+    sky = what == 0
+    out = []
+    for i in range(3):
+        a = surf.albedo[i]
+        diffuse = a * irr
+        shiny = METAL_DIFFUSE * diffuse + (a + SPEC_WHITE * (1 - a)) * spec + METAL_REFLECT * a * mirror[i]
+        out.append(torch.where(sky, bt.ambient * SKY[i], diffuse + metal * (shiny - diffuse)))
+    return tuple(out)  # type: ignore[return-value]
+
+
+def _render_same_size(scenes: list[Scene3D], device: torch.device, max_samples: int | None
+                      ) -> list[tuple[Tensor, Tensor]]:
+    """Render scenes of one size, ordered by samples per pixel (most first)."""
+    bt = _prepare(scenes, device, max_samples)
+    h, w = bt.height, bt.width
+    b = len(scenes)
+    rows, cols = torch.meshgrid(torch.arange(h, device=device, dtype=torch.float32),
+                                torch.arange(w, device=device, dtype=torch.float32), indexing="ij")
+    rows, cols = rows.reshape(1, -1), cols.reshape(1, -1)
+    n_pix = h * w
+    chunk = max(256, PIXEL_ELEMENTS // max(1, b * max(1, bt.objects.count)))
+
+    # the mask: pixel-centre rays, no jitter
+    mask = torch.zeros((b, n_pix), dtype=torch.long, device=device)
+    g = bt.objects.map(lambda x: x.unsqueeze(1))
+    for p0 in range(0, n_pix, chunk):
+        d = _primary(bt, cols[:, p0:p0 + chunk] + 0.5, rows[:, p0:p0 + chunk] + 0.5)
+        _, idx, what = closest(bt.eye, d, g)
+        mask[:, p0:p0 + chunk] = torch.where(what == 2, _grid_pick(bt.objects.kind, idx), 0)
+
+    gens = []
+    for s in scenes:
+        gen = torch.Generator(device=device)
+        gen.manual_seed(int(s.seed) & 0xFFFF_FFFF_FFFF_FFFF)
+        gens.append(gen)
+    acc = [torch.zeros((b, n_pix), device=device) for _ in range(3)]
+    # light choice and occlusion direction are stratified over a pixel's samples, each with
+    # its own random shift, so that noise falls as fast as a renderer's sampler would make it
+    shifts = torch.stack([torch.rand((n_pix, len(STRATIFIED)), generator=gen, device=device) for gen in gens])
+    spp_col = torch.tensor(bt.spp, dtype=torch.float32, device=device).view(b, 1, 1)
+    for si in range(bt.spp[0]):
+        k = sum(1 for n in bt.spp if n > si)
+        sub = bt.rows(k) if k < b else bt
+        rnd = torch.stack([torch.rand((n_pix, N_RANDOM), generator=gens[j], device=device) for j in range(k)])
+        rnd[..., STRATIFIED] = torch.frac(shifts[:k] + (si + rnd[..., STRATIFIED]) / spp_col[:k])
+        for p0 in range(0, n_pix, chunk):
+            rgb = _sample(sub, cols[:, p0:p0 + chunk], rows[:, p0:p0 + chunk], rnd[:, p0:p0 + chunk])
+            for i in range(3):
+                acc[i][:k, p0:p0 + chunk] += rgb[i]
+    spp = torch.tensor(bt.spp, dtype=torch.float32, device=device).unsqueeze(-1)
+    img = linear_to_srgb(torch.stack([a / spp for a in acc], dim=1)).reshape(b, 3, h, w)
+    mask = mask.reshape(b, h, w)
+    return [(img[i].cpu(), mask[i].cpu()) for i in range(b)]
+
+
+def check_scene(scene: Scene3D) -> None:
+    """Raise ValueError for a scene this backend cannot draw (before any work starts)."""
+    if scene.width < 1 or scene.height < 1:
+        raise ValueError(f"image size {scene.width}x{scene.height} must be positive")
+    if scene.samples < 1:
+        raise ValueError(f"samples={scene.samples} must be >= 1")
+    if scene.bounces < 0:
+        raise ValueError(f"bounces={scene.bounces} must be >= 0")
+    if not 0 < scene.camera.fov < 180:
+        raise ValueError(f"fov={scene.camera.fov} must lie in (0, 180)")
+    for name, value in (("ambient", scene.ambient), *((lt.name, lt.intensity) for lt in scene.lights)):
+        if not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"light {name} intensity {value} must be finite and >= 0")
+    for o in scene.objects:
+        if o.shape not in SHAPES or o.colour not in COLOURS or o.size not in SIZES or o.material not in MATERIALS:
+            raise ValueError(f"unknown object {o.shape}/{o.colour}/{o.size}/{o.material}")
+        if not (math.isfinite(o.x) and math.isfinite(o.y) and math.isfinite(o.rotation)):
+            raise ValueError(f"object position ({o.x}, {o.y}) must be finite")
+
+
+def render_batch(scenes: list[Scene3D], device: str | torch.device = "cpu", *, batch_size: int = 8,
+                 max_samples: int | None = None) -> list[tuple[Tensor, Tensor]]:
+    """Images (3, H, W) float32 sRGB in [0, 1] and class masks (H, W) int64, in input order.
+
+    Scenes are grouped by size and, within a size, by samples per pixel so that a batch
+    wastes little work on scenes that have finished sampling.
+    """
+    for s in scenes:
+        check_scene(s)
+    dev = torch.device(device)
+    order = sorted(range(len(scenes)), key=lambda i: (scenes[i].height, scenes[i].width, -scenes[i].samples))
+    out: list[tuple[Tensor, Tensor] | None] = [None] * len(scenes)
+    start = 0
+    while start < len(order):
+        first = scenes[order[start]]
+        stop = start
+        while (stop < len(order) and stop - start < batch_size
+               and (scenes[order[stop]].height, scenes[order[stop]].width) == (first.height, first.width)):
+            stop += 1
+        chunk = order[start:stop]
+        with torch.no_grad():
+            results = _render_same_size([scenes[i] for i in chunk], dev, max_samples)
+        for i, res in zip(chunk, results, strict=True):
+            out[i] = res
+        start = stop
+    return out  # type: ignore[return-value]
