@@ -2,7 +2,8 @@
 
     python plugins/autosim_unet/bench.py --out bench-unet.json [--size 64 --batch 32 --width 16]
 
-Reports (median seconds over --repeats, after one warm-up call):
+Reports the fastest of --repeats calls (after a warm-up call), as wall-clock and process-CPU
+seconds; CPU seconds are the steadier figure when other work shares the cores:
   epoch            one fine-tuning epoch over the K rendered images (the core's default train_step)
   eval             a forward pass and the metrics over the validation set
   val_gradient     grad_theta L_val, chunked as the run does it
@@ -22,7 +23,6 @@ import argparse
 import json
 import platform
 import resource
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -39,15 +39,21 @@ from torch.func import functional_call, grad
 from autosim_unet.plugin import UNetSettings, UNetTask
 
 
-def timed(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
-    """Median wall-clock seconds of ``fn`` over ``repeats`` calls after a warm-up call."""
+def timed(fn: Callable[[], Any], repeats: int) -> tuple[dict[str, float], Any]:
+    """Fastest wall-clock and process-CPU seconds of ``fn`` over ``repeats`` calls after a
+    warm-up call. The minimum, not the mean: on a shared machine the noise only ever adds."""
     result = fn()
-    times = []
+    wall, cpu = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         result = fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), result
+        wall.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
+    return {"wall": min(wall), "cpu": min(cpu)}, result
+
+
+def ratio(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
+    return {k: a[k] / b[k] for k in a}
 
 
 def random_examples(n: int, size: int, classes: int, generator: torch.Generator) -> list[Example]:
@@ -148,7 +154,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     hyper: dict[str, Any] = {}
     for name, fn in estimators.items():
         seconds, estimate = timed(fn, args.repeats)
-        hyper[name] = {"seconds": seconds, "per_epoch": seconds / results["epoch"],
+        hyper[name] = {"seconds": seconds, "per_epoch": ratio(seconds, results["epoch"]),
                        "diagnostics": {k: v for k, v in estimate.diagnostics.items()
                                        if k in ("cg_iterations", "negative_curvature", "cg_residual")}}
     results["hypergrad"] = hyper
@@ -165,18 +171,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return torch.stack(out)
 
     jvp_s, c_jvp = timed(c_by_jvp, args.repeats)
-    loop_s, c_loop = timed(c_by_backward, max(1, args.repeats // 2))
-    results["c_k"] = {"jvp": jvp_s, "backward_loop": loop_s, "loop_over_jvp": loop_s / jvp_s,
+    loop_s, c_loop = timed(c_by_backward, args.repeats)
+    results["c_k"] = {"jvp": jvp_s, "backward_loop": loop_s, "loop_over_jvp": ratio(loop_s, jvp_s),
                       "max_abs_difference": float((c_jvp - c_loop).abs().max())}
 
     hvp_s, _ = timed(lambda: default_hvp(mean_loss, theta, g_val), args.repeats)
     fb_s, _ = timed(lambda: loss_gradient(mean_loss, theta), args.repeats)
-    results["hvp"] = {"hvp": hvp_s, "forward_backward": fb_s, "hvp_over_forward_backward": hvp_s / fb_s}
+    results["hvp"] = {"hvp": hvp_s, "forward_backward": fb_s, "hvp_over_forward_backward": ratio(hvp_s, fb_s)}
     # CG stops early on negative curvature or a small residual, so the measured quadratic cost
     # depends on the model's state; this is its cost when all --cg-iters iterations run.
-    worst = results["val_gradient"] + args.cg_iters * hvp_s + jvp_s
+    worst = {k: results["val_gradient"][k] + args.cg_iters * hvp_s[k] + jvp_s[k] for k in hvp_s}
     hyper["quadratic"]["worst_case_seconds"] = worst
-    hyper["quadratic"]["worst_case_per_epoch"] = worst / results["epoch"]
+    hyper["quadratic"]["worst_case_per_epoch"] = ratio(worst, results["epoch"])
 
     report = {
         "setup": {"size": args.size, "batch": args.batch, "train_batch_size": args.train_batch_size,
