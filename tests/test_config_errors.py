@@ -1,0 +1,237 @@
+"""Malformed configs: each fails before any work starts with one clear line naming its key path."""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from autosim_core.cli import app
+from autosim_core.config import ConfigError, load_config, parse_config
+from autosim_core.run import Run
+
+Mutation = Callable[[dict[str, Any]], Any]
+
+
+def setting(table: str, key: str, value: Any) -> Mutation:
+    return lambda d: d[table].__setitem__(key, value)
+
+
+def plugin_setting(table: str, key: str, value: Any) -> Mutation:
+    return lambda d: d[table].setdefault("settings", {}).__setitem__(key, value)
+
+
+def drop(*keys: str) -> Mutation:
+    return lambda d: [d.pop(k) for k in keys]
+
+
+# (id, change to examples/toy.toml, key path the line starts with, words the line must contain)
+CASES: list[tuple[str, Mutation, str, list[str]]] = [
+    ("wrong-type", setting("training", "epochs", "five"), "training.epochs", ["integer", "'five'"]),
+    ("wrong-type-table", lambda d: d.__setitem__("budget", 10), "budget", ["dictionary", "10"]),
+    ("negative-lr", setting("training", "lr", -1), "training.lr", ["greater than 0", "-1"]),
+    ("negative-count", setting("validation", "count", -3), "validation.count", ["greater than or equal to 1"]),
+    ("negative-seed", lambda d: d.__setitem__("seed", -1), "seed", ["greater than or equal to 0"]),
+    ("zero-budget", lambda d: d.__setitem__("budget", {"iterations": 0}), "budget.iterations", ["1"]),
+    ("not-allowed-value", setting("training", "optimizer", "rmsprop"), "training.optimizer",
+     ["'adam'", "'sgd'", "'rmsprop'"]),
+    ("unknown-top-level", lambda d: d.__setitem__("sed", 1), "sed", ["unknown key"]),
+    ("unknown-nested", setting("training", "epoch", 3), "training.epoch", ["unknown key"]),
+    ("unknown-estimator-setting", plugin_setting("estimator", "dampin", 0.1), "estimator.settings.dampin",
+     ["unknown key"]),
+    ("bad-estimator-setting", plugin_setting("estimator", "damping", -1), "estimator.settings.damping",
+     ["greater than or equal to 0", "-1"]),
+    ("bad-searcher-setting", plugin_setting("searcher", "scenes_per_iteration", 1),
+     "searcher.settings.scenes_per_iteration", ["greater than or equal to 2"]),
+    ("unknown-searcher-setting", plugin_setting("searcher", "lrate", 1), "searcher.settings.lrate", ["unknown key"]),
+    ("bad-task-setting", plugin_setting("task", "hidden", -4), "task.settings.hidden", ["greater than or equal to 0"]),
+    ("unknown-simulator-setting", plugin_setting("simulator", "blur", 1), "simulator.settings.blur",
+     ["unknown key"]),
+    ("unknown-simulator", setting("simulator", "name", "nope"), "simulator.name", ["'nope'", "toy-gaussians"]),
+    ("unknown-task", setting("task", "name", "nope"), "task.name", ["'nope'", "toy-logistic"]),
+    ("unknown-estimator", setting("estimator", "name", "quadratik"), "estimator.name",
+     ["'quadratik'", "approx-quadratic", "linear", "no-val", "quadratic"]),
+    ("unknown-searcher", setting("searcher", "name", "grid"), "searcher.name", ["'grid'", "autosimulate"]),
+    ("unknown-start-preset", setting("simulator", "start", "nope"), "simulator.start",
+     ["'nope'", "'target'", "'initial'"]),
+    ("unknown-validation-preset", setting("validation", "preset", "tagret"), "validation.preset",
+     ["'tagret'", "'target'"]),
+    ("missing-budget", drop("budget"), "budget", ["missing"]),
+    ("empty-budget", lambda d: d.__setitem__("budget", {}), "budget", ["iterations", "images", "seconds"]),
+    ("missing-task", drop("task"), "task", ["missing"]),
+    ("validation-needed", drop("validation"), "validation", ["'quadratic'", "no-val"]),
+    ("folder-without-path", setting("validation", "source", "folder"), "validation", ["folder", "path"]),
+    ("folder-unsupported", lambda d: d["validation"].update(source="folder", path="/"), "validation.source",
+     ["load_dataset", "'simulator'"]),
+    ("unknown-override-parameter", setting("simulator", "overrides", {"z1": {"mean": 1.0}}), "simulator.overrides",
+     ["'z1'", "x1", "y1"]),
+    ("unknown-override-key", setting("simulator", "overrides", {"x1": {"meen": 1.0}}), "simulator.overrides",
+     ["x1.meen", "unknown key", "mean"]),
+    ("bad-override-value", setting("validation", "overrides", {"x1": {"std": -1}}), "validation.overrides",
+     ["x1.std", "greater than 0"]),
+    ("override-not-a-table", setting("simulator", "overrides", {"x1": 3}), "simulator.overrides.x1",
+     ["dictionary"]),
+]
+
+
+def check(data: dict[str, Any]) -> None:
+    """Everything a run checks before it starts work."""
+    Run(parse_config(data), "/nonexistent/never-created")
+
+
+@pytest.mark.parametrize("mutate,path,words", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_malformed_config_gives_one_clear_line(mutate: Mutation, path: str, words: list[str],
+                                               toy_example: dict[str, Any], cache_dir: Path) -> None:
+    data = copy.deepcopy(toy_example)
+    data["cache_dir"] = str(cache_dir)
+    mutate(data)
+    with pytest.raises(ConfigError) as info:
+        check(data)
+    lines = info.value.lines
+    assert len(lines) == 1, lines
+    line = lines[0]
+    assert "\n" not in line
+    assert line.startswith(f"{path}:"), line
+    for word in words:
+        assert word in line, f"{word!r} not in {line!r}"
+    assert str(info.value) == line
+
+
+def test_there_are_at_least_ten_malformed_configs() -> None:
+    assert len(CASES) >= 10
+
+
+@pytest.mark.parametrize("change,other", [
+    ({"test": {"seed": 1001}}, "validation.seed"),
+    ({"test": {"seed": 0}}, "seed"),
+    ({"validation": {"seed": 0}}, "seed"),
+])
+def test_equal_seeds_are_rejected(change: dict[str, Any], other: str, toy_example: dict[str, Any]) -> None:
+    data = copy.deepcopy(toy_example)
+    for table, values in change.items():
+        data[table].update(values)
+    with pytest.raises(ConfigError) as info:
+        parse_config(data)
+    (line,) = info.value.lines
+    key = f"{next(iter(change))}.seed"
+    assert re.search(rf"\b{re.escape(key)} = \d+ equals {re.escape(other)}\b", line), line
+
+
+def test_several_problems_are_reported_together(toy_example: dict[str, Any]) -> None:
+    data = copy.deepcopy(toy_example)
+    data["training"].update(lr=0, epochs=0)
+    data["extra"] = True
+    with pytest.raises(ConfigError) as info:
+        parse_config(data)
+    paths = sorted(line.split(":")[0] for line in info.value.lines)
+    assert paths == ["extra", "training.epochs", "training.lr"]
+    data = copy.deepcopy(toy_example)
+    data["estimator"]["settings"] = {"dampin": 1}
+    data["searcher"]["settings"] = {"lr": -1}
+    with pytest.raises(ConfigError) as info:
+        check(data)
+    paths = sorted(line.split(":")[0] for line in info.value.lines)
+    assert paths == ["estimator.settings.dampin", "searcher.settings.lr"]
+
+
+def test_no_val_runs_without_validation(toy_example: dict[str, Any]) -> None:
+    data = copy.deepcopy(toy_example)
+    data["estimator"] = {"name": "no-val"}
+    data.pop("validation")
+    run = Run(parse_config(data), "/nonexistent/never-created")
+    assert not run.needs_validation
+
+
+def test_settings_of_one_estimator_are_unknown_to_another(toy_example: dict[str, Any]) -> None:
+    data = copy.deepcopy(toy_example)
+    data["estimator"]["name"] = "linear"  # keeps quadratic's damping and max_iter
+    with pytest.raises(ConfigError) as info:
+        check(data)
+    assert sorted(info.value.lines) == ["estimator.settings.damping: unknown key",
+                                        "estimator.settings.max_iter: unknown key"]
+
+
+def test_invalid_toml(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text('seed = 0\n[simulator\nname = "toy-gaussians"\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    (line,) = info.value.lines
+    assert line.startswith(f"{path}: not valid TOML")
+    assert "line 2" in line
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path / "absent.toml")
+    (line,) = info.value.lines
+    assert "absent.toml" in line and "cannot read" in line
+
+
+def test_load_config_prefixes_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[simulator]\nname = "toy-gaussians"\n[task]\nname = "toy-logistic"\n[budget]\niterations = -2\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.lines == [f"{path}: budget.iterations: Input should be greater than or equal to 1 (got -2)"]
+
+
+def test_folder_paths_are_resolved_against_the_config(tmp_path: Path) -> None:
+    (tmp_path / "real").mkdir()
+    path = tmp_path / "c.toml"
+    path.write_text('[simulator]\nname = "toy-gaussians"\n[task]\nname = "toy-logistic"\n[budget]\niterations = 1\n'
+                    '[validation]\nsource = "folder"\npath = "real"\nseed = 5\n')
+    config = load_config(path)
+    assert config.validation is not None and config.validation.path == (tmp_path / "real").resolve()
+
+
+# ------------------------------------------------------------------------------ CLI ---
+CLI_CASES = [
+    ("budget = 3\n", ["budget"]),
+    ("[training]\nlr = -1\nepochs = 'x'\n", ["training.lr", "training.epochs"]),
+    ("[estimator]\nname = 'quadratic'\nsettings = { dampin = 0.1 }\n", ["estimator.settings.dampin"]),
+    ("[simulator.overrides]\nz1 = { mean = 1.0 }\n", ["simulator.overrides"]),
+    ("[simulator.overrides]\nx1 = { meen = 1.0 }\n", ["simulator.overrides"]),
+]
+BASE = ('seed = 0\n[simulator]\nname = "toy-gaussians"\n[task]\nname = "toy-logistic"\n'
+        '[validation]\nseed = 1\ncount = 10\n')
+
+
+@pytest.mark.parametrize("extra,paths", CLI_CASES, ids=[f"case{i}" for i in range(len(CLI_CASES))])
+def test_cli_reports_each_problem_on_one_line(extra: str, paths: list[str], tmp_path: Path) -> None:
+    text = BASE + ("[budget]\niterations = 1\n" if "budget" not in extra else "") + extra
+    if extra.startswith("budget"):
+        text = extra + BASE
+    config = tmp_path / "bad.toml"
+    config.write_text(text)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["run", str(config), "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    lines = result.stderr.splitlines()
+    assert len(lines) == len(paths), lines
+    for line in lines:
+        assert line.startswith(f"error: {config}: "), line
+    for p in paths:
+        assert any(line.startswith(f"error: {config}: {p}") for line in lines), (p, lines)
+    assert "Traceback" not in result.output
+    assert not out.exists()  # nothing started
+
+
+def test_cli_invalid_toml_in_a_real_process(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    config = tmp_path / "broken.toml"
+    config.write_text("seed = = 1\n")
+    proc = subprocess.run([sys.executable, "-m", "autosim_core.cli", "run", str(config), "--out", str(tmp_path / "o")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {config}: not valid TOML"), proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stdout == ""
