@@ -82,3 +82,15 @@ def test_colour_mask_rejected(tmp_path):
     Image.fromarray(np.zeros((5, 7, 3), np.uint8)).save(tmp_path / "masks" / "val-0.png")
     with pytest.raises(DatasetError, match="single-channel"):
         load_folder(tmp_path, 4)
+
+
+def test_collate_scales_uint8_and_rejects_mixed_sizes():
+    task = UNetTask()
+    a = Example(image=torch.full((3, 4, 4), 255, dtype=torch.uint8), mask=torch.zeros(4, 4, dtype=torch.int64))
+    batch = task.collate(examples=[a, a], settings={})
+    assert batch.inputs.dtype == torch.float32 and float(batch.inputs.max()) == 1.0
+    b = Example(image=torch.rand(3, 5, 4), mask=torch.zeros(5, 4, dtype=torch.int64), scene={"id": "odd"})
+    with pytest.raises(ValueError, match=r"'odd'.*one size"):
+        task.collate(examples=[a, b], settings={})
+    with pytest.raises(ValueError, match="no mask"):
+        task.collate(examples=[Example(image=torch.rand(3, 4, 4))], settings={})
