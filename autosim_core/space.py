@@ -470,24 +470,30 @@ class ParameterSpace:
         """The space whose initial values are ``psi`` (to start a new run from a learned psi)."""
         import torch
 
+        def clip(x: float, lo: float | None, hi: float | None) -> float:
+            # psi sits exactly on a bound after project_, which float32 may round to just outside it
+            return min(max(x, -math.inf if lo is None else lo), math.inf if hi is None else hi)
+
+        def std(fam: _GaussianLatent, p: Psi) -> float:
+            return clip(float(p["log_std"].exp()), fam.min_std, fam.max_std)
+
         changes: dict[str, dict[str, Any]] = {}
         detached = {k: v.detach() for k, v in psi.items()}
         for name, fam in self.parameters.items():
             p = self._psi_of(detached, name)
             if isinstance(fam, Normal):
-                changes[name] = {"mean": float(p["loc"]), "std": float(p["log_std"].exp())}
+                changes[name] = {"mean": clip(float(p["loc"]), fam.low, fam.high), "std": std(fam, p)}
             elif isinstance(fam, LogNormal):
-                changes[name] = {"median": math.exp(float(p["loc"])), "std": float(p["log_std"].exp())}
+                changes[name] = {"median": math.exp(float(p["loc"])), "std": std(fam, p)}
             elif isinstance(fam, Bounded):
-                centre = fam.low + (fam.high - fam.low) * float(torch.sigmoid(p["loc"]))
+                centre = fam.low + (fam.high - fam.low) * float(torch.sigmoid(p["loc"].double()))
                 eps = 1e-9 * (fam.high - fam.low)
-                changes[name] = {"mean": min(max(centre, fam.low + eps), fam.high - eps),
-                                 "std": float(p["log_std"].exp())}
+                changes[name] = {"mean": min(max(centre, fam.low + eps), fam.high - eps), "std": std(fam, p)}
             elif isinstance(fam, Categorical):
                 probs = torch.softmax(p["logits"].detach().double(), -1)
                 changes[name] = {"probs": (probs / probs.sum()).tolist()}
             elif isinstance(fam, Bernoulli):
-                changes[name] = {"p": float(torch.sigmoid(p["logit"]))}
+                changes[name] = {"p": float(torch.sigmoid(p["logit"].double()))}
         return self.override(changes)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:

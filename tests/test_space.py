@@ -261,3 +261,42 @@ def test_describe_is_human_readable() -> None:
                                    "carpet": pytest.approx(0.2)}
     assert d["shadows"] == {"p": pytest.approx(0.25)}
     json.dumps(d)
+
+
+def test_with_psi_after_projection_onto_the_bounds() -> None:
+    """A run ends with with_psi(psi) after project_ may have put psi exactly on a bound (in float32):
+    the learned space must still be valid."""
+    space = ParameterSpace(
+        a=Normal(mean=0.05, std=0.5, low=-0.3, high=0.1),
+        b=LogNormal(median=1.0, std=0.5, min_std=0.01, max_std=0.7),
+        c=Normal(mean=0.0, std=0.2, min_std=0.1, max_std=0.3),
+        d=Bounded(low=0.0, high=1.0, mean=0.5),
+    )
+    psi = space.init_psi()
+    with torch.no_grad():
+        psi["a.loc"].fill_(10.0)
+        psi["a.log_std"].fill_(-50.0)
+        psi["b.log_std"].fill_(-50.0)
+        psi["c.log_std"].fill_(50.0)
+        psi["d.loc"].fill_(50.0)
+    space.project_(psi)
+    learned = space.with_psi(psi)
+    assert learned["a"].mean == pytest.approx(0.1) and learned["a"].mean <= 0.1
+    assert learned["a"].std == pytest.approx(1e-3) and learned["a"].std >= learned["a"].min_std
+    assert learned["b"].std == pytest.approx(0.01) and learned["b"].std >= 0.01
+    assert learned["c"].std == pytest.approx(0.3) and learned["c"].std <= 0.3
+    assert 0.0 < learned["d"].mean < 1.0
+    again = learned.init_psi()
+    for k in psi:
+        torch.testing.assert_close(again[k].detach(), psi[k].detach(), rtol=1e-5, atol=1e-5)
+
+
+def test_with_psi_round_trip_at_saturated_logits() -> None:
+    space = ParameterSpace(b=Bernoulli(p=0.5), d=Bounded(low=0.0, high=1.0, mean=0.5))
+    psi = space.init_psi()
+    with torch.no_grad():
+        psi["b.logit"].fill_(-10.0)
+        psi["d.loc"].fill_(12.0)
+    again = space.with_psi(psi).init_psi()
+    torch.testing.assert_close(again["b.logit"].detach(), torch.tensor(-10.0), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(again["d.loc"].detach(), torch.tensor(12.0), rtol=1e-5, atol=1e-5)
