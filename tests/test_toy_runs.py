@@ -188,6 +188,10 @@ def assert_same_run(resumed: Path, reference: Path) -> None:
         assert torch.equal(a["model"][k], b["model"][k]), k
     rows_a, rows_b = read_history(resumed), read_history(reference)
     assert [r["iteration"] for r in rows_a] == list(range(1, RESUME_ITERATIONS + 1))
+    for earlier, later in itertools.pairwise(rows_a):  # the clock and counters carry over the resume
+        assert later["images"] == earlier["images"] + SCENES
+        for key in ("seconds", "seconds_render", "seconds_train", "seconds_hypergrad", "seconds_eval"):
+            assert later[key] >= earlier[key], key
     for ra, rb in zip(rows_a, rows_b, strict=True):
         for key in ("iteration", "images", "val_loss", "val_metric", "psi", "train_loss"):
             assert ra[key] == rb[key], (ra["iteration"], key)
