@@ -97,7 +97,7 @@ class RunConfig(_Strict):
             if data is not None and data.source == "simulator":
                 for other, value in seeds.items():
                     if value == data.seed:
-                        raise ValueError(f"{key}.seed = {data.seed} equals {other}; "
+                        raise ValueError(f"{key}.seed: {data.seed} equals {other}; "
                                          "evaluation sets must not share the training seed or each other's")
                 seeds[f"{key}.seed"] = data.seed
         return self
@@ -119,7 +119,8 @@ def format_validation_error(error: ValidationError, prefix: str = "") -> list[st
             msg = "required key is missing"
         got = err.get("input")
         shown = "" if err["type"] in ("missing", "extra_forbidden") or isinstance(got, dict) else f" (got {got!r})"
-        lines.append(f"{path or '(top level)'}: {msg}{shown}")
+        # Checks across several keys name the key themselves, so they carry no location.
+        lines.append(f"{path}: {msg}{shown}" if path else msg)
     return lines
 
 

@@ -167,7 +167,9 @@ class Run:
         try:
             return space.override(overrides) if overrides else space
         except (KeyError, TypeError, ValueError) as exc:
-            errors.append(f"{key}.overrides: {exc}")
+            message = str(exc.args[0]) if exc.args else str(exc)
+            errors.append(f"{key}.overrides.{message}" if isinstance(exc, ValueError)
+                          else f"{key}.overrides: {message}")
             return space
 
     def settings_json(self) -> dict[str, Any]:
@@ -442,9 +444,11 @@ class Run:
                 metric = row.get("val_metric")
                 if metric is not None and (not best or metric > best["val_metric"]):
                     best = {k: row[k] for k in ("iteration", "images", "seconds", "val_metric", "psi") if k in row}
-                self._checkpoint(searcher, self.model_optimizer, best)
+                # The row goes to disk before the checkpoint: resuming drops rows past the
+                # checkpoint, so a crash between the two never loses an iteration's row.
                 history.write(json.dumps(row, default=float) + "\n")
                 history.flush()
+                self._checkpoint(searcher, self.model_optimizer, best)
                 self.pm.hook.on_iteration(run=self, row=row)
         finally:
             history.close()

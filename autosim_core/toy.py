@@ -2,9 +2,11 @@
 
 The simulator draws labelled 2-D points: a label from a Bernoulli, then a point from that
 class's Gaussian, whose mean and spread are psi. The task is logistic regression (or a small
-MLP) classifying the points. The ``target`` preset moves class 1 to (1, 0); the space starts
-it at (2.5, 1.5), so a classifier trained on the initial data draws its boundary in the wrong
-place and the validation loss points back to the target.
+MLP) classifying the points. The space starts class 1 at (0, 0.5), overlapping class 0 at
+(-1, 0); the ``target`` preset moves it to (3, 0). A classifier trained on the initial data
+draws its boundary in the wrong place, so the validation loss points towards the target; and
+the target's data are also the easier ones, so ``no-val`` (which lowers the model's own loss)
+moves the same way at first, though it does not stop there.
 """
 
 from __future__ import annotations
@@ -28,8 +30,8 @@ def toy_space() -> ParameterSpace:
         label=Bernoulli(p=0.5, learn=False),
         x0=Normal(mean=-1.0, std=0.7, learn=False),
         y0=Normal(mean=0.0, std=0.7, learn=False),
-        x1=Normal(mean=2.5, std=0.7, low=-5, high=5),
-        y1=Normal(mean=1.5, std=0.7, low=-5, high=5),
+        x1=Normal(mean=0.0, std=0.7, low=-5, high=5),
+        y1=Normal(mean=0.5, std=0.7, low=-5, high=5),
     )
 
 
@@ -44,7 +46,7 @@ class ToySimulator:
 
     @hookimpl
     def presets(self) -> dict[str, dict[str, dict[str, Any]]]:
-        return {"target": {"x1": {"mean": 1.0}, "y1": {"mean": 0.0}}, "initial": {}}
+        return {"target": {"x1": {"mean": 3.0}, "y1": {"mean": 0.0}}, "initial": {}}
 
     @hookimpl
     def render(self, scenes: list[dict[str, Any]]) -> list[Example]:

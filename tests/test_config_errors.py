@@ -70,10 +70,10 @@ CASES: list[tuple[str, Mutation, str, list[str]]] = [
      ["load_dataset", "'simulator'"]),
     ("unknown-override-parameter", setting("simulator", "overrides", {"z1": {"mean": 1.0}}), "simulator.overrides",
      ["'z1'", "x1", "y1"]),
-    ("unknown-override-key", setting("simulator", "overrides", {"x1": {"meen": 1.0}}), "simulator.overrides",
-     ["x1.meen", "unknown key", "mean"]),
-    ("bad-override-value", setting("validation", "overrides", {"x1": {"std": -1}}), "validation.overrides",
-     ["x1.std", "greater than 0"]),
+    ("unknown-override-key", setting("simulator", "overrides", {"x1": {"meen": 1.0}}),
+     "simulator.overrides.x1.meen", ["unknown key", "mean"]),
+    ("bad-override-value", setting("validation", "overrides", {"x1": {"std": -1}}), "validation.overrides.x1.std",
+     ["greater than 0"]),
     ("override-not-a-table", setting("simulator", "overrides", {"x1": 3}), "simulator.overrides.x1",
      ["dictionary"]),
 ]
@@ -119,7 +119,8 @@ def test_equal_seeds_are_rejected(change: dict[str, Any], other: str, toy_exampl
         parse_config(data)
     (line,) = info.value.lines
     key = f"{next(iter(change))}.seed"
-    assert re.search(rf"\b{re.escape(key)} = \d+ equals {re.escape(other)}\b", line), line
+    assert line.startswith(f"{key}: "), line
+    assert re.search(rf"^{re.escape(key)}: \d+ equals {re.escape(other)}\b", line), line
 
 
 def test_several_problems_are_reported_together(toy_example: dict[str, Any]) -> None:
