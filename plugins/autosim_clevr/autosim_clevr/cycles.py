@@ -34,15 +34,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from .scene import CLASS_ID, SIZES, Scene3D, SceneObject
+from .fast import AMBIENT_GAIN, GROUND_SRGB, LIGHT_GAIN, LIGHT_RADIUS, SKY
+from .scene import CLASS_ID, SIZES, Light, Scene3D, SceneObject
 
-# Blender watts of a point light of intensity 1.0 (CLEVR's default strength). Chosen so that the
-# ground (albedo ~0.5) lit by CLEVR's key light at its usual distance (~8 units) renders mid-grey.
-WATTS_PER_INTENSITY = 1000.0
-# Radius of the point lights (Blender's ``shadow_soft_size``): small enough to stay a point light
-# for the masks' shadows-free geometry, large enough that metal shows a visible highlight.
-LIGHT_RADIUS = 0.1
-GROUND_SRGB = (0.6, 0.6, 0.6)
+# Lighting follows the fast backend's convention, so that one parameter value gives the same
+# exposure in both backends: a lamp of intensity 1 delivers irradiance LIGHT_GAIN[name] at the
+# scene centre (facing it), in units where a Lambertian surface of albedo a shows radiance a * E.
+# A Cycles point light of P watts gives radiance a * P / (4 pi^2 d^2) at distance d, hence
+# P = 4 pi^2 d^2 * intensity * gain. The sky likewise has radiance ambient * AMBIENT_GAIN * SKY.
 GROUND_HALF_SIZE = 500.0  # stands in for the infinite ground plane
 RUBBER_ROUGHNESS = 0.9
 METAL_ROUGHNESS = 0.25
@@ -68,6 +67,12 @@ def linear_to_srgb(x: np.ndarray) -> np.ndarray:
     return np.where(x <= 0.0031308, 12.92 * x, 1.055 * np.power(x, 1.0 / 2.4) - 0.055)
 
 
+def light_watts(light: Light) -> float:
+    """Blender power of a point light, matching the fast backend's irradiance at the scene centre."""
+    d2 = sum(c * c for c in light.position)
+    return 4.0 * math.pi**2 * d2 * max(0.0, float(light.intensity)) * LIGHT_GAIN.get(light.name, 1.0)
+
+
 @dataclass
 class _Blender:
     """Handles on the one Blender scene this process renders into."""
@@ -82,6 +87,7 @@ class _Blender:
 
 
 _STATE: _Blender | None = None
+_BPY_PID: int | None = None  # the process that loaded Blender
 
 
 def bpy_available() -> bool:
@@ -116,10 +122,39 @@ def render_batch(scenes: list[Scene3D]) -> list[tuple[torch.Tensor, torch.Tensor
 
 
 def _ensure_blender() -> _Blender:
-    global _STATE
+    global _STATE, _BPY_PID
+    if _BPY_PID is not None and _BPY_PID != os.getpid():
+        # Blender's thread pools do not survive fork(): a forked child hangs in its first render.
+        raise RuntimeError(
+            f"Blender was loaded in process {_BPY_PID} and this process is a fork of it; render Cycles "
+            "scenes in worker processes started with the 'spawn' or 'forkserver' method"
+        )
+    if "bpy" not in sys.modules:
+        # Loading bpy puts Blender's scripts/modules (which holds a pure-Python `bpy` package) at
+        # the front of sys.path; a process spawned from one that loaded Blender inherits that path
+        # and would import the wrong `bpy`. Blender adds the folders back once the real one loads.
+        sys.path[:] = [p for p in sys.path if not _is_blender_scripts_dir(p)]
+    try:
+        import bpy  # noqa: F401
+    except ImportError as err:
+        raise ImportError(
+            f"the cycles backend needs Blender's Python module: pip install 'autosim-clevr[blender]' ({err})"
+        ) from err
+    _BPY_PID = os.getpid()
+    if _STATE is not None:
+        try:
+            _STATE.scene.name  # noqa: B018 - probes whether the handle still points at live data
+        except ReferenceError:
+            # Someone else in this process reset Blender (e.g. loaded a file); build again.
+            _STATE = None
     if _STATE is None:
         _STATE = _setup_blender()
     return _STATE
+
+
+def _is_blender_scripts_dir(path: str) -> bool:
+    parts = Path(path).parts
+    return any(a == "bpy" and c == "scripts" for a, c in zip(parts, parts[2:], strict=False))
 
 
 def _setup_blender() -> _Blender:
@@ -160,7 +195,7 @@ def _setup_blender() -> _Blender:
     world = bpy.data.worlds.new("clevr_world")
     scene.world = world
     background = next(n for n in world.node_tree.nodes if n.type == "BACKGROUND")
-    background.inputs["Color"].default_value = (1.0, 1.0, 1.0, 1.0)
+    background.inputs["Color"].default_value = (*SKY, 1.0)
 
     ground = bpy.data.objects.new("clevr_ground", _ground_mesh())
     ground.data.materials.append(_principled("clevr_ground", GROUND_SRGB, metallic=0.0, roughness=0.9))
@@ -274,12 +309,12 @@ def _render_one(state: _Blender, spec: Scene3D) -> tuple[torch.Tensor, torch.Ten
     scene.cycles.glossy_bounces = bounces
     scene.cycles.transmission_bounces = bounces
     scene.cycles.seed = int(spec.seed) % _MAX_SEED
-    state.world_background.inputs["Strength"].default_value = max(0.0, float(spec.ambient))
+    state.world_background.inputs["Strength"].default_value = max(0.0, float(spec.ambient)) * AMBIENT_GAIN
 
     _place_camera(state.camera, spec)
     for light in spec.lights:
         data = bpy.data.lights.new(f"clevr_light_{light.name}", "POINT")
-        data.energy = max(0.0, float(light.intensity)) * WATTS_PER_INTENSITY
+        data.energy = light_watts(light)
         data.shadow_soft_size = LIGHT_RADIUS
         ob = bpy.data.objects.new(data.name, data)
         ob.location = light.position
