@@ -242,6 +242,34 @@ def test_light_and_ambient_raise_brightness() -> None:
     assert b > d + 0.05 and a > d + 0.05
 
 
+def test_render_settings_follow_the_scene() -> None:
+    import bpy
+
+    scene = make_scene([SceneObject("cylinder", "green", "metal", "small", 0.0, 0.0)], seed=12345, width=40,
+                       height=20, samples=3, bounces=5, camera=Camera(position=(0.0, -8.0, 3.0), fov=60.0))
+    cycles.render_batch([scene])
+    bl = bpy.context.scene
+    assert bl.render.engine == "CYCLES" and bl.cycles.device == "CPU" and not bl.cycles.use_denoising
+    assert (bl.render.resolution_x, bl.render.resolution_y, bl.render.resolution_percentage) == (40, 20, 100)
+    assert (bl.cycles.samples, bl.cycles.max_bounces, bl.cycles.seed) == (3, 5, 12345)
+    cam = bl.camera.data
+    assert cam.sensor_fit == "HORIZONTAL"
+    assert math.degrees(2 * math.atan(cam.sensor_width / (2 * cam.lens))) == pytest.approx(60.0)
+    assert bpy.context.view_layer.use_pass_object_index
+
+
+def test_bounces_let_metal_reflect_the_scene() -> None:
+    # With no bounce a metal sphere sees only the lamps; one bounce shows the lit ground in it.
+    objects = [SceneObject("sphere", "gray", "metal", "large", 0.0, 0.0)]
+    camera = Camera(position=(0.0, -3.0, 1.5), look_at=(0.0, 0.0, 0.7))
+    kwargs = {"width": 32, "height": 24, "samples": 16, "camera": camera}
+    (direct, mask), (indirect, _) = cycles.render_batch(
+        [make_scene(objects, bounces=0, **kwargs), make_scene(objects, bounces=2, **kwargs)])
+    on_sphere = mask == CLASS_ID["sphere"]
+    assert on_sphere.float().mean() > 0.2
+    assert indirect[:, on_sphere].mean() > direct[:, on_sphere].mean() + 0.05
+
+
 def test_error_names_the_scene() -> None:
     bad = make_scene([SceneObject("sphere", "red", "rubber", "huge", 0.0, 0.0)], id="scene-42", width=16, height=12)
     with pytest.raises(cycles.CyclesRenderError, match="scene-42"):
