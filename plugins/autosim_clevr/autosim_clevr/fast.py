@@ -61,6 +61,8 @@ SPEC_WHITE = 0.5
 PIXEL_ELEMENTS = 1 << 20
 """Rays x objects per intermediate tensor; chunks of that size stay in cache."""
 N_RANDOM = 9
+BOUND2 = {"sphere": 1.0, "cube": 3.0, "cylinder": 2.0}
+"""Squared radius of each shape's bounding sphere about its centre, in units of r^2."""
 STRATIFIED = [2, 5]
 """Random numbers stratified over samples: the light choice and the occlusion ray's elevation."""
 
@@ -99,33 +101,20 @@ def last(v: V3) -> V3:
 # ------------------------------------------------------------------------------ objects ---
 @dataclass
 class Objects:
-    """The batch's objects. Per-shape tensors (for intersection) and per-object tensors in
-    the global order spheres, cubes, cylinders (for shading the hit); leading axis = scene."""
+    """The batch's objects as (B, N) tables, N the largest object count of the batch."""
 
-    sph_x: Tensor
-    sph_y: Tensor
-    sph_r: Tensor
-    sph_ok: Tensor
-    cub_x: Tensor
-    cub_y: Tensor
-    cub_h: Tensor
-    cub_c: Tensor
-    cub_s: Tensor
-    cub_ok: Tensor
-    cyl_x: Tensor
-    cyl_y: Tensor
-    cyl_r: Tensor
-    cyl_ok: Tensor
     kind: Tensor
     x: Tensor
     y: Tensor
     r: Tensor
+    bound2: Tensor
     cos: Tensor
     sin: Tensor
     red: Tensor
     green: Tensor
     blue: Tensor
     metal: Tensor
+    ok: Tensor
 
     def map(self, fn: Callable[[Tensor], Tensor]) -> Objects:
         return Objects(**{f.name: fn(getattr(self, f.name)) for f in fields(self)})
@@ -136,101 +125,110 @@ class Objects:
 
 
 def pack_objects(scenes: list[Scene3D], device: torch.device) -> Objects:
-    per_shape = {s: [[o for o in sc.objects if o.shape == s] for sc in scenes] for s in SHAPES}
-    width = {s: max((len(lst) for lst in per_shape[s]), default=0) for s in SHAPES}
-    b = len(scenes)
+    most = max((len(sc.objects) for sc in scenes), default=0)
 
-    def table(shape: str, values: Callable[..., float], pad: float) -> Tensor:
-        rows = [[values(o) for o in lst] + [pad] * (width[shape] - len(lst)) for lst in per_shape[shape]]
-        return torch.tensor(rows, dtype=torch.float32, device=device).reshape(b, width[shape])
-
-    def ok(shape: str) -> Tensor:
-        rows = [[True] * len(lst) + [False] * (width[shape] - len(lst)) for lst in per_shape[shape]]
-        return torch.tensor(rows, dtype=torch.bool, device=device).reshape(b, width[shape])
+    def table(values: Callable[..., float], pad: float) -> Tensor:
+        rows = [[values(o) for o in sc.objects] + [pad] * (most - len(sc.objects)) for sc in scenes]
+        return torch.tensor(rows, dtype=torch.float32, device=device).reshape(len(scenes), most)
 
     def rad(o: object) -> float:
         return math.radians(o.rotation)  # type: ignore[attr-defined]
 
-    parts: dict[str, list[Tensor]] = {k: [] for k in ("kind", "x", "y", "r", "cos", "sin", "red", "green",
-                                                        "blue", "metal")}
-    for s in SHAPES:
-        parts["kind"].append(torch.full((b, width[s]), CLASS_ID[s], dtype=torch.long, device=device))
-        parts["x"].append(table(s, lambda o: o.x, 0.0))
-        parts["y"].append(table(s, lambda o: o.y, 0.0))
-        parts["r"].append(table(s, lambda o: o.radius, 1.0))
-        parts["cos"].append(table(s, lambda o: math.cos(rad(o)), 1.0))
-        parts["sin"].append(table(s, lambda o: math.sin(rad(o)), 0.0))
-        for i, ch in enumerate(("red", "green", "blue")):
-            parts[ch].append(table(s, lambda o, i=i: srgb_to_linear(o.rgb[i]), 0.0))
-        parts["metal"].append(table(s, lambda o: float(o.material == "metal"), 0.0))
-    glob = {k: torch.cat(v, dim=1) for k, v in parts.items()}
     return Objects(
-        sph_x=table("sphere", lambda o: o.x, 0.0), sph_y=table("sphere", lambda o: o.y, 0.0),
-        sph_r=table("sphere", lambda o: o.radius, 1.0), sph_ok=ok("sphere"),
-        cub_x=table("cube", lambda o: o.x, 0.0), cub_y=table("cube", lambda o: o.y, 0.0),
-        cub_h=table("cube", lambda o: o.radius, 1.0), cub_c=table("cube", lambda o: math.cos(rad(o)), 1.0),
-        cub_s=table("cube", lambda o: math.sin(rad(o)), 0.0), cub_ok=ok("cube"),
-        cyl_x=table("cylinder", lambda o: o.x, 0.0), cyl_y=table("cylinder", lambda o: o.y, 0.0),
-        cyl_r=table("cylinder", lambda o: o.radius, 1.0), cyl_ok=ok("cylinder"),
-        **glob,
+        kind=table(lambda o: CLASS_ID[o.shape], 0).long(), x=table(lambda o: o.x, 0.0),
+        y=table(lambda o: o.y, 0.0), r=table(lambda o: o.radius, 1.0),
+        bound2=table(lambda o: BOUND2[o.shape] * o.radius**2, 1.0),
+        cos=table(lambda o: math.cos(rad(o)), 1.0), sin=table(lambda o: math.sin(rad(o)), 0.0),
+        red=table(lambda o: srgb_to_linear(o.rgb[0]), 0.0), green=table(lambda o: srgb_to_linear(o.rgb[1]), 0.0),
+        blue=table(lambda o: srgb_to_linear(o.rgb[2]), 0.0), metal=table(lambda o: float(o.material == "metal"), 0.0),
+        ok=table(lambda o: 1.0, 0.0) > 0,
     )
 
 
 # ------------------------------------------------------------------------- intersection ---
-def _spans(o: V3, d: V3, g: Objects) -> list[tuple[Tensor, Tensor, Tensor]]:
-    """(t_enter, t_exit, valid) per shape; rays carry a trailing axis of 1, objects of N."""
-    out = []
-    ox, oy, oz = o
-    dx, dy, dz = d
-    if g.sph_x.shape[-1]:
-        r = g.sph_r
-        px, py, pz = ox - g.sph_x, oy - g.sph_y, oz - r
-        b = px * dx + py * dy + pz * dz
-        disc = b * b - (px * px + py * py + pz * pz - r * r)
-        sq = disc.clamp_min(0.0).sqrt()
-        out.append((-b - sq, sq - b, (disc >= 0) & g.sph_ok))
-    if g.cub_x.shape[-1]:
-        h, c, s = g.cub_h, g.cub_c, g.cub_s
-        px, py = ox - g.cub_x, oy - g.cub_y
-        lx, ly = c * px + s * py, c * py - s * px
-        ix, iy = 1.0 / (c * dx + s * dy), 1.0 / (c * dy - s * dx)
-        iz = 1.0 / dz
-        a1, a2 = (-h - lx) * ix, (h - lx) * ix
-        b1, b2 = (-h - ly) * iy, (h - ly) * iy
-        c1, c2 = -oz * iz, (2 * h - oz) * iz
-        near = torch.maximum(torch.maximum(torch.minimum(a1, a2), torch.minimum(b1, b2)), torch.minimum(c1, c2))
-        far = torch.minimum(torch.minimum(torch.maximum(a1, a2), torch.maximum(b1, b2)), torch.maximum(c1, c2))
-        out.append((near, far, (near <= far) & g.cub_ok))
-    if g.cyl_x.shape[-1]:
-        r = g.cyl_r
-        px, py = ox - g.cyl_x, oy - g.cyl_y
-        a = (dx * dx + dy * dy).clamp_min(1e-12)
-        b = px * dx + py * dy
-        disc = b * b - a * (px * px + py * py - r * r)
-        sq = disc.clamp_min(0.0).sqrt()
-        inva = 1.0 / a
-        iz = 1.0 / dz
-        z1, z2 = -oz * iz, (2 * r - oz) * iz
-        near = torch.maximum((-b - sq) * inva, torch.minimum(z1, z2))
-        far = torch.minimum((sq - b) * inva, torch.maximum(z1, z2))
-        out.append((near, far, (disc >= 0) & (near <= far) & g.cyl_ok))
-    return out
+def span_sphere(o: V3, d: V3, x: Tensor, y: Tensor, r: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(t_enter, t_exit, hit) of unit rays and spheres resting on the ground (broadcasting)."""
+    px, py, pz = o[0] - x, o[1] - y, o[2] - r
+    b = px * d[0] + py * d[1] + pz * d[2]
+    disc = b * b - (px * px + py * py + pz * pz - r * r)
+    sq = disc.clamp_min(0.0).sqrt()
+    return -b - sq, sq - b, disc >= 0
+
+
+def span_cube(o: V3, d: V3, x: Tensor, y: Tensor, h: Tensor, c: Tensor, s: Tensor
+              ) -> tuple[Tensor, Tensor, Tensor]:
+    """Slab test in the cube's frame (rotated by (c, s) = (cos, sin) about z)."""
+    px, py = o[0] - x, o[1] - y
+    lx, ly = c * px + s * py, c * py - s * px
+    ix, iy = 1.0 / (c * d[0] + s * d[1]), 1.0 / (c * d[1] - s * d[0])
+    iz = 1.0 / d[2]
+    a1, a2 = (-h - lx) * ix, (h - lx) * ix
+    b1, b2 = (-h - ly) * iy, (h - ly) * iy
+    c1, c2 = -o[2] * iz, (2 * h - o[2]) * iz
+    near = torch.maximum(torch.maximum(torch.minimum(a1, a2), torch.minimum(b1, b2)), torch.minimum(c1, c2))
+    far = torch.minimum(torch.minimum(torch.maximum(a1, a2), torch.maximum(b1, b2)), torch.maximum(c1, c2))
+    return near, far, near <= far
+
+
+def span_cylinder(o: V3, d: V3, x: Tensor, y: Tensor, r: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Infinite vertical cylinder intersected with the slab 0 <= z <= 2r (caps included)."""
+    px, py = o[0] - x, o[1] - y
+    a = (d[0] * d[0] + d[1] * d[1]).clamp_min(1e-12)
+    b = px * d[0] + py * d[1]
+    disc = b * b - a * (px * px + py * py - r * r)
+    sq = disc.clamp_min(0.0).sqrt()
+    inva = 1.0 / a
+    iz = 1.0 / d[2]
+    z1, z2 = -o[2] * iz, (2 * r - o[2]) * iz
+    near = torch.maximum((-b - sq) * inva, torch.minimum(z1, z2))
+    far = torch.minimum((sq - b) * inva, torch.maximum(z1, z2))
+    return near, far, (disc >= 0) & (near <= far)
+
+
+def _pairs(o: V3, d: V3, g: Objects) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Ray-object pairs that hit: (scene, ray, object, t_enter, t_exit, hit) per candidate pair.
+
+    Rays (B, P) are first tested against every object's bounding sphere, a cheap test that
+    rejects almost all pairs; only the surviving pairs get the exact test of their shape.
+    """
+    ol, dl = last(o), last(d)
+    px, py, pz = ol[0] - g.x.unsqueeze(1), ol[1] - g.y.unsqueeze(1), ol[2] - g.r.unsqueeze(1)
+    b = px * dl[0] + py * dl[1] + pz * dl[2]
+    c = px * px + py * py + pz * pz - g.bound2.unsqueeze(1)
+    cand = (b * b > c) & ((b < 0) | (c < 0)) & g.ok.unsqueeze(1)
+    bi, pi, oi = cand.nonzero(as_tuple=True)
+    ro = tuple(v.expand_as(d[0])[bi, pi] for v in o)
+    rd = tuple(v[bi, pi] for v in d)
+    kind, x, y, r = g.kind[bi, oi], g.x[bi, oi], g.y[bi, oi], g.r[bi, oi]
+    near, far, hit = span_sphere(ro, rd, x, y, r)  # type: ignore[arg-type]
+    for k in (CLASS_ID["cube"], CLASS_ID["cylinder"]):
+        sel = (kind == k).nonzero(as_tuple=True)[0]
+        if sel.numel():
+            args = (tuple(v[sel] for v in ro), tuple(v[sel] for v in rd), x[sel], y[sel], r[sel])
+            if k == CLASS_ID["cube"]:
+                n2, f2, h2 = span_cube(*args, g.cos[bi[sel], oi[sel]], g.sin[bi[sel], oi[sel]])  # type: ignore[arg-type]
+            else:
+                n2, f2, h2 = span_cylinder(*args)  # type: ignore[arg-type]
+            near, far, hit = near.index_put((sel,), n2), far.index_put((sel,), f2), hit.index_put((sel,), h2)
+    return bi, pi, oi, near, far, hit
 
 
 def closest(o: V3, d: V3, g: Objects) -> tuple[Tensor, Tensor, Tensor]:
-    """Nearest hit along unit rays: (t, object index, what) with what 0 sky, 1 ground, 2 object."""
-    ol, dl = last(o), last(d)
-    ts = []
-    for near, far, valid in _spans(ol, dl, g):
-        t = torch.where(near > T_EPS, near, far)
-        ts.append(torch.where(valid & (t > T_EPS), t, INF))
+    """Nearest hit along unit rays (B, P): (t, object index, what) with what 0 sky, 1 ground, 2 object."""
+    shape = d[0].shape
     dz = d[2]
     t_ground = torch.where(dz < 0, -o[2] / dz.clamp_max(-1e-12), INF)
-    if ts:
-        t_obj, idx = torch.cat(ts, dim=-1).min(dim=-1)
-    else:
-        t_obj = torch.full_like(t_ground, INF)
-        idx = torch.zeros(t_ground.shape, dtype=torch.long, device=t_ground.device)
+    t_obj = torch.full((shape.numel(),), INF, device=dz.device)
+    idx = torch.zeros(shape.numel(), dtype=torch.long, device=dz.device)
+    if g.count:
+        bi, pi, oi, near, far, hit = _pairs(o, d, g)
+        t = torch.where(near > T_EPS, near, far)
+        t = torch.where(hit & (t > T_EPS), t, INF)
+        ray = bi * shape[1] + pi
+        t_obj = t_obj.scatter_reduce(0, ray, t, reduce="amin")
+        win = (t < INF) & (t == t_obj[ray])
+        idx = idx.index_put((ray[win],), oi[win])
+    t_obj, idx = t_obj.view(shape), idx.view(shape)
     is_obj = t_obj < t_ground
     t = torch.where(is_obj, t_obj, t_ground)
     what = torch.where(is_obj, 2, torch.where(t_ground < INF, 1, 0))
@@ -238,16 +236,14 @@ def closest(o: V3, d: V3, g: Objects) -> tuple[Tensor, Tensor, Tensor]:
 
 
 def occluded(o: V3, d: V3, g: Objects, t_max: Tensor | float) -> Tensor:
-    """Whether any object blocks the ray before ``t_max`` (shadow and occlusion rays)."""
-    ol, dl = last(o), last(d)
-    tm = t_max.unsqueeze(-1) if isinstance(t_max, Tensor) else t_max
-    blocked = None
-    for near, far, valid in _spans(ol, dl, g):
-        hit = (valid & (far > T_EPS) & (near < tm)).any(dim=-1)
-        blocked = hit if blocked is None else blocked | hit
-    if blocked is None:
-        return torch.zeros_like(d[0], dtype=torch.bool)
-    return blocked
+    """Whether any object blocks each ray (B, P) before ``t_max`` (shadow and occlusion rays)."""
+    blocked = torch.zeros_like(d[0], dtype=torch.bool)
+    if g.count == 0:
+        return blocked
+    bi, pi, _, near, far, hit = _pairs(o, d, g)
+    tm = t_max[bi, pi] if isinstance(t_max, Tensor) else t_max
+    hit = hit & (far > T_EPS) & (near < tm)
+    return blocked.index_put((bi[hit], pi[hit]), torch.ones((), dtype=torch.bool, device=blocked.device))
 
 
 @dataclass
@@ -406,7 +402,9 @@ def _reflection(bt: _Batch, surf: Surface, d: V3, rnd: Tensor, sel: Tensor) -> V
     rd = unit((dd[0] - 2 * dn * n[0] + GLOSS * g1, dd[1] - 2 * dn * n[1] + GLOSS * g2,
                dd[2] - 2 * dn * n[2] + GLOSS * g3))
     g = bt.objects.map(lambda x: x[sidx])
-    t, idx, what = closest(p, rd, g)
+    column = (p[0].unsqueeze(1), p[1].unsqueeze(1), p[2].unsqueeze(1))
+    t, idx, what = (v.squeeze(1) for v in closest(column, (rd[0].unsqueeze(1), rd[1].unsqueeze(1),
+                                                           rd[2].unsqueeze(1)), g))
 
     def pick(table: Tensor, i: Tensor) -> Tensor:
         return table[sidx, i] if table.shape[1] else torch.zeros(i.shape, device=i.device)
@@ -420,9 +418,8 @@ def _reflection(bt: _Batch, surf: Surface, d: V3, rnd: Tensor, sel: Tensor) -> V
 
 def _sample(bt: _Batch, cols: Tensor, rows: Tensor, rnd: Tensor) -> V3:
     """One sample of every pixel of the chunk: linear RGB, (B, P) each."""
-    g = bt.objects.map(lambda x: x.unsqueeze(1))
     d = _primary(bt, cols + rnd[..., 0], rows + rnd[..., 1])
-    t, idx, what = closest(bt.eye, d, g)
+    t, idx, what = closest(bt.eye, d, bt.objects)
     surf = surface(bt.eye, d, t, idx, what, bt.objects, _grid_pick)
     n = surf.normal
     start = tuple(surf.point[i] + OFFSET * n[i] for i in range(3))
@@ -439,7 +436,7 @@ def _sample(bt: _Batch, cols: Tensor, rows: Tensor, rnd: Tensor) -> V3:
     ldir = (v[0] / dist, v[1] / dist, v[2] / dist)
     cos_l = dot(n, ldir)
     lit = (cos_l > 0) & (what > 0)
-    visible = lit & ~occluded(start, ldir, g, dist)
+    visible = lit & ~occluded(start, ldir, bt.objects, dist)
     strength = torch.gather(bt.power, 1, li) * torch.gather(bt.dist2, 1, li) / (dist * dist) / prob.clamp_min(1e-12)
     strength = torch.where(visible, strength, 0.0)
     direct = strength * cos_l.clamp_min(0.0)
@@ -450,7 +447,7 @@ def _sample(bt: _Batch, cols: Tensor, rows: Tensor, rnd: Tensor) -> V3:
     t1, t2 = tangent_frame(n)
     lx, ly, lz = sr * r2.cos(), sr * r2.sin(), (1.0 - r1).clamp_min(0.0).sqrt()
     adir = tuple(t1[i] * lx + t2[i] * ly + n[i] * lz for i in range(3))
-    open_sky = (adir[2] > 0) & ~occluded(start, adir, g, INF)  # type: ignore[arg-type]
+    open_sky = (adir[2] > 0) & ~occluded(start, adir, bt.objects, INF)  # type: ignore[arg-type]
     irr = direct + torch.where(open_sky, bt.ambient, 0.0) + bt.bounce
 
     # metal: dim diffuse, a highlight from the chosen light, and a mirror term
@@ -487,10 +484,9 @@ def _render_same_size(scenes: list[Scene3D], device: torch.device, max_samples: 
 
     # the mask: pixel-centre rays, no jitter
     mask = torch.zeros((b, n_pix), dtype=torch.long, device=device)
-    g = bt.objects.map(lambda x: x.unsqueeze(1))
     for p0 in range(0, n_pix, chunk):
         d = _primary(bt, cols[:, p0:p0 + chunk] + 0.5, rows[:, p0:p0 + chunk] + 0.5)
-        _, idx, what = closest(bt.eye, d, g)
+        _, idx, what = closest(bt.eye, d, bt.objects)
         mask[:, p0:p0 + chunk] = torch.where(what == 2, _grid_pick(bt.objects.kind, idx), 0)
 
     gens = []
