@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("-n", type=int, default=16)
     ap.add_argument("--out", required=True)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--size", type=int, nargs=2, default=(120, 180), metavar=("H", "W"),
+    ap.add_argument("--size", type=int, nargs=2, default=(80, 120), metavar=("H", "W"),
                     help="size of each tile (the rendered image is resized to it)")
     ap.add_argument("--masks", action="store_true", help="show each image's class mask beside it")
     ap.add_argument("--backend", choices=("fast", "cycles"), default="fast")
