@@ -101,7 +101,7 @@ def unet(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def clevr_unet(session: nox.Session) -> None:
     """The combination the demo uses: CLEVR renders, UNet segments."""
-    _install(session, CORE, CLEVR, UNET)
+    _install(session, CORE, CLEVR, UNET, ("tomli-w",))
     _pytest(session, "integration")
 
 

@@ -1,13 +1,13 @@
 """Segmentation datasets on disk: ``images/NAME.png`` (RGB) + ``masks/NAME.png`` (class ids).
 
 A mask is a single-channel PNG (mode L, or P whose palette indices are the class ids) whose
-pixel value is the class id of that pixel; 0 is background. The same layout is what
-``write_dataset`` produces, so rendered data can be exported and loaded back as real data.
+pixel value is the class id of that pixel; 0 is background. It is the layout the core's
+``autosim generate`` (``autosim_core.export.write_examples``) writes, so rendered data can be
+exported and loaded back as real data.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -88,44 +88,3 @@ def load_folder(path: str | Path, num_classes: int, *, ignore_index: int | None 
                                f"ids must lie in [0, {num_classes}){hint}")
         examples.append(Example(image=image, mask=mask, scene={"id": name}))
     return examples
-
-
-def _name(example: Example, index: int) -> str:
-    scene_id = (example.scene or {}).get("id")
-    text = str(scene_id) if scene_id is not None else ""
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in text).strip("._")
-    return safe or f"{index:06d}"
-
-
-def write_dataset(examples: Sequence[Example], path: str | Path) -> list[str]:
-    """Write examples as ``path/images/NAME.png`` + ``path/masks/NAME.png``; returns the names.
-
-    Names come from each example's scene id (else its position); images must be float
-    (3, H, W) in [0, 1] or uint8, masks int (H, W) with ids < 256.
-    """
-    root = Path(path)
-    (root / "images").mkdir(parents=True, exist_ok=True)
-    (root / "masks").mkdir(parents=True, exist_ok=True)
-    names: list[str] = []
-    seen: set[str] = set()
-    for i, ex in enumerate(examples):
-        if ex.mask is None:
-            raise ValueError(f"example {i} has no mask")
-        name = _name(ex, i)
-        if name in seen:
-            name = f"{name}-{i:06d}"
-        seen.add(name)
-        image = ex.image.detach().cpu()
-        if image.dim() != 3 or image.shape[0] not in (1, 3):
-            raise ValueError(f"example {name}: image must be (3, H, W) or (1, H, W); got {tuple(image.shape)}")
-        if image.dtype != torch.uint8:
-            image = (image.float().clamp(0, 1) * 255.0).round().to(torch.uint8)
-        pixels = image.permute(1, 2, 0).numpy()
-        Image.fromarray(pixels[..., 0] if pixels.shape[2] == 1 else pixels).convert("RGB").save(
-            root / "images" / f"{name}.png")
-        mask = ex.mask.detach().cpu()
-        if mask.numel() and (int(mask.min()) < 0 or int(mask.max()) > 255):
-            raise ValueError(f"example {name}: mask ids must lie in [0, 255] to be stored as 8-bit PNG")
-        Image.fromarray(mask.to(torch.uint8).numpy()).save(root / "masks" / f"{name}.png")
-        names.append(name)
-    return names

@@ -3,10 +3,11 @@
 import numpy as np
 import pytest
 import torch
+from autosim_core.export import write_examples
 from autosim_core.records import Example
 from PIL import Image
 
-from autosim_unet.data import DatasetError, load_folder, write_dataset
+from autosim_unet.data import DatasetError, load_folder
 from autosim_unet.plugin import UNetTask
 
 
@@ -22,10 +23,9 @@ def examples(n=3, h=5, w=7):
 
 def test_round_trip(tmp_path):
     original = examples()
-    names = write_dataset(original, tmp_path)
-    assert names == ["val-0", "val-1", "val-2"]
+    assert write_examples(original, tmp_path) == 3
     loaded = UNetTask().load_dataset(path=str(tmp_path), settings={"num_classes": 4})
-    assert [e.scene["id"] for e in loaded] == names
+    assert [e.scene["id"] for e in loaded] == ["000000", "000001", "000002"]
     for a, b in zip(original, loaded, strict=True):
         assert b.image.shape == (3, 5, 7) and b.image.dtype == torch.float32
         assert torch.allclose(a.image, b.image, atol=0.5 / 255)
@@ -35,17 +35,17 @@ def test_round_trip(tmp_path):
 
 
 def test_files_are_standard_pngs(tmp_path):
-    write_dataset(examples(1), tmp_path)
-    with Image.open(tmp_path / "images" / "val-0.png") as im:
+    write_examples(examples(1), tmp_path)
+    with Image.open(tmp_path / "images" / "000000.png") as im:
         assert im.mode == "RGB" and im.size == (7, 5)
-    with Image.open(tmp_path / "masks" / "val-0.png") as im:
+    with Image.open(tmp_path / "masks" / "000000.png") as im:
         assert im.mode == "L"
 
 
 def test_missing_mask_is_named(tmp_path):
-    write_dataset(examples(), tmp_path)
-    (tmp_path / "masks" / "val-1.png").unlink()
-    with pytest.raises(DatasetError, match=r"images without a mask.*val-1"):
+    write_examples(examples(), tmp_path)
+    (tmp_path / "masks" / "000001.png").unlink()
+    with pytest.raises(DatasetError, match=r"images without a mask.*000001"):
         load_folder(tmp_path, 4)
 
 
@@ -56,14 +56,14 @@ def test_missing_folder(tmp_path):
 
 
 def test_size_mismatch(tmp_path):
-    write_dataset(examples(), tmp_path)
-    Image.fromarray(np.zeros((4, 7), np.uint8)).save(tmp_path / "masks" / "val-2.png")
-    with pytest.raises(DatasetError, match=r"val-2.png: mask is 7x4 but its image is 7x5"):
+    write_examples(examples(), tmp_path)
+    Image.fromarray(np.zeros((4, 7), np.uint8)).save(tmp_path / "masks" / "000002.png")
+    with pytest.raises(DatasetError, match=r"000002.png: mask is 7x4 but its image is 7x5"):
         load_folder(tmp_path, 4)
 
 
 def test_class_id_out_of_range(tmp_path):
-    write_dataset(examples(), tmp_path)
+    write_examples(examples(), tmp_path)
     with pytest.raises(DatasetError, match=r"class ids \[3\] but num_classes = 3"):
         load_folder(tmp_path, 3)
 
@@ -71,15 +71,15 @@ def test_class_id_out_of_range(tmp_path):
 def test_ignore_index_is_allowed(tmp_path):
     ex = examples(1)[0]
     ex.mask[0, 0] = 255
-    write_dataset([ex], tmp_path)
+    write_examples([ex], tmp_path)
     assert int(load_folder(tmp_path, 4, ignore_index=255)[0].mask[0, 0]) == 255
     with pytest.raises(DatasetError, match="ignore_index"):
         load_folder(tmp_path, 4)
 
 
 def test_colour_mask_rejected(tmp_path):
-    write_dataset(examples(1), tmp_path)
-    Image.fromarray(np.zeros((5, 7, 3), np.uint8)).save(tmp_path / "masks" / "val-0.png")
+    write_examples(examples(1), tmp_path)
+    Image.fromarray(np.zeros((5, 7, 3), np.uint8)).save(tmp_path / "masks" / "000000.png")
     with pytest.raises(DatasetError, match="single-channel"):
         load_folder(tmp_path, 4)
 
