@@ -112,4 +112,7 @@ def bench(session: nox.Session) -> None:
     os.makedirs("bench-results", exist_ok=True)
     session.run("python", "benchmarks/core.py", "--out", "bench-results/core.json")
     session.run("python", "plugins/autosim_clevr/bench.py", "--out", "bench-results/clevr.json")
-    session.run("python", "plugins/autosim_unet/bench.py", "--out", "bench-results/unet.json")
+    # The sizes of examples/clevr_unet.toml: 64x64 images, K = 32, 64 validation images.
+    session.run("python", "plugins/autosim_unet/bench.py", "--out", "bench-results/unet.json", "--size", "64",
+                "--batch", "32", "--train-batch-size", "16", "--val", "64", "--width", "16", "--depth", "1",
+                "--cg-iters", "3")
