@@ -579,13 +579,16 @@ def render_batch(scenes: list[Scene3D], device: str | torch.device = "cpu", *, b
                  max_samples: int | None = None) -> list[tuple[Tensor, Tensor]]:
     """Images (3, H, W) float32 sRGB in [0, 1] and class masks (H, W) int64, in input order.
 
-    Scenes are grouped by size and, within a size, by samples per pixel so that a batch
-    wastes little work on scenes that have finished sampling.
+    Scenes are grouped by size and, within a size, by samples per pixel and object count so
+    that a batch wastes little work on scenes that have finished sampling or on padding.
     """
     for s in scenes:
         check_scene(s)
     dev = torch.device(device)
-    order = sorted(range(len(scenes)), key=lambda i: (scenes[i].height, scenes[i].width, -scenes[i].samples))
+    # fewest objects first within a size and sample count: a batch pads every scene to its
+    # largest object count, and the bounding test costs rays x padded objects
+    order = sorted(range(len(scenes)), key=lambda i: (scenes[i].height, scenes[i].width, -scenes[i].samples,
+                                                      len(scenes[i].objects)))
     out: list[tuple[Tensor, Tensor] | None] = [None] * len(scenes)
     start = 0
     while start < len(order):
