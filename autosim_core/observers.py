@@ -32,12 +32,41 @@ class ConsoleProgress:
                            f"{row['seconds']:7.1f} s{val}")
 
     @hookimpl
-    def on_run_end(self, summary: dict[str, Any]) -> None:
+    def on_run_end(self, run: Any, summary: dict[str, Any]) -> None:
         line = f"done: {summary['iterations']} iterations, {summary['images']} images, {summary['seconds']:.1f} s"
         for key in ("val", "test"):
             if key in summary:
                 line += f"  {key} metric {summary[key]['metric']:.4f}"
         self.console.print(line)
+        split = summary["seconds_split"]
+        self.console.print("seconds: " + ", ".join(f"{phase} {split[phase]:.1f}" for phase in split)
+                           + f" (evaluation sets {summary['seconds_setup']:.1f})")
+        learned = [name for name in summary["psi"] if run.space[name].learn]
+        if learned and summary["psi"] != summary["psi_start"]:
+            self.console.print(psi_table(summary, learned))
+
+
+def _readable(value: dict[str, Any]) -> str:
+    if "probs" in value:
+        best = max(value["probs"], key=value["probs"].get)
+        return f"{best} ({value['probs'][best]:.2f})"
+    key = next(k for k in ("mean", "median", "p") if k in value)
+    text = f"{value[key]:.3g}"
+    return text + (f" ± {value['std']:.2g}" if "std" in value else "")
+
+
+def psi_table(summary: dict[str, Any], names: list[str]) -> Any:
+    """Learned parameters: where they started, where they are, where the validation data are."""
+    from rich.table import Table
+
+    target = summary.get("psi_validation")
+    table = Table("parameter", "start", "learned", *(["validation data"] if target else []), box=None)
+    for name in names:
+        row = [name, _readable(summary["psi_start"][name]), _readable(summary["psi"][name])]
+        if target:
+            row.append(_readable(target[name]))
+        table.add_row(*row)
+    return table
 
 
 def plot_history(history_path: str | Path, out_path: str | Path, title: str = "") -> Path | None:

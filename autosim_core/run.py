@@ -467,7 +467,7 @@ class Run:
         summary: dict[str, Any] = {
             "iterations": self.iteration, "images": self.images, "seconds": self.elapsed,
             "seconds_split": dict(self.seconds), "seconds_setup": setup_seconds,
-            "psi": final_psi, "best": best,
+            "psi_start": self.space.describe(self.space.init_psi()), "psi": final_psi, "best": best,
         }
         val_cfg = self.config.validation
         if val_cfg is not None and val_cfg.source == "simulator":
