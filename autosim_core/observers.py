@@ -20,8 +20,9 @@ class ConsoleProgress:
     @hookimpl
     def on_run_start(self, run: Any) -> None:
         c = run.config
+        estimator = f" · estimator {c.estimator.name}" if run.uses_estimator else ""
         self.console.print(f"[bold]autosim[/] {c.searcher.name} · simulator {c.simulator.name} · "
-                           f"task {c.task.name} · estimator {c.estimator.name} → {run.out_dir}")
+                           f"task {c.task.name}{estimator} → {run.out_dir}", soft_wrap=True)
 
     @hookimpl
     def on_iteration(self, row: dict[str, Any]) -> None:
@@ -40,7 +41,7 @@ class ConsoleProgress:
         self.console.print(line)
         split = summary["seconds_split"]
         self.console.print("seconds: " + ", ".join(f"{phase} {split[phase]:.1f}" for phase in split)
-                           + f" (evaluation sets {summary['seconds_setup']:.1f})")
+                           + f" (evaluation sets {summary['seconds_setup']:.1f})", soft_wrap=True)
         learned = [name for name in summary["psi"] if run.space[name].learn]
         if learned and summary["psi"] != summary["psi_start"]:
             self.console.print(psi_table(summary, learned))
