@@ -114,5 +114,5 @@ def bench(session: nox.Session) -> None:
     session.run("python", "plugins/autosim_clevr/bench.py", "--out", "bench-results/clevr.json")
     # The sizes of examples/clevr_unet.toml: 64x64 images, K = 32, 64 validation images.
     session.run("python", "plugins/autosim_unet/bench.py", "--out", "bench-results/unet.json", "--size", "64",
-                "--batch", "32", "--train-batch-size", "16", "--val", "64", "--width", "16", "--depth", "1",
+                "--batch", "32", "--train-batch-size", "16", "--val", "64", "--width", "16", "--depth", "2",
                 "--cg-iters", "3")
