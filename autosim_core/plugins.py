@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from importlib import metadata
 from typing import Any
 
 import pluggy
@@ -31,6 +32,8 @@ class Registry:
 
     plugins: dict[str, dict[str, Any]] = field(default_factory=lambda: {k: {} for k in GROUPS})
     targets: dict[str, dict[str, str]] = field(default_factory=lambda: {k: {} for k in GROUPS})
+    versions: dict[str, dict[str, str]] = field(default_factory=lambda: {k: {} for k in GROUPS})
+    """``"<distribution> <version>"`` that ships each plugin (empty when unknown)."""
     failures: list[LoadFailure] = field(default_factory=list)
 
     def get(self, kind: str, name: str) -> Any:
@@ -44,7 +47,8 @@ class Registry:
         return found
 
     def as_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {kind: [{"name": n, "target": self.targets[kind][n]} for n in sorted(names)]
+        out: dict[str, Any] = {kind: [{"name": n, "target": self.targets[kind][n],
+                                       "distribution": self.versions[kind].get(n, "")} for n in sorted(names)]
                                for kind, names in self.plugins.items()}
         out["failed"] = [f.__dict__ for f in self.failures]
         return out
@@ -66,6 +70,10 @@ def load_registry(kinds: tuple[str, ...] = tuple(GROUPS)) -> Registry:
         for ext in manager:
             registry.plugins[kind][ext.name] = ext.plugin
             registry.targets[kind][ext.name] = ext.entry_point.value
+        # stevedore's cached entry points carry no distribution; importlib.metadata's do.
+        for entry_point in metadata.entry_points(group=group):
+            if entry_point.dist is not None and entry_point.name in registry.plugins[kind]:
+                registry.versions[kind][entry_point.name] = f"{entry_point.dist.name} {entry_point.dist.version}"
     return registry
 
 

@@ -143,6 +143,7 @@ class Run:
 
         self.device = torch.device("cpu")
         self.searcher_cls = searcher_cls
+        self.simulator_version = registry.versions["simulators"].get(config.simulator.name, "")
         self.generator = torch.Generator().manual_seed(config.seed)
         self.images = 0
         self.iteration = 0
@@ -249,7 +250,10 @@ class Run:
             return self.collate(examples)
         space = self._space(data.preset, data.overrides, key, [])
         settings = self.settings_json()["simulator"]["settings"]
+        # The simulator's distribution and version are part of the key: an upgraded renderer
+        # must not be scored against sets its previous version rendered.
         fingerprint = json.dumps({"v": CACHE_VERSION, "simulator": self.config.simulator.name,
+                                  "simulator_version": self.simulator_version,
                                   "settings": settings, "space": space.to_dict(),
                                   "count": data.count, "seed": data.seed}, sort_keys=True, default=str)
         digest = hashlib.sha256(fingerprint.encode()).hexdigest()[:20]
