@@ -370,12 +370,26 @@ class Run:
         if resume:
             if not ckpt.exists():
                 raise FileNotFoundError(f"--resume: no {CHECKPOINT} in {self.out_dir}")
+            self._check_same_config()
             return torch.load(ckpt, weights_only=True)
         if (self.out_dir / HISTORY).exists() or ckpt.exists():
             raise FileExistsError(f"{self.out_dir} already holds a run; pass --resume to continue it "
                                   "or choose another --out")
         self.out_dir.mkdir(parents=True, exist_ok=True)
         return None
+
+    def _check_same_config(self) -> None:
+        """A run resumes only under the config it started with; its budget may grow."""
+        stored_path = self.out_dir / "config.json"
+        if not stored_path.exists():
+            return
+        stored = json.loads(stored_path.read_text())
+        current = json.loads(json.dumps(self.settings_json(), default=str))
+        changed = sorted(k for k in set(stored) | set(current)
+                         if k != "budget" and stored.get(k) != current.get(k))
+        if changed:
+            raise FileExistsError(f"--resume: the config differs from the one {self.out_dir} was started with "
+                                  f"(in: {', '.join(changed)}); only [budget] may change")
 
     def _write_json(self, name: str, data: Any) -> None:
         tmp = self.out_dir / f".{name}.tmp"

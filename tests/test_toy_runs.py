@@ -237,3 +237,19 @@ def test_run_refuses_to_overwrite_and_resume_needs_a_checkpoint(tmp_path: Path, 
         Run(config, uninterrupted).execute()
     with pytest.raises(FileNotFoundError):
         Run(config, tmp_path / "empty").execute(resume=True)
+
+
+def test_resume_refuses_a_changed_config_but_accepts_a_larger_budget(tmp_path: Path, cache_dir: Path,
+                                                                      make_toy_data) -> None:
+    data = make_toy_data(cache_dir, iterations=2)
+    folder = tmp_path / "run"
+    Run(parse_config(data), folder).execute()
+
+    changed = dict(data, training={**data["training"], "lr": data["training"]["lr"] * 2})
+    with pytest.raises(FileExistsError, match=r"differs .*training"):
+        Run(parse_config(changed), folder).execute(resume=True)
+
+    longer = dict(data, budget={"iterations": 3})
+    summary = Run(parse_config(longer), folder).execute(resume=True)
+    assert summary["iterations"] == 3
+    assert [r["iteration"] for r in read_history(folder)] == [1, 2, 3]
