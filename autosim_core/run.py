@@ -153,6 +153,8 @@ class Run:
         self.val: Batch | None = None
         self.test: Batch | None = None
         self.model: torch.nn.Module | None = None
+        self._train_steps = 0
+        self._last_validation: tuple[torch.nn.Module, int, float, dict[str, float]] | None = None
 
     # -------------------------------------------------------------------- configuration ---
     def _space(self, preset: str | None, overrides: dict[str, dict[str, Any]], key: str,
@@ -318,6 +320,7 @@ class Run:
                     minibatch = batch.select(order[start:start + t.batch_size])
                     last.append(self.pm.hook.train_step(model=model, batch=minibatch, optimizer=optimizer,
                                                         loss_fn=self.losses, settings=self.task_settings))
+                    self._train_steps += 1
         return sum(last) / max(len(last), 1)
 
     def val_gradient(self, model: torch.nn.Module) -> Params:
@@ -354,6 +357,7 @@ class Run:
             return {"val_loss": None, "val_metric": None}
         with self.timed("eval"):
             val_loss, metrics = self.evaluate(model, self.val)
+        self._last_validation = (model, self._train_steps, val_loss, dict(metrics))
         return {"val_loss": val_loss, "val_metric": metrics.pop("metric"), "val_details": metrics}
 
     # ------------------------------------------------------------------------ the loop ---
@@ -492,7 +496,12 @@ class Run:
             target = self._space(val_cfg.preset, val_cfg.overrides, "validation", [])
             summary["psi_validation"] = target.describe(target.init_psi())
         if self.val is not None:
-            loss, metrics = self.evaluate(self.model, self.val)
+            # The last iteration usually scored this very model already; evaluate only if not.
+            last = self._last_validation
+            if last is not None and last[0] is self.model and last[1] == self._train_steps:
+                loss, metrics = last[2], last[3]
+            else:
+                loss, metrics = self.evaluate(self.model, self.val)
             summary["val"] = {"loss": loss, **metrics}
         if self.test is not None:
             loss, metrics = self.evaluate(self.model, self.test)
