@@ -30,10 +30,6 @@ def tree_axpy(alpha: float | torch.Tensor, x: Mapping[str, torch.Tensor],
     return {k: alpha * x[k] + y[k] for k in x}
 
 
-def tree_scale(alpha: float | torch.Tensor, x: Mapping[str, torch.Tensor]) -> Params:
-    return {k: alpha * v for k, v in x.items()}
-
-
 def tree_norm(x: Mapping[str, torch.Tensor]) -> float:
     return float(tree_dot(x, x).sqrt())
 

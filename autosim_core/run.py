@@ -17,10 +17,10 @@ from typing import Any, Protocol
 
 import torch
 from pydantic import BaseModel
-from torch.func import functional_call, grad
+from torch.func import functional_call
 
 from .config import ConfigError, Data, RunConfig, validate_settings
-from .hypergrad import Params
+from .hypergrad import Params, loss_gradient
 from .plugins import Registry, has_impl, load_registry, plugin_manager
 from .records import Batch, Example, SceneBatch
 from .space import ParameterSpace, Psi
@@ -331,9 +331,9 @@ class Run:
         n = len(self.val)
         for chunk in self.val.chunks(self.config.training.eval_batch_size):
             per_sample = self.functional_losses(model, chunk)
-            g = grad(lambda th, f=per_sample: f(th).sum() / n)(theta)
+            g = loss_gradient(lambda th, f=per_sample: f(th).sum() / n, theta)
             for k in total:
-                total[k] += g[k].detach()
+                total[k] += g[k]
         return total
 
     def evaluate(self, model: torch.nn.Module, batch: Batch) -> tuple[float, dict[str, float]]:
