@@ -134,10 +134,20 @@ class Run:
             elif data.path is not None and not data.path.is_dir():
                 errors.append(f"{key}.path: {str(data.path)!r} is not a folder")
         self.uses_estimator = bool(getattr(searcher_cls, "uses_estimator", True))
-        self.needs_validation = self.uses_estimator and bool(hook.needs_validation(settings=self.est_settings))
+        searcher_needs_validation = bool(getattr(searcher_cls, "requires_validation", False))
+        self.needs_validation = searcher_needs_validation or (
+            self.uses_estimator and bool(hook.needs_validation(settings=self.est_settings)))
         if self.needs_validation and config.validation is None:
-            errors.append(f"validation: required by the {config.estimator.name!r} estimator "
-                          "(add a [validation] table, or use estimator 'no-val')")
+            if searcher_needs_validation:
+                errors.append(f"validation: required by the {config.searcher.name!r} searcher "
+                              "(its reward is the validation metric; add a [validation] table)")
+            else:
+                errors.append(f"validation: required by the {config.estimator.name!r} estimator "
+                              "(add a [validation] table, or use estimator 'no-val')")
+        missing = getattr(searcher_cls, "missing_requirements", lambda: [])()
+        if missing:
+            errors.append(f"searcher.name: {config.searcher.name!r} needs {', '.join(missing)} "
+                          "(pip install 'autosim-core[baselines]')")
         if errors:
             raise ConfigError(errors)
 
