@@ -254,13 +254,14 @@ class BayesianProposer:
                 bounds[c.name] = (int(c.low), int(c.high), int)
             else:
                 bounds[c.name] = (c.low, c.high)
+        # The optimiser hands its own random state to the acquisition function at each suggest().
         function: Any
         if acquisition == "ucb":
-            function = acq.UpperConfidenceBound(kappa=kappa, random_state=seed)
+            function = acq.UpperConfidenceBound(kappa=kappa)
         elif acquisition == "ei":
-            function = acq.ExpectedImprovement(xi=xi, random_state=seed)
+            function = acq.ExpectedImprovement(xi=xi)
         else:
-            function = acq.ProbabilityOfImprovement(xi=xi, random_state=seed)
+            function = acq.ProbabilityOfImprovement(xi=xi)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Non-float parameters are experimental")
             self.optimizer = BayesianOptimization(f=None, pbounds=bounds, acquisition_function=function,

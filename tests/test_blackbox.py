@@ -1,0 +1,265 @@
+"""The black-box searchers: the search box, random search, Bayesian optimisation, REINFORCE,
+and black-box runs on the toy (best evaluation's model and psi, resume with the same proposals)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from autosim_core import Bernoulli, Bounded, Categorical, LogNormal, Normal, ParameterSpace
+from autosim_core.blackbox import (
+    BayesianProposer,
+    GaussianSoftmaxPolicy,
+    RandomProposer,
+    ReinforceProposer,
+    SearchBox,
+    reinforce_gradient,
+)
+from autosim_core.config import ConfigError, parse_config
+from autosim_core.run import HISTORY, Run
+
+pytest.importorskip("sklearn")
+pytest.importorskip("bayes_opt")
+
+
+def mixed_space() -> ParameterSpace:
+    return ParameterSpace(
+        x=Normal(mean=0.5, std=0.3, low=-2.0, high=2.0),
+        light=LogNormal(median=1.0, std=0.2, low=0.0, high=8.0),
+        count=Bounded(low=0.0, high=10.0, mean=4.0, std=0.5, integer=True),
+        kind=Categorical(choices=["a", "b", 3]),
+        metal=Bernoulli(p=0.3),
+        fixed=Normal(mean=0.0, std=1.0, learn=False),
+    )
+
+
+# -- the search box ---------------------------------------------------------------------------
+def test_box_coordinates_and_bounds() -> None:
+    box = SearchBox(mixed_space())
+    c = box.by_name
+    assert set(c) == {"x.mean", "x.log_std", "light.log_median", "light.log_std", "count.mean", "count.log_std",
+                      "kind.choice", "metal.p"}
+    assert (c["x.mean"].low, c["x.mean"].high) == (-2.0, 2.0)
+    assert c["x.log_std"].low == pytest.approx(math.log(0.03)) and c["x.log_std"].high == pytest.approx(math.log(3))
+    # a log-normal bounded at 0 below is searched over three decades under its high
+    assert c["light.log_median"].high == pytest.approx(math.log(8.0))
+    assert c["light.log_median"].low == pytest.approx(math.log(8.0 / 1000))
+    assert c["count.mean"].kind == "int" and (c["count.mean"].low, c["count.mean"].high) == (1, 9)
+    assert c["kind.choice"].choices == ("a", "b", "3")
+    assert not any(name.startswith("fixed") for name in c)
+    assert set(SearchBox(mixed_space(), spreads=False).by_name) == {
+        "x.mean", "light.log_median", "count.mean", "kind.choice", "metal.p"}
+
+
+def test_unbounded_centre_is_searched_four_stds_each_way() -> None:
+    box = SearchBox(ParameterSpace(z=Normal(mean=1.0, std=0.5)))
+    assert (box.by_name["z.mean"].low, box.by_name["z.mean"].high) == (-1.0, 3.0)
+
+
+def test_start_point_gives_back_the_start_distribution() -> None:
+    space = mixed_space()
+    box = SearchBox(space, choice_weight=0.6)
+    start = box.start_point()
+    assert start["x.mean"] == 0.5 and start["light.log_median"] == pytest.approx(0.0)
+    assert start["count.mean"] == 4 and start["kind.choice"] == "a"  # uniform: the first of the ties
+    at = box.space_at(start)
+    for name in ("x", "light", "count"):
+        assert at[name].std == pytest.approx(space[name].std)
+    assert at["x"].mean == 0.5 and at["light"].median == pytest.approx(1.0) and at["count"].mean == 4
+    assert at["metal"].p == pytest.approx(0.3)
+    assert at["kind"].probs == pytest.approx([0.6, 0.2, 0.2])
+    assert at["fixed"] == space["fixed"]
+
+
+def test_space_at_clips_into_the_box_and_rejects_unknown_choices() -> None:
+    box = SearchBox(mixed_space())
+    point = dict(box.start_point(), **{"x.mean": 7.0, "count.mean": 3.6, "kind.choice": "3"})
+    at = box.space_at(point)
+    assert at["x"].mean == 2.0 and at["count"].mean == 4
+    assert at["kind"].probs == pytest.approx([0.075, 0.075, 0.85])
+    with pytest.raises(ValueError, match="not one of"):
+        box.space_at(dict(point, **{"kind.choice": "d"}))
+    with pytest.raises(ValueError, match="lacks"):
+        box.space_at({"x.mean": 0.0})
+
+
+# -- random search ----------------------------------------------------------------------------------
+def test_random_points_stay_in_the_box_and_are_reproducible() -> None:
+    box = SearchBox(mixed_space())
+    a, b, other = (RandomProposer(box, seed, batch=50) for seed in (3, 3, 4))
+    points = a.propose() + a.propose()
+    assert points == b.propose() + b.propose()
+    assert points != other.propose() + other.propose()
+    assert points[:50] != points[50:]  # the second batch is a fresh draw
+    for p in points:
+        for c in box.coordinates:
+            if c.kind == "choice":
+                assert p[c.name] in c.choices
+            else:
+                assert c.low <= p[c.name] <= c.high
+                if c.kind == "int":
+                    assert isinstance(p[c.name], int)
+    assert {p["kind.choice"] for p in points} == {"a", "b", "3"}
+    # uniform in log units: about half the medians lie below the box's mid-point in log
+    mid = (box.by_name["light.log_median"].low + box.by_name["light.log_median"].high) / 2
+    below = sum(p["light.log_median"] < mid for p in points)
+    assert 30 <= below <= 70
+
+
+# -- Bayesian optimisation ---------------------------------------------------------------------------
+BONUS = {"a": 0.0, "b": 0.5, "c": 0.2}
+
+
+def known_function(point: dict[str, Any]) -> float:
+    """Maximum 0.5 at x = 0.7 with choice 'b'."""
+    return -((float(point["x.mean"]) - 0.7) ** 2) + BONUS[str(point["kind.choice"])]
+
+
+def test_bayesian_finds_the_maximum_with_a_categorical_coordinate() -> None:
+    space = ParameterSpace(x=Normal(mean=0.0, std=1.0, low=-2.0, high=2.0), kind=Categorical(choices=["a", "b", "c"]))
+    box = SearchBox(space, spreads=False)
+    proposer = BayesianProposer(box, seed=0, init_points=5)
+    evaluated: list[tuple[float, dict[str, Any]]] = []
+    while len(evaluated) < 25:  # 5 random points + 20 guided ones
+        batch = proposer.propose()
+        rewards = [known_function(p) for p in batch]
+        proposer.observe(batch, rewards)
+        evaluated += list(zip(rewards, batch, strict=True))
+    best_reward, best = max(evaluated, key=lambda e: e[0])
+    assert best["kind.choice"] == "b"
+    assert abs(float(best["x.mean"]) - 0.7) < 0.15
+    assert best_reward > 0.5 - 0.02
+
+
+def test_bayesian_initial_points_come_as_one_batch() -> None:
+    box = SearchBox(mixed_space())
+    proposer = BayesianProposer(box, seed=1, init_points=4)
+    batch = proposer.propose()
+    assert len(batch) == 4
+    proposer.observe(batch, [0.1, 0.2, 0.3, 0.4])
+    assert len(proposer.propose()) == 1
+    for p in batch:
+        assert box.check(p) == p
+
+
+# -- REINFORCE -----------------------------------------------------------------------------------
+def test_reinforce_gradient_is_unbiased_for_a_gaussian_policy() -> None:
+    """E_pi[R] with R = -(u - a)^2 and u ~ N(mu, s^2) is -((mu - a)^2 + s^2): d/dmu = -2 (mu - a).
+    For a softmax over choices with rewards r: d/dlogit_j = p_j (r_j - sum_i p_i r_i)."""
+    space = ParameterSpace(x=Normal(mean=0.0, std=1.0, low=-1.0, high=1.0), kind=Categorical(choices=["a", "b", "c"]))
+    box = SearchBox(space, spreads=False)
+    policy = GaussianSoftmaxPolicy(box, sigma=0.2)
+    a, r = 0.8, torch.tensor([0.0, 1.0, 0.3], dtype=torch.float64)
+    n = 40000
+    draws = policy.sample(n, torch.Generator().manual_seed(0))
+    rewards = -((draws["continuous"][:, 0] - a) ** 2) + r[draws["choices"][:, 0]]
+    g_mean, g_logits = reinforce_gradient(policy.log_prob(draws), rewards, 0.25, policy.parameters())
+
+    mu = float(policy.mean.detach()[0])
+    assert mu == pytest.approx(0.5)  # the start point's centre in the unit cube
+    # per-draw terms, for the Monte-Carlo standard error of the mean
+    terms = (rewards - 0.25) * (draws["continuous"][:, 0] - mu) / 0.2**2
+    se = float(terms.std()) / math.sqrt(n)
+    assert float(g_mean[0]) == pytest.approx(-2 * (mu - a), abs=4 * se)
+    p = policy.logits[0].detach().softmax(-1)
+    expected = p * (r - (p * r).sum())
+    assert torch.allclose(g_logits, expected, atol=0.02)
+
+
+def test_reinforce_policy_improves_on_a_known_reward() -> None:
+    space = ParameterSpace(x=Normal(mean=0.0, std=1.0, low=-2.0, high=2.0), kind=Categorical(choices=["a", "b", "c"]))
+    box = SearchBox(space, spreads=False)
+    proposer = ReinforceProposer(box, seed=0, batch=8, sigma=0.15, lr=0.05)
+    start_mean = proposer.policy.describe()["mean"]["x.mean"]
+    start_b = proposer.policy.describe()["probs"]["kind.choice"]["b"]
+    for _ in range(40):
+        batch = proposer.propose()
+        proposer.observe(batch, [known_function(p) for p in batch])
+    described = proposer.policy.describe()
+    assert abs(described["mean"]["x.mean"] - 0.7) < 0.5 * abs(start_mean - 0.7)
+    assert described["probs"]["kind.choice"]["b"] > max(0.6, start_b + 0.25)
+    assert proposer.steps == 40
+
+
+# -- runs on the toy -------------------------------------------------------------------------------
+def blackbox_data(make_toy_data: Any, cache_dir: Path, searcher: str, evaluations: int,
+                  **settings: Any) -> dict[str, Any]:
+    data = make_toy_data(cache_dir, iterations=evaluations, test=True)
+    data["searcher"] = {"name": searcher, "settings": {"scenes_per_evaluation": 48, **settings}}
+    data.pop("estimator")
+    return data
+
+
+def rows_of(folder: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (folder / HISTORY).read_text().splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize(("searcher", "settings"), [("random", {"batch": 2}), ("bayesian", {"init_points": 2}),
+                                                    ("reinforce", {"batch": 2})])
+def test_blackbox_run_keeps_the_best_evaluation(tmp_path: Path, cache_dir: Path, make_toy_data: Any,
+                                                searcher: str, settings: dict[str, Any]) -> None:
+    data = blackbox_data(make_toy_data, cache_dir, searcher, 5, **settings)
+    summary = Run(parse_config(data), tmp_path / "run").execute()
+    rows = rows_of(tmp_path / "run")
+    assert [r["iteration"] for r in rows] == [1, 2, 3, 4, 5]
+    assert [r["images"] for r in rows] == [48 * i for i in range(1, 6)]
+    assert all(0 <= r["val_metric"] <= 1 and set(r["point"]) >= {"x1.mean", "y1.log_std"} for r in rows)
+    best = max(rows, key=lambda r: r["val_metric"])
+    assert summary["best"]["val_metric"] == best["val_metric"]
+    assert summary["best"]["iteration"] == best["iteration"]
+    # the run's model and psi are the best evaluation's: scoring that model again gives its metric
+    assert summary["val"]["metric"] == pytest.approx(best["val_metric"])
+    psi = json.loads((tmp_path / "run" / "psi.json").read_text())["psi"]
+    assert psi["x1"]["mean"] == pytest.approx(best["psi"]["x1"]["mean"])
+    assert psi["y1"]["std"] == pytest.approx(best["psi"]["y1"]["std"])
+    assert "test" in summary
+    # every evaluation trains a fresh model: the points differ, the first evaluation is not reused
+    assert len({json.dumps(r["point"], sort_keys=True) for r in rows}) == 5
+
+
+@pytest.mark.parametrize(("searcher", "settings"), [("bayesian", {"init_points": 2}), ("reinforce", {"batch": 2}),
+                                                    ("random", {"batch": 2})])
+def test_blackbox_resume_makes_the_same_proposals(tmp_path: Path, cache_dir: Path, make_toy_data: Any,
+                                                  searcher: str, settings: dict[str, Any]) -> None:
+    """Stopped after 3 evaluations (in the middle of a batch of 2), then resumed to 6: the same
+    points, rewards and final psi as one uninterrupted run of 6."""
+    whole = Run(parse_config(blackbox_data(make_toy_data, cache_dir, searcher, 6, **settings)),
+                tmp_path / "whole").execute()
+    Run(parse_config(blackbox_data(make_toy_data, cache_dir, searcher, 3, **settings)), tmp_path / "part").execute()
+    resumed = Run(parse_config(blackbox_data(make_toy_data, cache_dir, searcher, 6, **settings)),
+                  tmp_path / "part").execute(resume=True)
+    a, b = rows_of(tmp_path / "whole"), rows_of(tmp_path / "part")
+    assert [r["point"] for r in a] == [r["point"] for r in b]
+    assert [r["val_metric"] for r in a] == [r["val_metric"] for r in b]
+    assert whole["psi"] == resumed["psi"]
+    assert whole["best"]["iteration"] == resumed["best"]["iteration"]
+
+
+def test_blackbox_searchers_need_a_validation_set(cache_dir: Path, make_toy_data: Any, tmp_path: Path) -> None:
+    data = blackbox_data(make_toy_data, cache_dir, "random", 2)
+    data.pop("validation")
+    with pytest.raises(ConfigError, match="validation: required by the 'random' searcher"):
+        Run(parse_config(data), tmp_path / "run")
+
+
+def test_missing_baseline_packages_are_named(cache_dir: Path, make_toy_data: Any, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "bayes_opt" else real(name, *a))
+    with pytest.raises(ConfigError, match=r"needs bayesian-optimization \(pip install 'autosim-core\[baselines\]'\)"):
+        Run(parse_config(blackbox_data(make_toy_data, cache_dir, "bayesian", 2)), tmp_path / "run")
+
+
+def test_blackbox_settings_are_checked(cache_dir: Path, make_toy_data: Any, tmp_path: Path) -> None:
+    data = blackbox_data(make_toy_data, cache_dir, "reinforce", 2, batch=1, sigma=-1)
+    with pytest.raises(ConfigError) as err:
+        Run(parse_config(data), tmp_path / "run")
+    assert any(line.startswith("searcher.settings.batch") for line in err.value.lines)
+    assert any(line.startswith("searcher.settings.sigma") for line in err.value.lines)
