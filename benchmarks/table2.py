@@ -1,0 +1,163 @@
+"""The paper's Table 2 on a laptop CPU: CLEVR (fast backend) + UNet, every method under the same
+image budget, over several seeds.
+
+    python benchmarks/table2.py --out bench-results/table2 [--seeds 3] [--budget-images 960]
+
+Writes the methods' configs to OUT/configs/, runs ``autosim compare`` on them (OUT/<method>/
+seed-<i>, comparison.md/.json/.png; an interrupted benchmark continues where it stopped), then
+OUT/table2.json and OUT/table2.md: for each baseline B in (bayesian, reinforce, random), the
+images and seconds AutoSimulate needs to reach B's best validation mIoU against the images and
+seconds B needed, per seed, and their ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+import torch
+
+# The demo's problem (examples/clevr_unet.toml): 64x64 renders of the fast backend, a UNet of
+# depth 2 and width 16, validation and test sets rendered from `target`, psi starting at `initial`.
+BASE: dict[str, Any] = {
+    "seed": 0,
+    "simulator": {
+        "name": "clevr", "start": "initial", "settings": {"backend": "fast", "output_size": [64, 64]},
+        "overrides": {name: {"learn": False} for name in
+                      ("light_jitter", "camera_jitter", "n_objects", "shape", "colour", "size", "min_dist")},
+    },
+    "task": {"name": "unet", "settings": {"depth": 2, "width": 16, "class_weights": [0.25, 1.0, 1.0, 1.0]}},
+    "training": {"epochs": 8, "batch_size": 16, "lr": 0.003},
+    "budget": {"images": 960},
+    "validation": {"preset": "target", "count": 64, "seed": 1001},
+    "test": {"preset": "target", "count": 128, "seed": 2002},
+}
+
+# One black-box evaluation: 96 images, a fresh UNet trained on them for 16 epochs (96 steps of
+# 16 images), scored on the validation set; 960 images buy each black-box method 10 of them.
+EVALUATION = {"scenes_per_evaluation": 96, "epochs": 16}
+
+METHODS: dict[str, dict[str, Any]] = {
+    "autosimulate_linear": {"searcher": {"name": "autosimulate", "settings": {"scenes_per_iteration": 32, "lr": 0.15}},
+                            "estimator": {"name": "linear"}},
+    "autosimulate_quadratic": {"searcher": {"name": "autosimulate",
+                                            "settings": {"scenes_per_iteration": 32, "lr": 0.15}},
+                               "estimator": {"name": "quadratic", "settings": {"damping": 0.01, "max_iter": 5}}},
+    "bayesian": {"searcher": {"name": "bayesian", "settings": {**EVALUATION, "init_points": 4}}},
+    "reinforce": {"searcher": {"name": "reinforce", "settings": {**EVALUATION, "batch": 4}}},
+    "random": {"searcher": {"name": "random", "settings": {**EVALUATION, "batch": 4}}},
+    "fixed_initial": {"searcher": {"name": "fixed", "settings": {"scenes_per_iteration": 32}}},
+    "oracle": {"searcher": {"name": "fixed", "settings": {"scenes_per_iteration": 32}},
+               "simulator": {**BASE["simulator"], "start": "target"}},
+}
+AUTOSIMULATE = ("autosimulate_linear", "autosimulate_quadratic")
+BASELINES = ("bayesian", "reinforce", "random")
+
+
+def write_configs(folder: Path) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, changes in METHODS.items():
+        config = copy.deepcopy(BASE)
+        config.update(copy.deepcopy(changes))
+        path = folder / f"{name}.toml"
+        path.write_text(f"# {name}: written by benchmarks/table2.py\n" + tomli_w.dumps(config))
+        paths.append(path)
+    return paths
+
+
+def history(folder: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (folder / "history.jsonl").read_text().splitlines() if line.strip()]
+
+
+def first_reaching(rows: list[dict[str, Any]], threshold: float) -> dict[str, Any] | None:
+    return next((r for r in rows if r.get("val_metric") is not None and r["val_metric"] >= threshold), None)
+
+
+def seed_folders(out: Path, method: str) -> list[Path]:
+    return sorted((p for p in (out / method).glob("seed-*") if (p / "summary.json").exists()),
+                  key=lambda p: int(p.name.split("-")[1]))
+
+
+def ratios(out: Path) -> dict[str, Any]:
+    """Per AutoSimulate variant and baseline: images/seconds to reach the baseline's best."""
+    result: dict[str, Any] = {}
+    for baseline in BASELINES:
+        for method in AUTOSIMULATE:
+            per_seed = []
+            for b_dir, a_dir in zip(seed_folders(out, baseline), seed_folders(out, method), strict=False):
+                b_rows, a_rows = history(b_dir), history(a_dir)
+                threshold = max(r["val_metric"] for r in b_rows)
+                b_row = first_reaching(b_rows, threshold)
+                a_row = first_reaching(a_rows, threshold)
+                assert b_row is not None
+                entry = {"seed": b_dir.name, "threshold": threshold, "baseline_images": b_row["images"],
+                         "baseline_seconds": b_row["seconds"], "images": None, "seconds": None}
+                if a_row is not None:
+                    entry.update(images=a_row["images"], seconds=a_row["seconds"],
+                                 image_ratio=b_row["images"] / a_row["images"],
+                                 seconds_ratio=b_row["seconds"] / a_row["seconds"])
+                per_seed.append(entry)
+            result[f"{method} vs {baseline}"] = per_seed
+    return result
+
+
+def _mean_std(values: list[float]) -> str:
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
+def ratio_table(result: dict[str, Any]) -> str:
+    lines = ["| comparison | seeds reaching the baseline's best | baseline: images / seconds to its best | "
+             "AutoSimulate: images / seconds to it | fewer images (×) | less time (×) |",
+             "|---|---|---|---|---|---|"]
+    for key, per_seed in result.items():
+        reached = [e for e in per_seed if e["images"] is not None]
+        lines.append(
+            f"| {key} | {len(reached)}/{len(per_seed)} | "
+            f"{_mean_std([e['baseline_images'] for e in per_seed])} / {_mean_std([e['baseline_seconds'] for e in per_seed])} | "
+            f"{_mean_std([e['images'] for e in reached])} / {_mean_std([e['seconds'] for e in reached])} | "
+            f"{_mean_std([e['image_ratio'] for e in reached])} | {_mean_std([e['seconds_ratio'] for e in reached])} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=Path("bench-results/table2"))
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--budget-images", type=int, default=960)
+    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    args = ap.parse_args()
+
+    configs = [p for p in write_configs(args.out / "configs") if p.stem in args.methods]
+    command = [sys.executable, "-m", "autosim_core.cli", "compare", *map(str, configs), "--out", str(args.out),
+               "--seeds", str(args.seeds), "--budget-images", str(args.budget_images),
+               "--threshold-from", "bayesian", "--resume"]
+    print("$", " ".join(command), flush=True)
+    subprocess.run(command, check=True, env={**os.environ, "MPLBACKEND": "Agg"})
+
+    result = ratios(args.out)
+    machine = {"python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count(),
+               "processor": platform.processor() or platform.machine(), "threads": torch.get_num_threads()}
+    (args.out / "table2.json").write_text(json.dumps({"machine": machine, "seeds": args.seeds,
+                                                      "budget_images": args.budget_images,
+                                                      "ratios": result}, indent=2) + "\n")
+    table = ratio_table(result)
+    (args.out / "table2.md").write_text(table)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
