@@ -82,7 +82,7 @@ class RunRecord:
     def test_metric(self) -> float | None:
         return (self.summary.get("test") or {}).get("metric")
 
-    def reaches(self, threshold: float) -> dict[str, Any] | None:
+    def reaches(self, threshold: float) -> Mapping[str, Any] | None:
         """The first history row whose validation metric is at least ``threshold``."""
         return first_reaching(self.history, threshold)
 
@@ -216,7 +216,7 @@ def choose_threshold(records: Mapping[str, Mapping[int, RunRecord]], roles: Mapp
     if threshold_from is not None:
         if threshold_from not in records:
             raise ValueError(f"--threshold-from {threshold_from!r}: no such method; methods: {', '.join(records)}")
-        method, rule = threshold_from, "named"
+        method, rule = threshold_from, "named by --threshold-from"
     else:
         def mean_best(m: str) -> float:
             value = stats([r.best_val for r in records[m].values()])["mean"]
@@ -331,7 +331,7 @@ def _stat_cell(stat: Mapping[str, Any], kind: str) -> str:
     text = _number(stat["mean"], kind)
     if stat["std"] is not None:
         text += f" ± {_number(stat['std'], kind)}"
-    return text + (" %" if kind == "share" else "")
+    return text
 
 
 def _threshold_cell(entry: Mapping[str, Any], key: str, kind: str) -> str:
@@ -360,7 +360,7 @@ def markdown(comparison: Mapping[str, Any]) -> str:
     threshold = comparison["threshold"]
     refs = comparison["references"]
     gap = refs["oracle"] is not None and refs["initial"] is not None
-    thr = f"threshold {threshold['method']}" if threshold["method"] else "threshold"
+    thr = f"threshold ({threshold['method']})" if threshold["method"] else "threshold"
     header = ["method", "role", "searcher", "estimator", "seeds", "best val metric", "test metric", "images",
               "seconds", "images to best", "seconds to best", f"images to {thr}", f"seconds to {thr}"]
     if gap:
@@ -377,23 +377,26 @@ def markdown(comparison: Mapping[str, Any]) -> str:
         if gap:
             cells += [_stat_cell(e["gap_closed_val"], "share"), _stat_cell(e["gap_closed_test"], "share")]
         lines.append("| " + " | ".join(cells) + " |")
-    lines.append("")
+    notes: list[str] = []
     if threshold["method"]:
-        lines.append(f"Threshold: the best validation metric of `{threshold['method']}` ({threshold['rule']}) "
+        notes.append(f"Threshold: the best validation metric of `{threshold['method']}` ({threshold['rule']}) "
                      f"per seed — {_per_seed(threshold['per_seed'])}. Images and seconds to reach it are those "
                      "of the first evaluation whose validation metric is at least the threshold of its seed; "
                      "means are over the seeds that reached it (k/N), a run that never does counts as "
                      "not reached.")
     else:
-        lines.append(f"Threshold: none ({threshold['rule']}).")
+        notes.append(f"Threshold: none ({threshold['rule']}).")
     if gap:
-        lines.append(f"Gap closed: (best val − best val of `{refs['initial']}`) / (best val of `{refs['oracle']}` "
+        notes.append(f"Gap closed: (best val − best val of `{refs['initial']}`) / (best val of `{refs['oracle']}` "
                      f"− best val of `{refs['initial']}`) per seed, `{refs['oracle']}` being the oracle (trained "
                      "on the validation distribution) and the other the fixed starting ψ; the test column "
                      "does the same with test metrics.")
-    lines += [f"Note: {note}." for note in comparison["notes"]]
-    lines.append("± is the sample standard deviation over seeds (n − 1); none is shown for a single value. "
+    notes += [f"Note: {note}." for note in comparison["notes"]]
+    notes.append("± is the sample standard deviation over seeds (n − 1); none is shown for a single value. "
                  "Images and seconds are totals over a run unless they say *to*.")
+    # Blank lines between the notes: markdown would run them into one paragraph.
+    for note in notes:
+        lines += ["", note]
     lines += ["", "## Runs", "", "| " + " | ".join(RUN_COLUMNS) + " |", "|" + "---|" * len(RUN_COLUMNS)]
     for row in comparison["runs"]:
         cells = {**row, "seed": row["seed_index"]}

@@ -192,7 +192,8 @@ def test_threshold_without_baselines_and_when_named(tmp_path: Path) -> None:
     assert "no baseline" in comparison["threshold"]["rule"]
     assert run_entry(comparison, "fixed_initial", 0)["threshold_reached"] is False
     named = summarize(load_records(runs), threshold_from="fixed_initial")
-    assert named["threshold"] == {"method": "fixed_initial", "rule": "named", "per_seed": {"0": 0.6}, "mean": 0.6}
+    assert named["threshold"] == {"method": "fixed_initial", "rule": "named by --threshold-from",
+                                  "per_seed": {"0": 0.6}, "mean": 0.6}
     assert run_entry(named, "auto", 0)["images_to_threshold"] == 20
     with pytest.raises(ValueError, match="no such method"):
         summarize(load_records(runs), threshold_from="nope")
