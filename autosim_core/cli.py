@@ -60,41 +60,101 @@ def run(
 def compare(
     configs: Annotated[list[Path], typer.Argument(help="two or more run configs")],
     out: Annotated[Path, typer.Option("--out", help="folder for the runs and the comparison")] = Path("runs/compare"),
-    resume: Annotated[bool, typer.Option("--resume", help="continue runs that were interrupted")] = False,
+    seeds: Annotated[int, typer.Option("--seeds", min=1, help="runs per config, with seeds seed, seed+1, ...")] = 1,
+    budget_images: Annotated[int | None, typer.Option("--budget-images", min=1,
+                                                      help="replace every config's [budget]: images")] = None,
+    budget_seconds: Annotated[float | None, typer.Option("--budget-seconds",
+                                                         help="replace every config's [budget]: seconds")] = None,
+    budget_iterations: Annotated[int | None, typer.Option("--budget-iterations", min=1,
+                                                          help="replace every config's [budget]: iterations")] = None,
+    threshold_from: Annotated[str | None, typer.Option(
+        "--threshold-from", help="config name whose best val metric per seed is the threshold "
+        "(default: the strongest baseline)")] = None,
+    oracle: Annotated[str | None, typer.Option(
+        "--oracle", help="config name of the oracle (default: detected)")] = None,
+    initial: Annotated[str | None, typer.Option(
+        "--initial", help="config name of the initial reference (default: detected)")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="continue interrupted runs, skip finished ones")] = False,
 ) -> None:
-    """Run several configs one after another; writes comparison.md/.json and comparison.png."""
-    from .compare import markdown_table, write_comparison
-    from .config import ConfigError, load_config
-    from .observers import ConsoleProgress, PlotCurves
-    from .run import Run
+    """Run several configs over seeds under one budget; writes comparison.md/.json and comparison.png.
+
+    Runs go to OUT/<config name>/seed-<i>, seed i using the config's seed + i (training scenes
+    and initial weights; validation and test sets stay the same).
+    """
+    from .compare import seeded_config_text, write_comparison
+    from .config import ConfigError, load_config, parse_config
+
+    def fail(message: str) -> typer.Exit:
+        typer.echo(f"error: {message}", err=True)
+        return typer.Exit(2)
 
     names = [c.stem for c in configs]
     if len(set(names)) != len(names):
-        typer.echo("error: configs must have distinct file names (they name the run folders)", err=True)
-        raise typer.Exit(2)
-    runners = {}
-    failed = False
+        raise fail("configs must have distinct file names (they name the run folders)")
+    budgets = {flag: value for flag, value in (("--budget-images", budget_images), ("--budget-seconds", budget_seconds),
+                                                ("--budget-iterations", budget_iterations)) if value is not None}
+    if len(budgets) > 1:
+        raise fail(f"{' and '.join(budgets)} exclude each other: give one budget")
+    if budget_seconds is not None and budget_seconds <= 0:
+        raise fail(f"--budget-seconds must be positive (got {budget_seconds})")
+    budget = {flag.removeprefix("--budget-"): value for flag, value in budgets.items()} or None
+    for flag, name in (("--threshold-from", threshold_from), ("--oracle", oracle), ("--initial", initial)):
+        if name is not None and name not in names:
+            raise fail(f"{flag} {name!r} names no config; configs: {', '.join(names)}")
+    if oracle is not None and oracle == initial:
+        raise fail(f"--oracle and --initial name the same config {oracle!r}")
+
+    from .observers import ConsoleProgress, PlotCurves
+    from .plugins import load_registry
+    from .run import Run
+
+    registry = load_registry()
+    runners: dict[str, dict[int, Run]] = {}
+    errors: list[str] = []
     for path in configs:
         try:
-            runners[path.stem] = Run(load_config(path), out / path.stem, config_text=path.read_text(),
-                                     observers=(ConsoleProgress(), PlotCurves()))
+            base = load_config(path)
+            text = path.read_text()
+            collisions = [f"{path}: seed {base.seed + i} (seed + {i}, from --seeds {seeds}) equals {key}.seed; "
+                          f"move {key}.seed outside {base.seed}..{base.seed + seeds - 1} or run fewer seeds"
+                          for i in range(seeds) for key in ("validation", "test")
+                          if (data := getattr(base, key)) is not None and data.source == "simulator"
+                          and data.seed == base.seed + i]
+            if collisions:
+                errors += collisions
+                continue
+            runners[path.stem] = {}
+            for i in range(seeds):
+                data = base.model_dump()
+                data["seed"] = base.seed + i
+                if budget is not None:
+                    data["budget"] = budget
+                cfg = parse_config(data)
+                runners[path.stem][i] = Run(cfg, out / path.stem / f"seed-{i}", registry=registry,
+                                            config_text=seeded_config_text(text, cfg.seed, budget),
+                                            observers=(ConsoleProgress(), PlotCurves()))
         except ConfigError as exc:
-            failed = True
-            for line in exc.lines:
-                typer.echo(f"error: {line}" if line.startswith(str(path)) else f"error: {path}: {line}", err=True)
-    if failed:
+            errors += [line if line.startswith(str(path)) else f"{path}: {line}" for line in exc.lines]
+    if not resume:
+        errors += [f"{r.out_dir} already holds a run; pass --resume to continue it or choose another --out"
+                   for seeds_ in runners.values() for r in seeds_.values()
+                   if (r.out_dir / "history.jsonl").exists() or (r.out_dir / "checkpoint.pt").exists()]
+    if errors:
+        for line in errors:
+            typer.echo(f"error: {line}", err=True)
         raise typer.Exit(2)
-    for name, runner in runners.items():
-        done = (runner.out_dir / "summary.json").exists()
-        if done and resume:
-            continue
-        try:
-            runner.execute(resume=resume and (runner.out_dir / "checkpoint.pt").exists())
-        except (FileExistsError, FileNotFoundError) as exc:
-            typer.echo(f"error: {name}: {exc}", err=True)
-            raise typer.Exit(2) from None
-    rows = write_comparison({name: r.out_dir for name, r in runners.items()}, out)
-    typer.echo(markdown_table(rows), nl=False)
+
+    for name, by_seed in runners.items():
+        for i, runner in by_seed.items():
+            if resume and (runner.out_dir / "summary.json").exists():
+                continue
+            try:
+                runner.execute(resume=resume and (runner.out_dir / "checkpoint.pt").exists())
+            except (FileExistsError, FileNotFoundError) as exc:
+                raise fail(f"{name} seed {i}: {exc}") from None
+    write_comparison({name: {i: r.out_dir for i, r in by_seed.items()} for name, by_seed in runners.items()},
+                     out, threshold_from=threshold_from, oracle=oracle, initial=initial)
+    typer.echo((out / "comparison.md").read_text(), nl=False)
 
 
 @app.command()

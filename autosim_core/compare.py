@@ -1,28 +1,346 @@
-"""Several runs under their own budgets, side by side: a table and the curves (paper, Table 2)."""
+"""Several methods under one budget over several seeds: tables and curves (paper, Table 2).
+
+Everything here reads finished run folders (``config.json``, ``summary.json``,
+``history.jsonl``), so a comparison can be rebuilt from folders alone. A *method* is one
+config (named by its file's stem); its runs are indexed by seed offset: seed index ``i`` ran
+with ``config.seed + i``, and runs of different methods with the same index are paired
+(thresholds and the gap closed are computed per seed index).
+"""
 
 from __future__ import annotations
 
 import json
+import math
+import re
+import statistics
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-COLUMNS = ("run", "searcher", "estimator", "images", "seconds", "best_val_metric", "images_to_best",
-           "seconds_to_best", "final_val_metric", "test_metric")
+AUTOSIMULATE = "autosimulate"
+REFERENCE = "fixed"
+
+RUN_COLUMNS = ("run", "seed", "searcher", "estimator", "images", "seconds", "best_val_metric", "images_to_best",
+               "seconds_to_best", "final_val_metric", "test_metric")
+STAT_KEYS = ("best_val_metric", "test_metric", "images", "seconds", "images_to_best", "seconds_to_best",
+             "images_to_threshold", "seconds_to_threshold", "gap_closed_val", "gap_closed_test")
 
 
-def comparison_row(name: str, run_dir: Path) -> dict[str, Any]:
-    config = json.loads((run_dir / "config.json").read_text())
-    summary = json.loads((run_dir / "summary.json").read_text())
-    best = summary.get("best") or {}
+@dataclass
+class RunRecord:
+    """One finished run folder, read back."""
+
+    method: str
+    seed_index: int
+    run_dir: Path
+    config: dict[str, Any]
+    summary: dict[str, Any]
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, method: str, seed_index: int, run_dir: str | Path) -> RunRecord:
+        run_dir = Path(run_dir)
+        history_path = run_dir / "history.jsonl"
+        rows = []
+        if history_path.exists():
+            rows = [json.loads(line) for line in history_path.read_text().splitlines() if line.strip()]
+        return cls(method, seed_index, run_dir, json.loads((run_dir / "config.json").read_text()),
+                   json.loads((run_dir / "summary.json").read_text()), rows)
+
+    @property
+    def searcher(self) -> str:
+        return str(self.config["searcher"]["name"])
+
+    @property
+    def estimator(self) -> str | None:
+        return (self.config.get("estimator") or {}).get("name")
+
+    @property
+    def evaluated(self) -> list[dict[str, Any]]:
+        """History rows that carry a validation metric, in order."""
+        return [r for r in self.history if r.get("val_metric") is not None]
+
+    @property
+    def best(self) -> dict[str, Any]:
+        best = self.summary.get("best") or {}
+        if best.get("val_metric") is not None:
+            return best
+        # A summary without ``best`` (no validation set, or an older run) falls back on its rows.
+        rows = self.evaluated
+        if not rows:
+            return {}
+        top = max(r["val_metric"] for r in rows)
+        return next(r for r in rows if r["val_metric"] == top)
+
+    @property
+    def best_val(self) -> float | None:
+        return self.best.get("val_metric")
+
+    @property
+    def test_metric(self) -> float | None:
+        return (self.summary.get("test") or {}).get("metric")
+
+    def reaches(self, threshold: float) -> Mapping[str, Any] | None:
+        """The first history row whose validation metric is at least ``threshold``."""
+        return first_reaching(self.history, threshold)
+
+
+def first_reaching(history: Sequence[Mapping[str, Any]], threshold: float) -> Mapping[str, Any] | None:
+    for row in history:
+        metric = row.get("val_metric")
+        if metric is not None and metric >= threshold:
+            return row
+    return None
+
+
+def stats(values: Sequence[float | None]) -> dict[str, Any]:
+    """Mean and sample standard deviation (n - 1) of the values that exist; ``n`` counts them."""
+    present = [float(v) for v in values if v is not None]
+    mean = statistics.fmean(present) if present else None
+    std = statistics.stdev(present) if len(present) >= 2 else None
+    return {"mean": mean, "std": std, "n": len(present)}
+
+
+# ------------------------------------------------------------------------- run configs ---
+_TABLE = re.compile(r"^\s*\[")
+_KEY = re.compile(r"^\s*([A-Za-z0-9_-]+)\s*=")
+
+
+def seeded_config_text(text: str, seed: int, budget: Mapping[str, Any] | None = None) -> str:
+    """The config file as given, with its top-level ``seed`` and (when given) its ``[budget]`` table
+    replaced, so that a run folder's ``config.toml`` reruns exactly that run.
+
+    Comments and layout are kept. Where the file spells these keys in a way a line edit cannot
+    follow (a dotted or inline budget), the text is returned unchanged below a comment that names
+    the values; ``config.json`` always holds them.
+    """
+    original = tomllib.loads(text)
+    if original.get("seed", 0) == seed and budget is None:
+        return text
+    lines = text.splitlines(keepends=True)
+    first_table = next((n for n, line in enumerate(lines) if _TABLE.match(line)), len(lines))
+    seed_line = next((n for n in range(first_table) if (m := _KEY.match(lines[n])) and m.group(1) == "seed"), None)
+    if seed_line is not None:
+        lines[seed_line] = f"seed = {seed}\n"
+    else:
+        lines.insert(0, f"seed = {seed}\n")
+    if budget is not None:
+        header = next((n for n, line in enumerate(lines) if line.strip() == "[budget]"), None)
+        if header is not None:
+            end = next((n for n in range(header + 1, len(lines)) if _TABLE.match(lines[n])), len(lines))
+            kept = [line for line in lines[header + 1:end] if not _KEY.match(line)]
+            values = [f"{key} = {value!r}\n" for key, value in budget.items()]
+            lines[header + 1:end] = values + kept
+    edited = "".join(lines)
+    expected = {**original, "seed": seed, **({"budget": dict(budget)} if budget is not None else {})}
+    try:
+        if tomllib.loads(edited) == expected:
+            return edited
+    except tomllib.TOMLDecodeError:
+        pass
+    changes = f"seed = {seed}" + (f", budget = {dict(budget)}" if budget is not None else "")
+    return f"# autosim compare ran this config with {changes} (see config.json)\n{text}"
+
+
+# ----------------------------------------------------------------------------------- roles ---
+def _is_oracle(config: Mapping[str, Any]) -> bool:
+    """A ``fixed`` run whose training distribution is the validation set's own preset."""
+    validation = config.get("validation")
+    if config["searcher"]["name"] != REFERENCE or not validation or validation.get("source") != "simulator":
+        return False
+    simulator = config["simulator"]
+    return (simulator.get("start") == validation.get("preset")
+            and (simulator.get("overrides") or {}) == (validation.get("overrides") or {}))
+
+
+def method_role(config: Mapping[str, Any]) -> str:
+    """``oracle``, ``reference`` (any other fixed run), ``baseline`` (a black-box searcher) or ``method``.
+
+    The comparison then marks the reference it measures the gap from as ``initial``."""
+    searcher = config["searcher"]["name"]
+    if searcher == REFERENCE:
+        return "oracle" if _is_oracle(config) else "reference"
+    return "method" if searcher == AUTOSIMULATE else "baseline"
+
+
+@dataclass
+class References:
+    oracle: str | None
+    initial: str | None
+    notes: list[str]
+
+
+def detect_references(roles: Mapping[str, str], *, oracle: str | None = None,
+                      initial: str | None = None) -> References:
+    """The oracle and initial references of the gap closed; explicit names win over detection."""
+    notes: list[str] = []
+    for flag, name in (("oracle", oracle), ("initial", initial)):
+        if name is not None and name not in roles:
+            raise ValueError(f"--{flag} {name!r}: no such method; methods: {', '.join(roles)}")
+    if oracle is not None and oracle == initial:
+        raise ValueError(f"--oracle and --initial name the same method {oracle!r}")
+
+    def pick(role: str, given: str | None, flag: str) -> str | None:
+        if given is not None:
+            return given
+        candidates = [m for m, r in roles.items() if r == role and m not in (oracle, initial)]
+        if len(candidates) > 1:
+            notes.append(f"several {flag} candidates ({', '.join(candidates)}); pass --{flag} to choose one")
+        return candidates[0] if len(candidates) == 1 else None
+
+    found_oracle = pick("oracle", oracle, "oracle")
+    found_initial = pick("reference", initial, "initial")
+    if found_oracle is None and not notes:
+        notes.append("no oracle (a 'fixed' run whose simulator.start is the validation preset), "
+                     "so no gap closed is reported")
+    elif found_initial is None and not notes:
+        notes.append("no initial reference (a 'fixed' run starting elsewhere than the validation preset), "
+                     "so no gap closed is reported")
+    return References(found_oracle, found_initial, notes)
+
+
+# ------------------------------------------------------------------------------ threshold ---
+@dataclass
+class Threshold:
+    method: str | None
+    rule: str
+    per_seed: dict[int, float]
+
+
+def choose_threshold(records: Mapping[str, Mapping[int, RunRecord]], roles: Mapping[str, str],
+                     threshold_from: str | None = None) -> Threshold:
+    """Per seed index, the best validation metric of one method: the one named, else the strongest
+    baseline, else the strongest method that is not the oracle (by mean best validation metric)."""
+    if threshold_from is not None:
+        if threshold_from not in records:
+            raise ValueError(f"--threshold-from {threshold_from!r}: no such method; methods: {', '.join(records)}")
+        method, rule = threshold_from, "named by --threshold-from"
+    else:
+        def mean_best(m: str) -> float:
+            value = stats([r.best_val for r in records[m].values()])["mean"]
+            return -math.inf if value is None else value
+
+        baselines = [m for m in records if roles[m] == "baseline" and mean_best(m) > -math.inf]
+        # The oracle trains on the validation distribution itself: a ceiling, not a level to reach.
+        others = [m for m in records if roles[m] != "oracle" and mean_best(m) > -math.inf]
+        if baselines:
+            method, rule = max(baselines, key=mean_best), "strongest baseline"
+        elif others:
+            method, rule = max(others, key=mean_best), "strongest method (no baseline in the comparison)"
+        else:
+            return Threshold(None, "no method has a validation metric", {})
+    per_seed = {i: r.best_val for i, r in records[method].items() if r.best_val is not None}
+    return Threshold(method, rule, per_seed)
+
+
+# ---------------------------------------------------------------------------- the summary ---
+def _gap(value: float | None, low: float | None, high: float | None) -> float | None:
+    # An oracle no better than the initial reference leaves no gap to close.
+    if value is None or low is None or high is None or high <= low:
+        return None
+    return (value - low) / (high - low)
+
+
+def run_row(record: RunRecord, threshold: float | None, initial: RunRecord | None,
+            oracle: RunRecord | None) -> dict[str, Any]:
+    best = record.best
+    reached = record.reaches(threshold) if threshold is not None else None
     return {
-        "run": name, "searcher": config["searcher"]["name"], "estimator": (config.get("estimator") or {}).get("name"),
-        "images": summary["images"], "seconds": round(summary["seconds"], 1),
+        "run": record.method, "seed_index": record.seed_index, "seed": record.config.get("seed"),
+        "folder": str(record.run_dir), "searcher": record.searcher, "estimator": record.estimator,
+        "images": record.summary["images"], "seconds": record.summary["seconds"],
         "best_val_metric": best.get("val_metric"), "images_to_best": best.get("images"),
-        "seconds_to_best": round(best["seconds"], 1) if "seconds" in best else None,
-        "final_val_metric": summary.get("val", {}).get("metric"),
-        "test_metric": summary.get("test", {}).get("metric"),
-        "psi": summary.get("psi"),
+        "seconds_to_best": best.get("seconds"),
+        "final_val_metric": (record.summary.get("val") or {}).get("metric"),
+        "test_metric": record.test_metric,
+        "threshold": threshold,
+        "threshold_reached": None if threshold is None else reached is not None,
+        "images_to_threshold": None if reached is None else reached["images"],
+        "seconds_to_threshold": None if reached is None else reached["seconds"],
+        "gap_closed_val": _gap(record.best_val, initial.best_val if initial else None,
+                               oracle.best_val if oracle else None),
+        "gap_closed_test": _gap(record.test_metric, initial.test_metric if initial else None,
+                                oracle.test_metric if oracle else None),
+        "psi": record.summary.get("psi"),
     }
+
+
+def load_records(runs: Mapping[str, Mapping[int, str | Path]]) -> dict[str, dict[int, RunRecord]]:
+    return {method: {i: RunRecord.load(method, i, d) for i, d in sorted(seeds.items())}
+            for method, seeds in runs.items()}
+
+
+def summarize(records: Mapping[str, Mapping[int, RunRecord]], *, threshold_from: str | None = None,
+              oracle: str | None = None, initial: str | None = None) -> dict[str, Any]:
+    """What ``comparison.json`` holds: per method the statistics over seeds, and every run's row."""
+    roles = {m: method_role(next(iter(seeds.values())).config) for m, seeds in records.items()}
+    refs = detect_references(roles, oracle=oracle, initial=initial)
+    if refs.oracle is not None:
+        roles[refs.oracle] = "oracle"
+    if refs.initial is not None:
+        roles[refs.initial] = "initial"
+    threshold = choose_threshold(records, roles, threshold_from)
+
+    rows: list[dict[str, Any]] = []
+    methods: list[dict[str, Any]] = []
+    for method, seeds in records.items():
+        method_rows = []
+        for i, record in seeds.items():
+            method_rows.append(run_row(
+                record, threshold.per_seed.get(i),
+                records[refs.initial].get(i) if refs.initial else None,
+                records[refs.oracle].get(i) if refs.oracle else None))
+        rows += method_rows
+        first = next(iter(seeds.values()))
+        entry: dict[str, Any] = {"method": method, "role": roles[method], "searcher": first.searcher,
+                                 "estimator": first.estimator, "seeds": len(method_rows)}
+        for key in STAT_KEYS:
+            entry[key] = stats([r[key] for r in method_rows])
+        with_threshold = [r for r in method_rows if r["threshold"] is not None]
+        entry["threshold_reached"] = {"reached": sum(bool(r["threshold_reached"]) for r in with_threshold),
+                                      "of": len(with_threshold)}
+        methods.append(entry)
+
+    return {
+        "seeds": max((len(s) for s in records.values()), default=0),
+        "threshold": {"method": threshold.method, "rule": threshold.rule,
+                      "per_seed": {str(i): v for i, v in threshold.per_seed.items()},
+                      "mean": stats(list(threshold.per_seed.values()))["mean"]},
+        "references": {"oracle": refs.oracle, "initial": refs.initial,
+                       "explicit": {"oracle": oracle is not None, "initial": initial is not None}},
+        "notes": refs.notes,
+        "methods": methods,
+        "runs": rows,
+    }
+
+
+# ---------------------------------------------------------------------------- markdown ---
+def _number(value: float, kind: str) -> str:
+    if kind == "metric":
+        return f"{value:.4f}"
+    if kind == "share":
+        return f"{100 * value:.0f}"
+    return f"{value:.0f}" if kind == "images" else f"{value:.1f}"
+
+
+def _stat_cell(stat: Mapping[str, Any], kind: str) -> str:
+    if stat["mean"] is None:
+        return "–"
+    text = _number(stat["mean"], kind)
+    if stat["std"] is not None:
+        text += f" ± {_number(stat['std'], kind)}"
+    return text
+
+
+def _threshold_cell(entry: Mapping[str, Any], key: str, kind: str) -> str:
+    count = entry["threshold_reached"]
+    if count["of"] == 0:
+        return "–"
+    if count["reached"] == 0:
+        return f"not reached (0/{count['of']})"
+    return f"{_stat_cell(entry[key], kind)} ({count['reached']}/{count['of']})"
 
 
 def _cell(column: str, value: Any) -> str:
@@ -33,38 +351,136 @@ def _cell(column: str, value: Any) -> str:
     return str(value)
 
 
-def markdown_table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(_cell(c, row[c]) for c in COLUMNS) + " |" for row in rows]
+def _per_seed(values: Mapping[str, float]) -> str:
+    return ", ".join(f"seed {i}: {v:.4f}" for i, v in values.items())
+
+
+def markdown(comparison: Mapping[str, Any]) -> str:
+    n = comparison["seeds"]
+    threshold = comparison["threshold"]
+    refs = comparison["references"]
+    gap = refs["oracle"] is not None and refs["initial"] is not None
+    thr = f"threshold ({threshold['method']})" if threshold["method"] else "threshold"
+    header = ["method", "role", "searcher", "estimator", "seeds", "best val metric", "test metric", "images",
+              "seconds", "images to best", "seconds to best", f"images to {thr}", f"seconds to {thr}"]
+    if gap:
+        header += ["gap closed, val (%)", "gap closed, test (%)"]
+    lines = [f"## Methods over seeds (mean ± std over {n} seed{'s' if n != 1 else ''})", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for e in comparison["methods"]:
+        cells = [e["method"], e["role"], e["searcher"], e["estimator"] or "–", str(e["seeds"]),
+                 _stat_cell(e["best_val_metric"], "metric"), _stat_cell(e["test_metric"], "metric"),
+                 _stat_cell(e["images"], "images"), _stat_cell(e["seconds"], "seconds"),
+                 _stat_cell(e["images_to_best"], "images"), _stat_cell(e["seconds_to_best"], "seconds"),
+                 _threshold_cell(e, "images_to_threshold", "images"),
+                 _threshold_cell(e, "seconds_to_threshold", "seconds")]
+        if gap:
+            cells += [_stat_cell(e["gap_closed_val"], "share"), _stat_cell(e["gap_closed_test"], "share")]
+        lines.append("| " + " | ".join(cells) + " |")
+    notes: list[str] = []
+    if threshold["method"]:
+        notes.append(f"Threshold: the best validation metric of `{threshold['method']}` ({threshold['rule']}) "
+                     f"per seed — {_per_seed(threshold['per_seed'])}. Images and seconds to reach it are those "
+                     "of the first evaluation whose validation metric is at least the threshold of its seed; "
+                     "means are over the seeds that reached it (k/N), a run that never does counts as "
+                     "not reached.")
+    else:
+        notes.append(f"Threshold: none ({threshold['rule']}).")
+    if gap:
+        notes.append(f"Gap closed: (best val − best val of `{refs['initial']}`) / (best val of `{refs['oracle']}` "
+                     f"− best val of `{refs['initial']}`) per seed, `{refs['oracle']}` being the oracle (trained "
+                     "on the validation distribution) and the other the fixed starting ψ; the test column "
+                     "does the same with test metrics.")
+    notes += [f"Note: {note}." for note in comparison["notes"]]
+    notes.append("± is the sample standard deviation over seeds (n − 1); none is shown for a single value. "
+                 "Images and seconds are totals over a run unless they say *to*.")
+    # Blank lines between the notes: markdown would run them into one paragraph.
+    for note in notes:
+        lines += ["", note]
+    lines += ["", "## Runs", "", "| " + " | ".join(RUN_COLUMNS) + " |", "|" + "---|" * len(RUN_COLUMNS)]
+    for row in comparison["runs"]:
+        cells = {**row, "seed": row["seed_index"]}
+        lines.append("| " + " | ".join(_cell(c, cells[c]) for c in RUN_COLUMNS) + " |")
     return "\n".join(lines) + "\n"
 
 
-def plot_comparison(runs: dict[str, Path], out_path: Path) -> None:
+# -------------------------------------------------------------------------------- curves ---
+def running_best(rows: Sequence[Mapping[str, Any]], key: str) -> tuple[list[float], list[float]]:
+    """x (``images`` or ``seconds``) and the best validation metric so far, one point per evaluation."""
+    xs: list[float] = []
+    ys: list[float] = []
+    best = -math.inf
+    for row in rows:
+        if row.get("val_metric") is None:
+            continue
+        best = max(best, float(row["val_metric"]))
+        xs.append(float(row[key]))
+        ys.append(best)
+    return xs, ys
+
+
+def banded_curves(curves: Sequence[tuple[Sequence[float], Sequence[float]]]
+                  ) -> tuple[list[float], list[float], list[float], list[float]]:
+    """Step curves of several seeds on one grid of x: (x, mean, min, max).
+
+    The grid is every x at which some seed evaluated, from the point where all seeds have a
+    value; a seed that ended earlier keeps its final best (it is still the best it found).
+    """
+    import numpy as np
+
+    curves = [(list(x), list(y)) for x, y in curves if len(x)]
+    if not curves:
+        return [], [], [], []
+    start = max(x[0] for x, _ in curves)
+    grid = sorted({v for x, _ in curves for v in x if v >= start})
+    values = np.array([[y[int(np.searchsorted(x, g, side="right")) - 1] for g in grid] for x, y in curves])
+    return grid, values.mean(axis=0).tolist(), values.min(axis=0).tolist(), values.max(axis=0).tolist()
+
+
+def plot_comparison(records: Mapping[str, Mapping[int, RunRecord]], out_path: Path,
+                    threshold: float | None = None, threshold_label: str = "") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
-    for name, run_dir in runs.items():
-        rows = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines() if line.strip()]
-        rows = [r for r in rows if r.get("val_metric") is not None]
+    for method, seeds in records.items():
         for ax, key in zip(axes, ("images", "seconds"), strict=True):
-            ax.plot([r[key] for r in rows], [r["val_metric"] for r in rows], marker=".", label=name)
+            curves = [running_best(r.history, key) for r in seeds.values()]
+            if len(curves) == 1:
+                line, = ax.plot(*curves[0], drawstyle="steps-post", marker=".", label=method)
+                continue
+            grid, mean, low, high = banded_curves(curves)
+            line, = ax.plot(grid, mean, drawstyle="steps-post", label=f"{method} ({len(curves)} seeds)")
+            ax.fill_between(grid, low, high, step="post", alpha=0.2, color=line.get_color(), linewidth=0)
+    if threshold is not None:
+        for ax in axes:
+            ax.axhline(threshold, color="0.4", linestyle="--", linewidth=0.8,
+                       label=threshold_label if ax is axes[1] else None)
     axes[0].set_xlabel("images generated")
     axes[1].set_xlabel("seconds")
-    axes[0].set_ylabel("validation metric")
+    band = "\n(mean; band: min–max over seeds)" if any(len(s) > 1 for s in records.values()) else ""
+    axes[0].set_ylabel(f"best validation metric so far{band}")
     for ax in axes:
         ax.grid(alpha=0.3)
-    axes[1].legend(loc="lower right")
+    axes[1].legend(loc="lower right", fontsize="small")
     fig.tight_layout()
     fig.savefig(out_path, dpi=120)
     plt.close(fig)
 
 
-def write_comparison(runs: dict[str, Path], out_dir: Path) -> list[dict[str, Any]]:
-    rows = [comparison_row(name, run_dir) for name, run_dir in runs.items()]
-    (out_dir / "comparison.json").write_text(json.dumps(rows, indent=2) + "\n")
-    (out_dir / "comparison.md").write_text(markdown_table(rows))
-    plot_comparison(runs, out_dir / "comparison.png")
-    return rows
+def write_comparison(runs: Mapping[str, Mapping[int, str | Path]], out_dir: Path, *,
+                     threshold_from: str | None = None, oracle: str | None = None,
+                     initial: str | None = None) -> dict[str, Any]:
+    """``comparison.json``, ``comparison.md`` and ``comparison.png`` from run folders
+    (method -> seed index -> folder); returns what ``comparison.json`` holds."""
+    records = load_records(runs)
+    comparison = summarize(records, threshold_from=threshold_from, oracle=oracle, initial=initial)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "comparison.json").write_text(json.dumps(comparison, indent=2, default=float) + "\n")
+    (out_dir / "comparison.md").write_text(markdown(comparison))
+    threshold = comparison["threshold"]
+    label = f"threshold: best of {threshold['method']} (mean over seeds)" if threshold["method"] else ""
+    plot_comparison(records, out_dir / "comparison.png", threshold["mean"], label)
+    return comparison

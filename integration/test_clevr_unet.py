@@ -40,20 +40,20 @@ def test_demo_configs_run_and_compare(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["compare", *map(str, configs), "--out", str(out)])
     assert result.exit_code == 0, result.output
 
-    rows = [json.loads(line) for line in (out / "clevr_unet" / "history.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (out / "clevr_unet" / "seed-0" / "history.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in rows] == [1, 2]
     assert HISTORY_FIELDS <= set(rows[-1])
     assert rows[-1]["images"] == 8
     assert {"ambient", "back_light", "samples", "bounces", "image_size", "x", "metal"} <= set(rows[-1]["psi"])
     assert "iou_sphere" in rows[-1]["val_details"] or rows[-1]["val_details"]
-    summary = json.loads((out / "clevr_unet" / "summary.json").read_text())
+    summary = json.loads((out / "clevr_unet" / "seed-0" / "summary.json").read_text())
     assert 0.0 <= summary["test"]["metric"] <= 1.0
     assert "psi_validation" in summary
 
     comparison = json.loads((out / "comparison.json").read_text())
-    assert [r["searcher"] for r in comparison] == ["autosimulate", "fixed"]
+    assert [r["searcher"] for r in comparison["runs"]] == ["autosimulate", "fixed"]
     assert (out / "comparison.png").stat().st_size > 0
-    assert (out / "clevr_unet" / "curves.png").stat().st_size > 0
+    assert (out / "clevr_unet" / "seed-0" / "curves.png").stat().st_size > 0
 
 
 def test_generate_writes_a_dataset_the_unet_task_reads_back(tmp_path: Path) -> None:
