@@ -18,7 +18,7 @@ nox.options.default_venv_backend = "uv|virtualenv"
 nox.options.sessions = ["lint", "core", "clevr", "unet", "clevr_unet", "cycles"]
 
 CONSTRAINTS = ("-c", "constraints.txt")
-CORE = ("-e", ".[test]")
+CORE = ("-e", ".[test,baselines]")
 CLEVR = ("-e", "plugins/autosim_clevr")
 UNET = ("-e", "plugins/autosim_unet")
 PYTHON = "3.11"
@@ -103,6 +103,14 @@ def clevr_unet(session: nox.Session) -> None:
     """The combination the demo uses: CLEVR renders, UNet segments."""
     _install(session, CORE, CLEVR, UNET, ("tomli-w",))
     _pytest(session, "integration")
+
+
+@nox.session(python=PYTHON, name="bench-clevr")
+def bench_clevr(session: nox.Session) -> None:
+    """The paper's Table 2 analog: every searcher on CLEVR + UNet over 3 seeds (docs/results.md)."""
+    _install(session, CORE, CLEVR, UNET, ("tomli-w",))
+    session.run("python", "benchmarks/table2.py", "--out", "bench-results/table2", *session.posargs,
+                env={"AUTOSIM_CACHE": os.path.abspath("bench-results/autosim-cache")})
 
 
 @nox.session(python=PYTHON)
