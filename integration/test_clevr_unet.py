@@ -25,6 +25,7 @@ def shrunk(name: str, folder: Path, cache: Path) -> Path:
     config["budget"] = {"iterations": 2}
     config["simulator"]["settings"]["output_size"] = [32, 32]
     config["searcher"]["settings"]["scenes_per_iteration"] = 4
+    config["training"]["epochs"] = 1
     config["validation"]["count"] = 4
     config["test"]["count"] = 4
     config["cache_dir"] = str(cache)
@@ -35,7 +36,8 @@ def shrunk(name: str, folder: Path, cache: Path) -> Path:
 
 def test_demo_configs_run_and_compare(tmp_path: Path) -> None:
     cache = tmp_path / "cache"
-    configs = [shrunk(n, tmp_path, cache) for n in ("clevr_unet.toml", "clevr_unet_initial.toml")]
+    configs = [shrunk(n, tmp_path, cache) for n in ("clevr_unet.toml", "clevr_unet_initial.toml",
+                                                    "clevr_unet_oracle.toml")]
     out = tmp_path / "runs"
     result = CliRunner().invoke(app, ["compare", *map(str, configs), "--out", str(out)])
     assert result.exit_code == 0, result.output
@@ -45,13 +47,17 @@ def test_demo_configs_run_and_compare(tmp_path: Path) -> None:
     assert HISTORY_FIELDS <= set(rows[-1])
     assert rows[-1]["images"] == 8
     assert {"ambient", "back_light", "samples", "bounces", "image_size", "x", "metal"} <= set(rows[-1]["psi"])
-    assert "iou_sphere" in rows[-1]["val_details"] or rows[-1]["val_details"]
+    # classes absent from 4 small validation images get no iou_ key; at least one is present
+    assert {"miou_all", "pixel_accuracy"} <= set(rows[-1]["val_details"])
+    assert {k for k in rows[-1]["val_details"] if k.startswith("iou_")} & {"iou_sphere", "iou_cube", "iou_cylinder"}
     summary = json.loads((out / "clevr_unet" / "seed-0" / "summary.json").read_text())
     assert 0.0 <= summary["test"]["metric"] <= 1.0
     assert "psi_validation" in summary
 
     comparison = json.loads((out / "comparison.json").read_text())
-    assert [r["searcher"] for r in comparison["runs"]] == ["autosimulate", "fixed"]
+    assert [r["searcher"] for r in comparison["runs"]] == ["autosimulate", "fixed", "fixed"]
+    assert comparison["references"]["oracle"] == "clevr_unet_oracle"
+    assert comparison["references"]["initial"] == "clevr_unet_initial"
     assert (out / "comparison.png").stat().st_size > 0
     assert (out / "clevr_unet" / "seed-0" / "curves.png").stat().st_size > 0
 
@@ -70,3 +76,26 @@ def test_generate_writes_a_dataset_the_unet_task_reads_back(tmp_path: Path) -> N
     assert len(examples) == 5
     assert examples[0].image.shape == (3, 32, 32)
     assert examples[0].mask is not None and int(examples[0].mask.max()) <= 3
+
+
+def test_black_box_searchers_run_on_the_demo(tmp_path: Path) -> None:
+    """Each baseline searches the demo's learnable parameters: two evaluations of 4 images."""
+    cache = tmp_path / "cache"
+    base = tomllib.loads(shrunk("clevr_unet.toml", tmp_path, cache).read_text())
+    base.pop("estimator")
+    paths = []
+    for searcher, extra in (("random", {"batch": 2}), ("bayesian", {"init_points": 2}), ("reinforce", {"batch": 2})):
+        base["searcher"] = {"name": searcher, "settings": {"scenes_per_evaluation": 4, "epochs": 1, **extra}}
+        path = tmp_path / f"{searcher}.toml"
+        path.write_text(tomli_w.dumps(base))
+        paths.append(path)
+    out = tmp_path / "runs"
+    result = CliRunner().invoke(app, ["compare", *map(str, paths), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    for path in paths:
+        rows = [json.loads(line) for line in (out / path.stem / "seed-0" / "history.jsonl").read_text().splitlines()]
+        assert [r["images"] for r in rows] == [4, 8]
+        # the demo's 10 learnable parameters: lights, samples and x/y with their spreads, and three choices
+        assert {"bounces.choice", "image_size.choice", "metal.p", "x.mean", "x.log_std",
+                "ambient.log_median"} <= set(rows[0]["point"])
+        assert len(rows[0]["point"]) == 15
