@@ -152,7 +152,13 @@ def _is_oracle(config: Mapping[str, Any]) -> bool:
         return False
     simulator = config["simulator"]
     return (simulator.get("start") == validation.get("preset")
-            and (simulator.get("overrides") or {}) == (validation.get("overrides") or {}))
+            and _distribution(simulator.get("overrides")) == _distribution(validation.get("overrides")))
+
+
+def _distribution(overrides: Mapping[str, Mapping[str, Any]] | None) -> dict[str, dict[str, Any]]:
+    """Overrides less ``learn``: whether psi is optimised does not change what is sampled."""
+    kept = {name: {k: v for k, v in change.items() if k != "learn"} for name, change in (overrides or {}).items()}
+    return {name: change for name, change in kept.items() if change}
 
 
 def method_role(config: Mapping[str, Any]) -> str:

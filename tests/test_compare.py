@@ -162,6 +162,12 @@ def test_roles_from_the_run_configs() -> None:
     oracle_with_overrides = config("fixed", start="target")
     oracle_with_overrides["simulator"]["overrides"] = {"mean": {"value": 1.0}}
     assert method_role(oracle_with_overrides) == "reference"
+    # which parameters are learned does not change what a fixed run samples
+    oracle_learning_less = config("fixed", start="target")
+    oracle_learning_less["simulator"]["overrides"] = {"shape": {"learn": False}}
+    assert method_role(oracle_learning_less) == "oracle"
+    oracle_learning_less["simulator"]["overrides"] = {"shape": {"learn": False, "std": 2.0}}
+    assert method_role(oracle_learning_less) == "reference"
     no_validation = config("fixed", start="target")
     no_validation["validation"] = None
     assert method_role(no_validation) == "reference"
