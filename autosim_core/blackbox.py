@@ -352,7 +352,7 @@ class GaussianSoftmaxPolicy:
         return out
 
     def describe(self) -> dict[str, Any]:
-        mean = {c.name: self.box.from_unit(c, float(self.mean[j])) for j, c in enumerate(self.continuous)}
+        mean = {c.name: self.box.from_unit(c, float(self.mean.detach()[j])) for j, c in enumerate(self.continuous)}
         probs = {c.name: dict(zip(c.choices, lg.detach().softmax(-1).tolist(), strict=True))
                  for c, lg in zip(self.categorical, self.logits, strict=True)}
         return {"mean": mean, "probs": probs}

@@ -95,7 +95,8 @@ def test_black_box_searchers_run_on_the_demo(tmp_path: Path) -> None:
     for path in paths:
         rows = [json.loads(line) for line in (out / path.stem / "seed-0" / "history.jsonl").read_text().splitlines()]
         assert [r["images"] for r in rows] == [4, 8]
-        # the demo's 10 learnable parameters: lights, samples and x/y with their spreads, and three choices
+        # the demo's 10 learnable parameters: four lights, samples, x and y with their spreads (14),
+        # bounces and image_size (choices) and metal (p)
         assert {"bounces.choice", "image_size.choice", "metal.p", "x.mean", "x.log_std",
                 "ambient.log_median"} <= set(rows[0]["point"])
-        assert len(rows[0]["point"]) == 15
+        assert len(rows[0]["point"]) == 17
