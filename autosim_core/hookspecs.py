@@ -126,7 +126,7 @@ def train_step(model: torch.nn.Module, batch: Batch, optimizer: torch.optim.Opti
 def hvp(loss_fn: Callable[[dict[str, torch.Tensor]], torch.Tensor],
         params: dict[str, torch.Tensor], vector: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Hessian-vector product of the scalar ``loss_fn`` at ``params`` with ``vector``.
-    The core's default is forward-over-reverse with torch.func."""
+    The core's default is ``autosim_core.hypergrad.default_hvp`` (reverse-over-reverse)."""
 
 
 # ---------------------------------------------------------------------------- estimator ---
