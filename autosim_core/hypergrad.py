@@ -82,6 +82,36 @@ def default_hvp(loss_fn: Callable[[Params], torch.Tensor], params: Params, vecto
     return method(loss_fn, params, vector)
 
 
+def hvp_operator(loss_fn: Callable[[Params], torch.Tensor], params: Params, *,
+                 mode: str = DEFAULT_HVP_MODE) -> Callable[[Params], Params]:
+    """v -> H v at fixed ``params``, for several products at the same point (conjugate gradient).
+
+    In reverse-over-reverse mode the gradient's graph is built on the first product and kept:
+    every later product is one backward pass through it, saving a forward and a backward pass
+    each. The graph lives as long as the returned function.
+    """
+    if mode != "reverse-over-reverse":
+        return lambda vector: default_hvp(loss_fn, params, vector, mode=mode)
+    leaves = {k: p.detach().requires_grad_(True) for k, p in params.items()}
+    names = list(leaves)
+    first: list[torch.Tensor | None] = []
+
+    def product(vector: Params) -> Params:
+        with torch.enable_grad():
+            if not first:
+                loss = loss_fn(leaves)
+                first.extend(torch.autograd.grad(loss, [leaves[k] for k in names], create_graph=True,
+                                                 allow_unused=True))
+            dot = sum((g * vector[k].detach()).sum() for k, g in zip(names, first, strict=True) if g is not None)
+            if not isinstance(dot, torch.Tensor) or not dot.requires_grad:
+                return {k: torch.zeros_like(p) for k, p in leaves.items()}
+            second = torch.autograd.grad(dot, [leaves[k] for k in names], retain_graph=True, allow_unused=True)
+        return {k: (h.detach() if h is not None else torch.zeros_like(leaves[k]))
+                for k, h in zip(names, second, strict=True)}
+
+    return product
+
+
 def directional_derivatives_jvp(per_sample_loss: Callable[[Params], torch.Tensor], params: Params,
                                 direction: Params) -> torch.Tensor:
     """c_k = grad_theta l_k . v for every sample at once: one jvp of the loss vector."""

@@ -21,7 +21,7 @@ from pydantic import BaseModel
 from torch.func import functional_call
 
 from .config import ConfigError, Data, RunConfig, validate_settings
-from .hypergrad import Params
+from .hypergrad import Params, hvp_operator
 from .plugins import Registry, has_impl, load_registry, plugin_manager
 from .records import Batch, Example, SceneBatch
 from .space import ParameterSpace, Psi
@@ -359,6 +359,16 @@ class Run:
             return self.losses(outputs, batch.targets)
 
         return per_sample
+
+    def hvp_operator(self, per_sample: Callable[[Params], torch.Tensor], theta: Params) -> Callable[[Params], Params]:
+        """v -> H v of the mean of ``per_sample`` at ``theta``: the task's ``hvp`` hook where it
+        has one, otherwise the core's, which builds the gradient's graph once for all products."""
+        def mean_loss(th: Params) -> torch.Tensor:
+            return per_sample(th).mean()
+
+        if has_impl(self.pm, "hvp", "task"):
+            return lambda v: self.pm.hook.hvp(loss_fn=mean_loss, params=theta, vector=v)
+        return hvp_operator(mean_loss, theta)
 
     def fine_tune(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: Batch,
                   epochs: int | None = None) -> float:

@@ -17,6 +17,7 @@ from autosim_core.hypergrad import (
     directional_derivatives,
     directional_derivatives_fd,
     directional_derivatives_jvp,
+    hvp_operator,
     loss_gradient,
 )
 
@@ -88,6 +89,33 @@ def test_hvp_ignores_autograd_state_of_inputs(mode: str) -> None:
         torch.testing.assert_close(a[k], b[k])
         assert not a[k].requires_grad
     assert all(p.grad is None for p in model.parameters())
+
+
+@pytest.mark.parametrize("mode", list(HVP_MODES))
+def test_hvp_operator_matches_dense_hessian_over_several_products(mode: str) -> None:
+    """The reverse-over-reverse operator reuses one gradient graph for every product."""
+    model = small_model(2)
+    x, y = data(21)
+    params = {k: p.detach().clone() for k, p in model.named_parameters()}
+    names = list(params)
+    loss = per_sample_losses(model, x, y)
+    calls = []
+
+    def mean_loss(p: dict[str, torch.Tensor]) -> torch.Tensor:
+        calls.append(1)
+        return loss(p).mean()
+
+    theta = flat(params, names)
+    hessian = torch.autograd.functional.hessian(lambda v: loss(unflat(v, params)).mean(), theta)
+    operator = hvp_operator(mean_loss, params, mode=mode)
+    gen = torch.Generator().manual_seed(22)
+    for _ in range(4):
+        vec = torch.randn(theta.numel(), generator=gen, dtype=torch.float64)
+        hv = operator(unflat(vec, params))
+        assert not any(h.requires_grad for h in hv.values())
+        torch.testing.assert_close(flat(hv, names), hessian @ vec, rtol=1e-9, atol=1e-11)
+    if mode == "reverse-over-reverse":
+        assert len(calls) == 1
 
 
 def test_reverse_over_reverse_gives_zero_for_parameters_the_loss_ignores() -> None:

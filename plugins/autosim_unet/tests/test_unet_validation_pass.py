@@ -1,10 +1,17 @@
 """The run's fused validation pass on the unet task against separate passes; its reuse by
-validation_row; c_k by central difference against the jvp on a small UNet."""
+validation_row; the run's HVP operator and a task's own hvp hook; c_k by central difference
+against the jvp on a small UNet."""
 
 import pytest
 import torch
-from autosim_core.hypergrad import directional_derivatives_fd, directional_derivatives_jvp, loss_gradient
-from unet_helpers import make_run
+from autosim_core.hookspecs import hookimpl
+from autosim_core.hypergrad import (
+    default_hvp,
+    directional_derivatives_fd,
+    directional_derivatives_jvp,
+    loss_gradient,
+)
+from unet_helpers import make_run, registry
 
 from autosim_unet.plugin import UNetSettings, UNetTask
 
@@ -94,3 +101,38 @@ def test_central_difference_c_k_on_a_small_unet():
     error = float((fd - exact).abs().max())
     assert error <= 1e-2 * float(exact.abs().max())
     assert error <= 0.1 * float(exact.std())
+
+
+class TaskWithHvp(UNetTask):
+    def __init__(self):
+        self.calls = 0
+
+    @hookimpl
+    def hvp(self, loss_fn, params, vector):
+        self.calls += 1
+        return {k: 2 * v for k, v in vector.items()}
+
+
+def test_run_hvp_operator_uses_the_core_or_the_tasks_hook(tmp_path):
+    run = prepared_run(tmp_path)
+    _, batch = run.render_training(run.space.init_psi(), 4)
+    theta = run.theta(run.model)
+    per_sample = run.functional_losses(run.model, batch)
+    operator = run.hvp_operator(per_sample, theta)
+    for seed in (0, 1):
+        g = torch.Generator().manual_seed(seed)
+        v = {k: torch.randn(p.shape, generator=g) for k, p in theta.items()}
+        expected = default_hvp(lambda th: per_sample(th).mean(), theta, v, mode="forward-over-reverse")
+        got = operator(v)
+        for k in theta:
+            torch.testing.assert_close(got[k], expected[k], rtol=1e-3, atol=1e-5)
+
+    reg = registry()
+    task = TaskWithHvp()
+    reg.plugins["tasks"]["unet"] = task
+    run = make_run(tmp_path / "own", "linear", reg)
+    run.model = run.create_model()
+    operator = run.hvp_operator(per_sample, theta)
+    v = {k: torch.ones_like(p) for k, p in theta.items()}
+    assert all(torch.equal(h, 2 * v[k]) for k, h in operator(v).items())
+    assert task.calls == 1
