@@ -71,6 +71,12 @@ def _cat(parts: list[Any]) -> Any:
     return [x for part in parts for x in part]
 
 
+def _state_versions(model: torch.nn.Module) -> tuple[int, ...]:
+    """Changes whenever a parameter or buffer of ``model`` is written in place (an optimiser
+    step, load_state_dict): the key under which a validation pass stays valid."""
+    return tuple(t._version for t in (*model.parameters(), *model.buffers()))
+
+
 @dataclass
 class ValidationPass:
     """One pass over an evaluation set under autograd: what the no-grad evaluation reports
@@ -200,7 +206,7 @@ class Run:
         self.model: torch.nn.Module | None = None
         self._train_steps = 0
         self._last_validation: tuple[torch.nn.Module, int, float, dict[str, float]] | None = None
-        self._val_pass: tuple[torch.nn.Module, int, ValidationPass] | None = None
+        self._val_pass: tuple[torch.nn.Module, tuple[int, ...], ValidationPass] | None = None
         self._open_phases: list[float] = []
 
     # -------------------------------------------------------------------- configuration ---
@@ -391,19 +397,19 @@ class Run:
         """Loss, metrics and gradient on the validation set at the model's current theta.
 
         One forward pass serves the validation gradient and the validation scores of the same
-        model: the result is kept until the model takes another training step, and
+        model: the result is kept while no parameter or buffer of the model changes, and
         ``validation_row`` reuses it. The forward pass and the metrics are booked to "eval",
         which the scores would have cost anyway; the backward pass to the enclosing phase.
         """
         assert self.val is not None
         cached = self._val_pass
-        if cached is not None and cached[0] is model and cached[1] == self._train_steps:
+        if cached is not None and cached[0] is model and cached[1] == _state_versions(model):
             return cached[2]
         result = validation_pass(model, self.val, self.losses, self._metrics, self.config.training.eval_batch_size,
                                  lambda: self.timed("eval"))
         if "metric" not in result.metrics:
             raise KeyError(f"task {self.config.task.name!r}: evaluate() returned no 'metric' key")
-        self._val_pass = (model, self._train_steps, result)
+        self._val_pass = (model, _state_versions(model), result)
         return result
 
     def val_gradient(self, model: torch.nn.Module) -> Params:
@@ -433,7 +439,7 @@ class Run:
         if self.val is None:
             return {"val_loss": None, "val_metric": None}
         cached = self._val_pass
-        if cached is not None and cached[0] is model and cached[1] == self._train_steps:
+        if cached is not None and cached[0] is model and cached[1] == _state_versions(model):
             val_loss, metrics = cached[2].loss, dict(cached[2].metrics)
         else:
             with self.timed("eval"):

@@ -78,6 +78,13 @@ def test_validation_row_reuses_the_pass_until_the_model_trains(tmp_path):
     loss, _ = run.evaluate(model, run.val)
     assert row["val_loss"] == pytest.approx(loss)
 
+    run.validation_pass(model)
+    with torch.no_grad():
+        next(model.parameters()).mul_(0.5)  # changed outside training: no stale scores either
+    forwards.calls = 0
+    run.validation_row(model)
+    assert forwards.calls == 1
+
 
 def test_central_difference_c_k_on_a_small_unet():
     task = UNetTask()
