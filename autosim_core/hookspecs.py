@@ -126,7 +126,8 @@ def train_step(model: torch.nn.Module, batch: Batch, optimizer: torch.optim.Opti
 def hvp(loss_fn: Callable[[dict[str, torch.Tensor]], torch.Tensor],
         params: dict[str, torch.Tensor], vector: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Hessian-vector product of the scalar ``loss_fn`` at ``params`` with ``vector``.
-    The core's default is forward-over-reverse with torch.func."""
+    Without a task's implementation the core uses ``autosim_core.hypergrad.hvp_operator``
+    (reverse-over-reverse, one gradient graph per iteration shared by all products)."""
 
 
 # ---------------------------------------------------------------------------- estimator ---

@@ -34,7 +34,8 @@ def tree_norm(x: Mapping[str, torch.Tensor]) -> float:
     return float(tree_dot(x, x).sqrt())
 
 
-def default_hvp(loss_fn: Callable[[Params], torch.Tensor], params: Params, vector: Params) -> Params:
+def hvp_forward_over_reverse(loss_fn: Callable[[Params], torch.Tensor], params: Params,
+                             vector: Params) -> Params:
     """H v of a scalar loss by forward-over-reverse: the jvp of the gradient along v."""
     params = {k: p.detach() for k, p in params.items()}
     vector = {k: v.detach() for k, v in vector.items()}
@@ -42,13 +43,139 @@ def default_hvp(loss_fn: Callable[[Params], torch.Tensor], params: Params, vecto
     return hv
 
 
-def directional_derivatives(per_sample_loss: Callable[[Params], torch.Tensor], params: Params,
-                            direction: Params) -> torch.Tensor:
+def hvp_reverse_over_reverse(loss_fn: Callable[[Params], torch.Tensor], params: Params,
+                             vector: Params) -> Params:
+    """H v of a scalar loss by reverse-over-reverse: the gradient of (grad . v).
+
+    H is symmetric, so the vector-Jacobian product of the gradient with v is H v. Plain
+    autograd on fresh leaves: nothing reaches the ``.grad`` of the caller's tensors.
+    """
+    leaves = {k: p.detach().requires_grad_(True) for k, p in params.items()}
+    names = list(leaves)
+    with torch.enable_grad():
+        loss = loss_fn(leaves)
+        first = torch.autograd.grad(loss, [leaves[k] for k in names], create_graph=True, allow_unused=True)
+        dot = sum((g * vector[k].detach()).sum() for k, g in zip(names, first, strict=True) if g is not None)
+        if not isinstance(dot, torch.Tensor) or not dot.requires_grad:
+            return {k: torch.zeros_like(p) for k, p in leaves.items()}
+        second = torch.autograd.grad(dot, [leaves[k] for k in names], allow_unused=True)
+    return {k: (h.detach() if h is not None else torch.zeros_like(leaves[k]))
+            for k, h in zip(names, second, strict=True)}
+
+
+HVP_MODES: dict[str, Callable[[Callable[[Params], torch.Tensor], Params, Params], Params]] = {
+    "forward-over-reverse": hvp_forward_over_reverse,
+    "reverse-over-reverse": hvp_reverse_over_reverse,
+}
+DEFAULT_HVP_MODE = "reverse-over-reverse"
+"""The faster of the two on CPU for convolutional models (plugins/autosim_unet/bench.py
+measures both); a task that finds the other faster selects it through its ``hvp`` hook."""
+
+
+def default_hvp(loss_fn: Callable[[Params], torch.Tensor], params: Params, vector: Params, *,
+                mode: str = DEFAULT_HVP_MODE) -> Params:
+    """H v of a scalar loss at ``params``, by the mode named (see ``HVP_MODES``)."""
+    try:
+        method = HVP_MODES[mode]
+    except KeyError:
+        raise ValueError(f"unknown HVP mode {mode!r}; allowed: {', '.join(HVP_MODES)}") from None
+    return method(loss_fn, params, vector)
+
+
+def hvp_operator(loss_fn: Callable[[Params], torch.Tensor], params: Params, *,
+                 mode: str = DEFAULT_HVP_MODE) -> Callable[[Params], Params]:
+    """v -> H v at fixed ``params``, for several products at the same point (conjugate gradient).
+
+    In reverse-over-reverse mode the gradient's graph is built on the first product and kept:
+    every later product is one backward pass through it, saving a forward and a backward pass
+    each. The graph lives as long as the returned function.
+    """
+    if mode != "reverse-over-reverse":
+        return lambda vector: default_hvp(loss_fn, params, vector, mode=mode)
+    leaves = {k: p.detach().requires_grad_(True) for k, p in params.items()}
+    names = list(leaves)
+    first: list[torch.Tensor | None] = []
+
+    def product(vector: Params) -> Params:
+        with torch.enable_grad():
+            if not first:
+                loss = loss_fn(leaves)
+                first.extend(torch.autograd.grad(loss, [leaves[k] for k in names], create_graph=True,
+                                                 allow_unused=True))
+            dot = sum((g * vector[k].detach()).sum() for k, g in zip(names, first, strict=True) if g is not None)
+            if not isinstance(dot, torch.Tensor) or not dot.requires_grad:
+                return {k: torch.zeros_like(p) for k, p in leaves.items()}
+            second = torch.autograd.grad(dot, [leaves[k] for k in names], retain_graph=True, allow_unused=True)
+        return {k: (h.detach() if h is not None else torch.zeros_like(leaves[k]))
+                for k, h in zip(names, second, strict=True)}
+
+    return product
+
+
+def directional_derivatives_jvp(per_sample_loss: Callable[[Params], torch.Tensor], params: Params,
+                                direction: Params) -> torch.Tensor:
     """c_k = grad_theta l_k . v for every sample at once: one jvp of the loss vector."""
     params = {k: p.detach() for k, p in params.items()}
     direction = {k: v.detach() for k, v in direction.items()}
     _, c = jvp(per_sample_loss, (params,), (direction,))
     return c.detach()
+
+
+def central_difference_step(params: Mapping[str, torch.Tensor], direction: Mapping[str, torch.Tensor]) -> float:
+    """The step h of ``directional_derivatives_fd``: the move h v has length sqrt(eps), eps
+    the machine epsilon of theta's dtype.
+
+    The textbook cbrt(eps) balances rounding against the O(h^2) truncation of a smooth loss,
+    but ReLU networks are not smooth at that scale: on the UNet a move of cbrt(eps) * ||theta||
+    errs by 15 % of max |c_k|, and sqrt(eps) is near the measured best in float32.
+    """
+    dtype = next(iter(params.values())).dtype
+    v_norm = tree_norm(direction)
+    if v_norm == 0.0:
+        return 0.0
+    return torch.finfo(dtype).eps ** 0.5 / v_norm
+
+
+def directional_derivatives_fd(per_sample_loss: Callable[[Params], torch.Tensor], params: Params,
+                               direction: Params, *, step: float | None = None) -> torch.Tensor:
+    """c_k = grad_theta l_k . v by a central difference of the loss vector along v:
+    (l(theta + h v) - l(theta - h v)) / 2h, two forward passes and no backward pass.
+
+    Half the cost of the jvp on the UNet on CPU, but not its accuracy: in float32 the rounding
+    of the losses limits the error to a few 1e-3 of max |c_k|, 1-4 % of their spread across
+    samples (what the score-function estimator uses); in float64 about 1e-7 of max |c_k|.
+    """
+    params = {k: p.detach() for k, p in params.items()}
+    direction = {k: v.detach() for k, v in direction.items()}
+    h = central_difference_step(params, direction) if step is None else step
+    if h == 0.0:
+        with torch.no_grad():
+            return torch.zeros_like(per_sample_loss(params))
+    with torch.no_grad():
+        plus = per_sample_loss(tree_axpy(h, direction, params))
+        minus = per_sample_loss(tree_axpy(-h, direction, params))
+    return (plus - minus) / (2 * h)
+
+
+CK_METHODS: dict[str, Callable[[Callable[[Params], torch.Tensor], Params, Params], torch.Tensor]] = {
+    "jvp": directional_derivatives_jvp,
+    "central-difference": directional_derivatives_fd,
+}
+DEFAULT_CK_METHOD = "jvp"
+"""Exact to rounding; the central difference is cheaper but errs by a few % of the spread of
+c_k in float32 (``directional_derivatives_fd``)."""
+
+
+def directional_derivatives(per_sample_loss: Callable[[Params], torch.Tensor], params: Params,
+                            direction: Params, *, method: str | None = None) -> torch.Tensor:
+    """c_k = grad_theta l_k . v for every sample at once, by the method named (``CK_METHODS``;
+    ``DEFAULT_CK_METHOD`` when None)."""
+    method = DEFAULT_CK_METHOD if method is None else method
+    try:
+        fn = CK_METHODS[method]
+    except KeyError:
+        raise ValueError(f"unknown c_k method {method!r}; allowed: {', '.join(CK_METHODS)}") from None
+    return fn(per_sample_loss, params, direction)
 
 
 def loss_gradient(loss_fn: Callable[[Params], torch.Tensor], params: Params) -> Params:

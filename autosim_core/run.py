@@ -12,6 +12,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -20,7 +21,7 @@ from pydantic import BaseModel
 from torch.func import functional_call
 
 from .config import ConfigError, Data, RunConfig, validate_settings
-from .hypergrad import Params, loss_gradient
+from .hypergrad import Params, hvp_operator
 from .plugins import Registry, has_impl, load_registry, plugin_manager
 from .records import Batch, Example, SceneBatch
 from .space import ParameterSpace, Psi
@@ -68,6 +69,56 @@ def _cat(parts: list[Any]) -> Any:
     if isinstance(parts[0], torch.Tensor):
         return torch.cat(parts)
     return [x for part in parts for x in part]
+
+
+def _state_versions(model: torch.nn.Module) -> tuple[int, ...]:
+    """Changes whenever a parameter or buffer of ``model`` is written in place (an optimiser
+    step, load_state_dict): the key under which a validation pass stays valid."""
+    return tuple(t._version for t in (*model.parameters(), *model.buffers()))
+
+
+@dataclass
+class ValidationPass:
+    """One pass over an evaluation set under autograd: what the no-grad evaluation reports
+    (mean loss, the task's metrics) and the gradient of the mean loss, from the same forward."""
+
+    loss: float
+    metrics: dict[str, float]
+    gradient: Params
+
+
+def validation_pass(model: torch.nn.Module, batch: Batch, loss_fn: Callable[[Any, Any], torch.Tensor],
+                    metrics_fn: Callable[[Any, Any], dict[str, Any]], chunk_size: int,
+                    evaluation: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext
+                    ) -> ValidationPass:
+    """Mean loss, metrics and grad_theta of the mean loss over ``batch`` in one forward pass.
+
+    theta are the model's trainable parameters (frozen ones get no gradient). The metrics come
+    from the detached outputs, so they equal a no-grad evaluation's. ``evaluation`` wraps the
+    work a no-grad evaluation would do as well (forward, losses, metrics): a run books it as
+    evaluation time, and only the backward passes as the gradient's own cost.
+    """
+    model.eval()
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    params = [p for p in model.parameters() if p.requires_grad]
+    total = [torch.zeros_like(p) for p in params]
+    n = len(batch)
+    outputs, losses = [], []
+    for chunk in batch.chunks(chunk_size):
+        with torch.enable_grad():
+            with evaluation():
+                out = model(chunk.inputs)
+                chunk_losses = loss_fn(out, chunk.targets)
+            grads = torch.autograd.grad(chunk_losses.sum() / n, params, allow_unused=True)
+        for acc, g in zip(total, grads, strict=True):
+            if g is not None:
+                acc += g
+        outputs.append(out.detach())
+        losses.append(chunk_losses.detach())
+    with evaluation(), torch.no_grad():
+        metrics = metrics_fn(_cat(outputs), batch.targets)
+        loss = float(torch.cat(losses).mean())
+    return ValidationPass(loss, {k: float(v) for k, v in metrics.items()}, dict(zip(names, total, strict=True)))
 
 
 class Run:
@@ -165,6 +216,8 @@ class Run:
         self.model: torch.nn.Module | None = None
         self._train_steps = 0
         self._last_validation: tuple[torch.nn.Module, int, float, dict[str, float]] | None = None
+        self._val_pass: tuple[torch.nn.Module, tuple[int, ...], ValidationPass] | None = None
+        self._open_phases: list[float] = []
 
     # -------------------------------------------------------------------- configuration ---
     def _space(self, preset: str | None, overrides: dict[str, dict[str, Any]], key: str,
@@ -202,11 +255,18 @@ class Run:
     # ------------------------------------------------------------------------ the clock ---
     @contextlib.contextmanager
     def timed(self, phase: str) -> Iterator[None]:
+        """Books the block's seconds to ``phase``. A phase timed inside another keeps its own
+        seconds and the outer one gets the rest, so the phases still add up to the wall time."""
         start = time.perf_counter()
+        self._open_phases.append(0.0)
         try:
             yield
         finally:
-            self.seconds[phase] += time.perf_counter() - start
+            seconds = time.perf_counter() - start
+            nested = self._open_phases.pop()
+            self.seconds[phase] += seconds - nested
+            if self._open_phases:
+                self._open_phases[-1] += seconds
 
     @property
     def elapsed(self) -> float:
@@ -316,6 +376,16 @@ class Run:
 
         return per_sample
 
+    def hvp_operator(self, per_sample: Callable[[Params], torch.Tensor], theta: Params) -> Callable[[Params], Params]:
+        """v -> H v of the mean of ``per_sample`` at ``theta``: the task's ``hvp`` hook where it
+        has one, otherwise the core's, which builds the gradient's graph once for all products."""
+        def mean_loss(th: Params) -> torch.Tensor:
+            return per_sample(th).mean()
+
+        if has_impl(self.pm, "hvp", "task"):
+            return lambda v: self.pm.hook.hvp(loss_fn=mean_loss, params=theta, vector=v)
+        return hvp_operator(mean_loss, theta)
+
     def fine_tune(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: Batch,
                   epochs: int | None = None) -> float:
         """epsilon epochs of minibatch training on ``batch``; returns the last epoch's mean loss."""
@@ -333,18 +403,31 @@ class Run:
                     self._train_steps += 1
         return sum(last) / max(len(last), 1)
 
+    def validation_pass(self, model: torch.nn.Module) -> ValidationPass:
+        """Loss, metrics and gradient on the validation set at the model's current theta.
+
+        One forward pass serves the validation gradient and the validation scores of the same
+        model: the result is kept while no parameter or buffer of the model changes, and
+        ``validation_row`` reuses it. The forward pass and the metrics are booked to "eval",
+        which the scores would have cost anyway; the backward pass to the enclosing phase.
+        """
+        assert self.val is not None
+        cached = self._val_pass
+        if cached is not None and cached[0] is model and cached[1] == _state_versions(model):
+            return cached[2]
+        result = validation_pass(model, self.val, self.losses, self._metrics, self.config.training.eval_batch_size,
+                                 lambda: self.timed("eval"))
+        if "metric" not in result.metrics:
+            raise KeyError(f"task {self.config.task.name!r}: evaluate() returned no 'metric' key")
+        self._val_pass = (model, _state_versions(model), result)
+        return result
+
     def val_gradient(self, model: torch.nn.Module) -> Params:
         """grad_theta of the mean validation loss, accumulated over chunks."""
-        assert self.val is not None
-        theta = self.theta(model)
-        total = {k: torch.zeros_like(v) for k, v in theta.items()}
-        n = len(self.val)
-        for chunk in self.val.chunks(self.config.training.eval_batch_size):
-            per_sample = self.functional_losses(model, chunk)
-            g = loss_gradient(lambda th, f=per_sample: f(th).sum() / n, theta)
-            for k in total:
-                total[k] += g[k]
-        return total
+        return self.validation_pass(model).gradient
+
+    def _metrics(self, outputs: Any, targets: Any) -> dict[str, Any]:
+        return self.pm.hook.evaluate(outputs=outputs, targets=targets, settings=self.task_settings)
 
     def evaluate(self, model: torch.nn.Module, batch: Batch) -> tuple[float, dict[str, float]]:
         """Mean loss and the task's metrics on a whole evaluation set."""
@@ -365,8 +448,12 @@ class Run:
         """``val_loss``, ``val_metric`` and ``val_details`` of a history row (None without a set)."""
         if self.val is None:
             return {"val_loss": None, "val_metric": None}
-        with self.timed("eval"):
-            val_loss, metrics = self.evaluate(model, self.val)
+        cached = self._val_pass
+        if cached is not None and cached[0] is model and cached[1] == _state_versions(model):
+            val_loss, metrics = cached[2].loss, dict(cached[2].metrics)
+        else:
+            with self.timed("eval"):
+                val_loss, metrics = self.evaluate(model, self.val)
         self._last_validation = (model, self._train_steps, val_loss, dict(metrics))
         return {"val_loss": val_loss, "val_metric": metrics.pop("metric"), "val_details": metrics}
 

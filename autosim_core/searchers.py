@@ -53,7 +53,7 @@ class AutoSimulate:
             problem = HypergradProblem(
                 params=theta,
                 train_losses=per_sample,
-                hvp=lambda v: run.pm.hook.hvp(loss_fn=lambda th: per_sample(th).mean(), params=theta, vector=v),
+                hvp=run.hvp_operator(per_sample, theta),
                 val_gradient=(lambda: run.val_gradient(model)) if run.val is not None else None,
                 log_prob=lambda: run.log_prob(run.psi, scenes),
                 psi=run.psi,

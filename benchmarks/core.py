@@ -74,7 +74,9 @@ def toy_run(estimator: str) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         config.cache_dir = Path(tmp) / "cache"
         summary = Run(config, Path(tmp) / "run").execute()
+    phases = sum(summary["seconds_split"].values())
     return {"seconds": summary["seconds"], **{f"seconds_{k}": v for k, v in summary["seconds_split"].items()},
+            "overhead_fraction": (summary["seconds"] - phases) / summary["seconds"],
             "val_metric": summary["val"]["metric"]}
 
 

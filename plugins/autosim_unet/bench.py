@@ -3,16 +3,27 @@
     python plugins/autosim_unet/bench.py --out bench-unet.json [--size 64 --batch 32 --width 16]
 
 Reports the fastest of --repeats calls (after a warm-up call), as wall-clock and process-CPU
-seconds; CPU seconds are the steadier figure when other work shares the cores:
+seconds; CPU seconds are the steadier figure when other work shares the cores. The unit of the
+``per_epoch`` figures is one fine-tuning epoch over the K rendered images.
   epoch            one fine-tuning epoch over the K rendered images (the core's default train_step)
-  eval             a forward pass and the metrics over the validation set
-  val_gradient     grad_theta L_val, chunked as the run does it
-  hypergrad.*      each estimator's full hypergradient, validation gradient included, and its
-                   ratio to one epoch
-  c_k              the per-sample directional derivatives by one jvp, against K separate
-                   backward passes (what the jvp replaces)
-  hvp              one Hessian-vector product of the mean training loss, against one
-                   forward + backward of it
+  eval             a no-grad forward pass and the metrics over the validation set
+  val_pass         the run's validation pass: loss, metrics and grad_theta L_val from one forward
+                   pass (autosim_core.run.validation_pass); ``forward`` is the part a run books to
+                   "eval", ``backward`` the part it books to "hypergrad"
+  val_gradient     grad_theta L_val as a pass of its own (torch.func.grad, chunked), the way it
+                   was computed beside a separate evaluation
+  hvp              one Hessian-vector product of the mean training loss in each mode of
+                   autosim_core.hypergrad.HVP_MODES, against one forward + backward of it;
+                   ``shared_graph``: one more product through hvp_operator's kept graph
+  c_k              the per-sample directional derivatives by one jvp, by a central difference
+                   (with its error against the jvp), and by K separate backward passes
+  hypergrad.*      each estimator's cost beyond the fine-tune and the validation scores,
+                   ``before``: validation gradient in a pass of its own, forward-over-reverse HVPs,
+                   c_k by jvp; ``after``: the defaults, HVPs sharing one graph (hvp_operator), and
+                   of the fused validation pass only its backward part, the forward pass being the
+                   evaluation the iteration does anyway (booked to "eval" by a run)
+  run              short AutoSimulate runs at these sizes (random images as renders) with their
+                   seconds per phase and the overhead: wall - sum of phases, also as a fraction
   peak_rss_mib     the process's peak resident memory
 Image content does not change the cost, so images and masks are random.
 """
@@ -20,19 +31,47 @@ Image content does not change the cost, so images and masks are random.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import resource
 import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
+from autosim_core import hypergrad
+from autosim_core.config import parse_config
 from autosim_core.defaults import core_defaults
-from autosim_core.estimators import HypergradProblem, approx_quadratic, linear, no_val, quadratic
-from autosim_core.hypergrad import Params, default_hvp, directional_derivatives, loss_gradient
+from autosim_core.estimators import (
+    HypergradProblem,
+    approx_quadratic,
+    approx_quadratic_plugin,
+    linear,
+    linear_plugin,
+    no_val,
+    quadratic,
+    quadratic_plugin,
+)
+from autosim_core.hookspecs import hookimpl
+from autosim_core.hypergrad import (
+    CK_METHODS,
+    DEFAULT_HVP_MODE,
+    HVP_MODES,
+    Params,
+    central_difference_step,
+    default_hvp,
+    directional_derivatives,
+    hvp_operator,
+    loss_gradient,
+)
+from autosim_core.plugins import GROUPS, Registry
 from autosim_core.records import Batch, Example
+from autosim_core.run import Run, ValidationPass, validation_pass
+from autosim_core.searchers import AutoSimulate
 from autosim_core.space import Bounded, Categorical, Normal, ParameterSpace
 from torch.func import functional_call, grad
 
@@ -61,6 +100,50 @@ def random_examples(n: int, size: int, classes: int, generator: torch.Generator)
                     mask=torch.randint(0, classes, (size, size), generator=generator)) for _ in range(n)]
 
 
+class RandomImages:
+    """A simulator whose renders are random images and masks: a run at the benchmark's sizes
+    without a renderer's cost, for the run's own overhead."""
+
+    def __init__(self, size: int, classes: int):
+        self.size, self.classes = size, classes
+
+    @hookimpl
+    def parameter_space(self) -> ParameterSpace:
+        return ParameterSpace(light=Normal(mean=1.0, std=0.3, low=0.0), size=Bounded(low=0.2, high=0.8, mean=0.5))
+
+    @hookimpl
+    def render(self, scenes: list[dict[str, Any]]) -> list[Example]:
+        return random_examples(len(scenes), self.size, self.classes,
+                               torch.Generator().manual_seed(int(scenes[0]["seed"])))
+
+
+def short_run(args: argparse.Namespace, estimator: str, settings: UNetSettings) -> dict[str, Any]:
+    """A run of --run-iterations AutoSimulate iterations; the overhead is its wall time minus
+    the sum of its phases (render, train, hypergrad, eval)."""
+    plugins: dict[str, dict[str, Any]] = {k: {} for k in GROUPS}
+    plugins["simulators"]["random"] = RandomImages(args.size, settings.num_classes)
+    plugins["tasks"]["unet"] = UNetTask()
+    plugins["estimators"][estimator] = {"quadratic": quadratic_plugin, "approx-quadratic": approx_quadratic_plugin,
+                                        "linear": linear_plugin}[estimator]
+    plugins["searchers"]["autosimulate"] = AutoSimulate
+    with tempfile.TemporaryDirectory() as tmp:
+        config = parse_config({
+            "seed": 0, "simulator": {"name": "random"},
+            "task": {"name": "unet", "settings": settings.model_dump()},
+            "searcher": {"name": "autosimulate", "settings": {"scenes_per_iteration": args.batch}},
+            "estimator": {"name": estimator,
+                          "settings": {"max_iter": args.cg_iters} if estimator == "quadratic" else {}},
+            "training": {"epochs": args.run_epochs, "batch_size": args.train_batch_size,
+                         "eval_batch_size": args.eval_batch_size},
+            "budget": {"iterations": args.run_iterations},
+            "validation": {"preset": None, "count": args.val, "seed": 1}, "cache_dir": str(Path(tmp) / "cache")})
+        summary = Run(config, Path(tmp) / "run", registry=Registry(plugins=plugins)).execute()
+    phases = sum(summary["seconds_split"].values())
+    return {"seconds": summary["seconds"], "seconds_split": summary["seconds_split"],
+            "overhead_seconds": summary["seconds"] - phases,
+            "overhead_fraction": (summary["seconds"] - phases) / summary["seconds"]}
+
+
 def peak_rss_mib() -> float:
     # ru_maxrss is KiB on Linux and bytes on macOS.
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -80,6 +163,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--freeze", type=int, default=0)
     parser.add_argument("--cg-iters", type=int, default=10, help="max CG iterations of the quadratic estimator")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--backward-loop", action=argparse.BooleanOptionalAction, default=True,
+                        help="also time c_k by K separate backward passes (slow)")
+    parser.add_argument("--run-iterations", type=int, default=2, help="iterations of the short runs (0: none)")
+    parser.add_argument("--run-epochs", type=int, default=8, help="fine-tune epochs per iteration of the short runs")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = parser.parse_args(argv)
     if args.threads:
@@ -114,6 +201,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results["epoch"], _ = timed(epoch, args.repeats)
     results["eval"], _ = timed(evaluate, args.repeats)
 
+    def per_epoch(seconds: dict[str, float]) -> dict[str, float]:
+        return ratio(seconds, results["epoch"])
+
     # The functions the run hands an estimator (autosim_core.run.Run.functional_losses / val_gradient).
     theta: Params = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
     fixed = {n: p.detach() for n, p in model.named_parameters() if not p.requires_grad}
@@ -126,7 +216,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     def mean_loss(th: Params) -> torch.Tensor:
         return per_sample(th).mean()
 
-    def val_gradient() -> Params:
+    def val_gradient_separate() -> Params:
         total = {k: torch.zeros_like(v) for k, v in theta.items()}
         for chunk in val.chunks(args.eval_batch_size):
             f = per_sample_of(chunk)
@@ -135,32 +225,53 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 total[k] += gv[k].detach()
         return total
 
-    space = ParameterSpace(light=Normal(mean=1.0, std=0.3, low=0.0), size=Bounded(low=0.2, high=0.8, mean=0.5),
-                           shape=Categorical(choices=["sphere", "cube", "cylinder"]))
-    psi = space.init_psi()
-    latents = space.sample(psi, args.batch, torch.Generator().manual_seed(1))
-    problem = HypergradProblem(
-        params=theta, train_losses=per_sample, hvp=lambda v: default_hvp(mean_loss, theta, v),
-        val_gradient=val_gradient, log_prob=lambda: space.log_prob(psi, latents), psi=psi)
+    def metrics(outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+        return task.evaluate(outputs=outputs, targets=targets, settings=settings)
+
+    forward_seconds: list[tuple[float, float]] = []
+
+    @contextlib.contextmanager
+    def forward_clock() -> Iterator[None]:
+        start, start_cpu = time.perf_counter(), time.process_time()
+        yield
+        forward_seconds.append((time.perf_counter() - start, time.process_time() - start_cpu))
+
+    def val_pass() -> ValidationPass:
+        forward_seconds.clear()
+        return validation_pass(model, val, losses, metrics, args.eval_batch_size, forward_clock)
 
     model.eval()
-    results["val_gradient"], g_val = timed(val_gradient, args.repeats)
-    estimators: dict[str, Callable[[], Any]] = {
-        "quadratic": lambda: quadratic(problem, damping=0.01, max_iter=args.cg_iters, tol=1e-4),
-        "approx-quadratic": lambda: approx_quadratic(problem),
-        "linear": lambda: linear(problem),
-        "no-val": lambda: no_val(problem),
-    }
-    hyper: dict[str, Any] = {}
-    for name, fn in estimators.items():
-        seconds, estimate = timed(fn, args.repeats)
-        hyper[name] = {"seconds": seconds, "per_epoch": ratio(seconds, results["epoch"]),
-                       "diagnostics": {k: v for k, v in estimate.diagnostics.items()
-                                       if k in ("cg_iterations", "negative_curvature", "cg_residual")}}
-    results["hypergrad"] = hyper
+    results["val_gradient"], g_val = timed(val_gradient_separate, args.repeats)
+    # The split of the fastest fused pass: its forward part is what a run books to "eval", the
+    # rest (the backward passes) to "hypergrad".
+    val_pass()
+    calls = []
+    for _ in range(args.repeats):
+        start, start_cpu = time.perf_counter(), time.process_time()
+        fused = val_pass()
+        total = {"wall": time.perf_counter() - start, "cpu": time.process_time() - start_cpu}
+        calls.append((total, {"wall": sum(w for w, _ in forward_seconds), "cpu": sum(c for _, c in forward_seconds)}))
+    vp_s = {k: min(t[k] for t, _ in calls) for k in ("wall", "cpu")}
+    fwd = {k: min(calls, key=lambda call, k=k: call[0][k])[1][k] for k in ("wall", "cpu")}
+    marginal = {k: vp_s[k] - fwd[k] for k in vp_s}
+    results["val_pass"] = {"seconds": vp_s, "forward": fwd, "backward": marginal, "per_epoch": per_epoch(vp_s),
+                           "backward_per_epoch": per_epoch(marginal),
+                           "forward_over_eval": ratio(fwd, results["eval"]),
+                           "max_gradient_difference": max(float((fused.gradient[k] - g_val[k]).abs().max())
+                                                          for k in theta)}
 
-    def c_by_jvp() -> torch.Tensor:
-        return directional_derivatives(per_sample, theta, g_val)
+    fb_s, _ = timed(lambda: loss_gradient(mean_loss, theta), args.repeats)
+    results["hvp"] = {"forward_backward": fb_s}
+    for mode in HVP_MODES:
+        hvp_s, _ = timed(lambda mode=mode: default_hvp(mean_loss, theta, g_val, mode=mode), args.repeats)
+        results["hvp"][mode] = {"seconds": hvp_s, "per_epoch": per_epoch(hvp_s),
+                                "over_forward_backward": ratio(hvp_s, fb_s)}
+
+    shared = hvp_operator(mean_loss, theta)
+    shared(g_val)
+    shared_s, _ = timed(lambda: shared(g_val), args.repeats)
+    results["hvp"]["shared_graph"] = {"seconds": shared_s, "per_epoch": per_epoch(shared_s),
+                                      "over_forward_backward": ratio(shared_s, fb_s)}
 
     def c_by_backward() -> torch.Tensor:
         out = []
@@ -170,19 +281,67 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             out.append(sum((gk[n] * g_val[n]).sum() for n in theta))
         return torch.stack(out)
 
-    jvp_s, c_jvp = timed(c_by_jvp, args.repeats)
-    loop_s, c_loop = timed(c_by_backward, args.repeats)
-    results["c_k"] = {"jvp": jvp_s, "backward_loop": loop_s, "loop_over_jvp": ratio(loop_s, jvp_s),
-                      "max_abs_difference": float((c_jvp - c_loop).abs().max())}
+    results["c_k"] = {}
+    c_of: dict[str, torch.Tensor] = {}
+    for method in CK_METHODS:
+        ck_s, c_of[method] = timed(lambda method=method: directional_derivatives(per_sample, theta, g_val,
+                                                                                  method=method), args.repeats)
+        results["c_k"][method] = {"seconds": ck_s, "per_epoch": per_epoch(ck_s)}
+    if args.backward_loop:
+        loop_s, c_loop = timed(c_by_backward, 1)
+        results["c_k"]["backward_loop"] = {"seconds": loop_s, "per_epoch": per_epoch(loop_s),
+                                           "max_abs_difference_to_jvp": float((c_of["jvp"] - c_loop).abs().max())}
+    error = (c_of["central-difference"] - c_of["jvp"]).abs()
+    results["c_k"]["central-difference"]["error"] = {
+        "max_abs": float(error.max()), "relative_to_max_abs_c": float(error.max() / c_of["jvp"].abs().max()),
+        "relative_to_std_c": float(error.max() / c_of["jvp"].std()),
+        "step": central_difference_step(theta, g_val)}
 
-    hvp_s, _ = timed(lambda: default_hvp(mean_loss, theta, g_val), args.repeats)
-    fb_s, _ = timed(lambda: loss_gradient(mean_loss, theta), args.repeats)
-    results["hvp"] = {"hvp": hvp_s, "forward_backward": fb_s, "hvp_over_forward_backward": ratio(hvp_s, fb_s)}
-    # CG stops early on negative curvature or a small residual, so the measured quadratic cost
-    # depends on the model's state; this is its cost when all --cg-iters iterations run.
-    worst = {k: results["val_gradient"][k] + args.cg_iters * hvp_s[k] + jvp_s[k] for k in hvp_s}
-    hyper["quadratic"]["worst_case_seconds"] = worst
-    hyper["quadratic"]["worst_case_per_epoch"] = ratio(worst, results["epoch"])
+    space = ParameterSpace(light=Normal(mean=1.0, std=0.3, low=0.0), size=Bounded(low=0.2, high=0.8, mean=0.5),
+                           shape=Categorical(choices=["sphere", "cube", "cylinder"]))
+    psi = space.init_psi()
+    latents = space.sample(psi, args.batch, torch.Generator().manual_seed(1))
+
+    def problem(mode: str, val_gradient: Callable[[], Params], shared_graph: bool) -> HypergradProblem:
+        hvp = hvp_operator(mean_loss, theta, mode=mode) if shared_graph else (
+            lambda v: default_hvp(mean_loss, theta, v, mode=mode))
+        return HypergradProblem(
+            params=theta, train_losses=per_sample, hvp=hvp,
+            val_gradient=val_gradient, log_prob=lambda: space.log_prob(psi, latents), psi=psi)
+
+    estimators: dict[str, Callable[[HypergradProblem], Any]] = {
+        "quadratic": lambda p: quadratic(p, damping=0.01, max_iter=args.cg_iters, tol=1e-4),
+        "approx-quadratic": approx_quadratic,
+        "linear": linear,
+        "no-val": no_val,
+    }
+    hyper: dict[str, Any] = {}
+    default_ck = hypergrad.DEFAULT_CK_METHOD
+    # "before": the validation gradient in a pass of its own, forward-over-reverse HVPs, c_k by
+    # jvp; "after": the fused validation pass and the defaults.
+    configs = {"before": ("forward-over-reverse", "jvp", False), "after": (DEFAULT_HVP_MODE, default_ck, True)}
+    try:
+        for name, fn in estimators.items():
+            hyper[name] = {}
+            for label, (mode, method, fused_pass) in configs.items():
+                hypergrad.DEFAULT_CK_METHOD = method
+                g_fn = (lambda: fused.gradient) if fused_pass else val_gradient_separate
+                seconds, estimate = timed(lambda fn=fn, mode=mode, g_fn=g_fn, fused_pass=fused_pass:
+                                          fn(problem(mode, g_fn, fused_pass)),
+                                          args.repeats)
+                if fused_pass and name != "no-val":
+                    seconds = {k: seconds[k] + marginal[k] for k in seconds}
+                hyper[name][label] = {
+                    "hvp": mode, "c_k": method, "fused_val_pass": fused_pass, "seconds": seconds,
+                    "per_epoch": per_epoch(seconds),
+                    "diagnostics": {k: v for k, v in estimate.diagnostics.items()
+                                    if k in ("cg_iterations", "negative_curvature", "cg_residual")}}
+    finally:
+        hypergrad.DEFAULT_CK_METHOD = default_ck
+    results["hypergrad"] = hyper
+    results["defaults"] = {"hvp": DEFAULT_HVP_MODE, "c_k": default_ck}
+    if args.run_iterations:
+        results["run"] = {name: short_run(args, name, settings) for name in ("linear", "approx-quadratic")}
 
     report = {
         "setup": {"size": args.size, "batch": args.batch, "train_batch_size": args.train_batch_size,
