@@ -202,6 +202,7 @@ def span_cylinder(o: V3, d: V3, x: Tensor, y: Tensor, r: Tensor) -> tuple[Tensor
     return near, far, (disc >= 0) & (near <= far)
 
 
+FAR = 1e30
 PREFILTER_TOL = 1e-2
 """Slack of the matmul form of the bounding test, far above its float error (~1e-4 for
 coordinates of size ~10), so that it never drops a pair the exact shape test would keep."""
@@ -243,32 +244,37 @@ def ray_pairs(o: V3, d: V3, g: Objects, active: Tensor | None = None, own: Tenso
     ob = tuple(v.expand(n_scenes, -1) for v in o)
     shape = (n_scenes, n_rays)
     od = dot(ob, d)  # type: ignore[arg-type]
+    # inactive rays and padding objects get -c = -FAR, which no b^2 outweighs
+    gate = torch.zeros(shape, device=d[0].device) if active is None else torch.where(active, 0.0, -FAR)
     rays_b = torch.stack((d[0], d[1], d[2], od.expand(shape)), -1)
-    rays_c = torch.stack((*(v.expand(shape) for v in ob), dot(ob, ob).expand(shape),
-                          torch.ones(shape, device=d[0].device)), -1)  # type: ignore[arg-type]
+    rays_c = torch.stack((*(v.expand(shape) for v in ob), dot(ob, ob).expand(shape),  # type: ignore[arg-type]
+                          torch.ones(shape, device=d[0].device), gate), -1)
     zero = torch.zeros_like(g.x)
     cen2 = g.x * g.x + g.y * g.y + g.r * g.r
     obj_b = torch.stack((-g.x, -g.y, -g.r, zero + 1.0), 1)
-    obj_c = torch.stack((2.0 * g.x, 2.0 * g.y, 2.0 * g.r, zero - 1.0, g.bound2 - cen2), 1)
+    obj_c = torch.stack((2.0 * g.x, 2.0 * g.y, 2.0 * g.r, zero - 1.0,
+                         torch.where(g.ok, g.bound2 - cen2, -FAR), zero + 1.0), 1)
     b = torch.bmm(rays_b, obj_b)
     neg_c = torch.bmm(rays_c, obj_c)
-    # the line passes within the bounding sphere, which is not wholly behind the origin
-    cand = ((b * b + neg_c) > -PREFILTER_TOL) & ((b < PREFILTER_TOL) | (neg_c > -PREFILTER_TOL))
-    cand &= g.ok.unsqueeze(1)
-    if active is not None:
-        cand &= active.unsqueeze(-1)
+    # the line passes within the bounding sphere (whether the sphere lies behind the origin
+    # is left to the exact test, which is cheaper on the few survivors)
+    bi, pi, oi = (b.mul_(b).add_(neg_c) > -PREFILTER_TOL).nonzero(as_tuple=True)
+    ray = bi * n_rays + pi
     if own is not None:
-        cand &= own.unsqueeze(-1) != torch.arange(n_obj, device=own.device)
+        keep = (own.reshape(-1).index_select(0, ray) != oi).nonzero().squeeze(1)
+        bi, pi, oi, ray = bi[keep], pi[keep], oi[keep], ray[keep]
     out = []
     for kind, first, end in g.blocks:
-        bi, pi, oi = cand[..., first:end].nonzero(as_tuple=True)
-        if bi.numel() == 0:
+        if len(g.blocks) > 1:
+            sel = ((oi >= first) & (oi < end)).nonzero().squeeze(1)
+            bk, rk, ck = bi.index_select(0, sel), ray.index_select(0, sel), oi.index_select(0, sel)
+        else:
+            bk, rk, ck = bi, ray, oi
+        if rk.numel() == 0:
             continue
-        ray = bi * n_rays + pi
-        column = oi + first
-        obj = bi * n_obj + column
-        ro = tuple(_flat(v, bi, ray) for v in ob)
-        rd = tuple(_flat(v, bi, ray) for v in d)
+        obj = bk * n_obj + ck
+        ro = tuple(_flat(v, bk, rk) for v in ob)
+        rd = tuple(_flat(v, bk, rk) for v in d)
         x, y, r = (t.reshape(-1).index_select(0, obj) for t in (g.x, g.y, g.r))
         if kind == CLASS_ID["sphere"]:
             near, far, hit = span_sphere(ro, rd, x, y, r)  # type: ignore[arg-type]
@@ -277,7 +283,7 @@ def ray_pairs(o: V3, d: V3, g: Objects, active: Tensor | None = None, own: Tenso
             near, far, hit = span_cube(ro, rd, x, y, r, c, s)  # type: ignore[arg-type]
         else:
             near, far, hit = span_cylinder(ro, rd, x, y, r)  # type: ignore[arg-type]
-        out.append(Pairs(ray, column, near, far, hit))
+        out.append(Pairs(rk, ck, near, far, hit))
     return out
 
 
@@ -463,18 +469,32 @@ def _direct_all(bt: _Batch, p: V3, n: V3) -> Tensor:
 
 
 def _reflection(bt: _Batch, surf: Surface, d: V3, rnd: Tensor, sel: Tensor) -> V3:
-    """Radiance seen in the mirror direction, (B, P) each; only the ``sel`` pixels are traced."""
-    n = surf.normal
-    p = tuple(c + OFFSET * n[i] for i, c in enumerate(surf.point))
-    dn = dot(d, n)
-    g1, g2, g3 = (rnd[..., i] - 0.5 for i in (6, 7, 8))
-    rd = unit((d[0] - 2 * dn * n[0] + GLOSS * g1, d[1] - 2 * dn * n[1] + GLOSS * g2,
-               d[2] - 2 * dn * n[2] + GLOSS * g3))
-    t, idx, what = closest(p, rd, bt.objects, active=sel)  # type: ignore[arg-type]
+    """Radiance seen in the mirror direction of the ``sel`` pixels, (B, P) each (other pixels
+    hold garbage). The selected pixels are packed to the front of each row, so that the
+    rays keep the (scene, ray) layout at the width of the busiest scene."""
+    width = int(sel.sum(1).max())
+    cols = torch.sort(sel.to(torch.uint8), dim=1, descending=True, stable=True).indices[:, :width]
+    live = torch.gather(sel, 1, cols)
+
+    def take(v: Tensor) -> Tensor:
+        return torch.gather(v, 1, cols)
+
+    n = tuple(take(c) for c in surf.normal)
+    dd = tuple(take(c) for c in d)
+    p = tuple(take(c) + OFFSET * n[i] for i, c in enumerate(surf.point))
+    dn = dot(dd, n)  # type: ignore[arg-type]
+    g1, g2, g3 = (take(rnd[..., i]) - 0.5 for i in (6, 7, 8))
+    rd = unit((dd[0] - 2 * dn * n[0] + GLOSS * g1, dd[1] - 2 * dn * n[1] + GLOSS * g2,
+               dd[2] - 2 * dn * n[2] + GLOSS * g3))
+    t, idx, what = closest(p, rd, bt.objects, active=live)  # type: ignore[arg-type]
     hit = surface(p, rd, t, idx, what, bt.objects, _grid_pick)  # type: ignore[arg-type]
     irr = _direct_all(bt, hit.point, hit.normal) + bt.ambient + bt.bounce
     sky = what == 0
-    return tuple(torch.where(sky, bt.ambient * SKY[i], hit.albedo[i] * irr) for i in range(3))  # type: ignore[return-value]
+    out = []
+    for i in range(3):
+        packed = torch.where(sky, bt.ambient * SKY[i], hit.albedo[i] * irr)
+        out.append(torch.zeros_like(d[0]).scatter(1, cols, packed))
+    return tuple(out)  # type: ignore[return-value]
 
 
 def _sample(bt: _Batch, cols: Tensor, rows: Tensor, rnd: Tensor) -> V3:
