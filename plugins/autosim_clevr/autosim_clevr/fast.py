@@ -246,19 +246,21 @@ def ray_pairs(o: V3, d: V3, g: Objects, active: Tensor | None = None, own: Tenso
     od = dot(ob, d)  # type: ignore[arg-type]
     # inactive rays and padding objects get -c = -FAR, which no b^2 outweighs
     gate = torch.zeros(shape, device=d[0].device) if active is None else torch.where(active, 0.0, -FAR)
-    rays_b = torch.stack((d[0], d[1], d[2], od.expand(shape)), -1)
+    # objects x rays products, with the rays as the long contiguous axis: several times
+    # faster than rays x objects for a matmul whose inner dimension is 4 to 6
+    rays_b = torch.stack((d[0], d[1], d[2], od.expand(shape)), 1)
     rays_c = torch.stack((*(v.expand(shape) for v in ob), dot(ob, ob).expand(shape),  # type: ignore[arg-type]
-                          torch.ones(shape, device=d[0].device), gate), -1)
+                          torch.ones(shape, device=d[0].device), gate), 1)
     zero = torch.zeros_like(g.x)
     cen2 = g.x * g.x + g.y * g.y + g.r * g.r
-    obj_b = torch.stack((-g.x, -g.y, -g.r, zero + 1.0), 1)
+    obj_b = torch.stack((-g.x, -g.y, -g.r, zero + 1.0), 2)
     obj_c = torch.stack((2.0 * g.x, 2.0 * g.y, 2.0 * g.r, zero - 1.0,
-                         torch.where(g.ok, g.bound2 - cen2, -FAR), zero + 1.0), 1)
-    b = torch.bmm(rays_b, obj_b)
-    neg_c = torch.bmm(rays_c, obj_c)
+                         torch.where(g.ok, g.bound2 - cen2, -FAR), zero + 1.0), 2)
+    b = torch.bmm(obj_b, rays_b)
+    neg_c = torch.bmm(obj_c, rays_c)
     # the line passes within the bounding sphere (whether the sphere lies behind the origin
     # is left to the exact test, which is cheaper on the few survivors)
-    bi, pi, oi = (b.mul_(b).add_(neg_c) > -PREFILTER_TOL).nonzero(as_tuple=True)
+    bi, oi, pi = (b.mul_(b).add_(neg_c) > -PREFILTER_TOL).nonzero(as_tuple=True)
     ray = bi * n_rays + pi
     if own is not None:
         keep = (own.reshape(-1).index_select(0, ray) != oi).nonzero().squeeze(1)
