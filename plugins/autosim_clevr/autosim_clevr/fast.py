@@ -33,7 +33,7 @@ from dataclasses import dataclass, fields
 import torch
 
 from .geometry import camera_basis, tan_half_fov
-from .scene import CLASS_ID, COLOURS, MATERIALS, SHAPES, SIZES, Scene3D
+from .scene import CLASS_ID, COLOURS, MATERIALS, SHAPES, SIZES, Scene3D, SceneObject
 
 Tensor = torch.Tensor
 V3 = tuple[Tensor, Tensor, Tensor]
@@ -101,7 +101,9 @@ def last(v: V3) -> V3:
 # ------------------------------------------------------------------------------ objects ---
 @dataclass
 class Objects:
-    """The batch's objects as (B, N) tables, N the largest object count of the batch."""
+    """The batch's objects as (B, N) tables. Columns are grouped by shape (spheres, cubes,
+    cylinders), each group padded to the largest count of that shape in the batch, so that
+    the exact test of a shape runs on one contiguous block of columns."""
 
     kind: Tensor
     x: Tensor
@@ -115,9 +117,12 @@ class Objects:
     blue: Tensor
     metal: Tensor
     ok: Tensor
+    blocks: tuple[tuple[int, int, int], ...] = ()
+    """(class id, first column, end column) of each shape's group."""
 
     def map(self, fn: Callable[[Tensor], Tensor]) -> Objects:
-        return Objects(**{f.name: fn(getattr(self, f.name)) for f in fields(self)})
+        return Objects(**{f.name: fn(getattr(self, f.name)) for f in fields(self) if f.name != "blocks"},
+                       blocks=self.blocks)
 
     @property
     def count(self) -> int:
@@ -125,23 +130,35 @@ class Objects:
 
 
 def pack_objects(scenes: list[Scene3D], device: torch.device) -> Objects:
-    most = max((len(sc.objects) for sc in scenes), default=0)
+    groups = [[[o for o in sc.objects if o.shape == shape] for sc in scenes] for shape in SHAPES]
+    widths = [max((len(g) for g in group), default=0) for group in groups]
+    slots: list[list[SceneObject | None]] = [
+        [o for group, w in zip(groups, widths, strict=True) for o in group[i] + [None] * (w - len(group[i]))]
+        for i in range(len(scenes))
+    ]
+    kinds = [CLASS_ID[shape] for shape, w in zip(SHAPES, widths, strict=True) for _ in range(w)]
+    most = len(kinds)
+    blocks, start = [], 0
+    for shape, w in zip(SHAPES, widths, strict=True):
+        if w:
+            blocks.append((CLASS_ID[shape], start, start + w))
+        start += w
 
-    def table(values: Callable[..., float], pad: float) -> Tensor:
-        rows = [[values(o) for o in sc.objects] + [pad] * (most - len(sc.objects)) for sc in scenes]
+    def table(values: Callable[[SceneObject], float], pad: float) -> Tensor:
+        rows = [[pad if o is None else values(o) for o in row] for row in slots]
         return torch.tensor(rows, dtype=torch.float32, device=device).reshape(len(scenes), most)
 
-    def rad(o: object) -> float:
-        return math.radians(o.rotation)  # type: ignore[attr-defined]
+    def rad(o: SceneObject) -> float:
+        return math.radians(o.rotation)
 
     return Objects(
-        kind=table(lambda o: CLASS_ID[o.shape], 0).long(), x=table(lambda o: o.x, 0.0),
-        y=table(lambda o: o.y, 0.0), r=table(lambda o: o.radius, 1.0),
+        kind=torch.tensor(kinds, dtype=torch.long, device=device).expand(len(scenes), most).contiguous(),
+        x=table(lambda o: o.x, 0.0), y=table(lambda o: o.y, 0.0), r=table(lambda o: o.radius, 1.0),
         bound2=table(lambda o: BOUND2[o.shape] * o.radius**2, 1.0),
         cos=table(lambda o: math.cos(rad(o)), 1.0), sin=table(lambda o: math.sin(rad(o)), 0.0),
         red=table(lambda o: srgb_to_linear(o.rgb[0]), 0.0), green=table(lambda o: srgb_to_linear(o.rgb[1]), 0.0),
         blue=table(lambda o: srgb_to_linear(o.rgb[2]), 0.0), metal=table(lambda o: float(o.material == "metal"), 0.0),
-        ok=table(lambda o: 1.0, 0.0) > 0,
+        ok=table(lambda o: 1.0, 0.0) > 0, blocks=tuple(blocks),
     )
 
 
@@ -185,90 +202,111 @@ def span_cylinder(o: V3, d: V3, x: Tensor, y: Tensor, r: Tensor) -> tuple[Tensor
     return near, far, (disc >= 0) & (near <= far)
 
 
-def _bound_test(o: V3, d: V3, x: Tensor, y: Tensor, r: Tensor, bound2: Tensor) -> Tensor:
-    """Whether unit rays can meet the bounding spheres (broadcasting): the line passes
-    within the sphere and the sphere is not wholly behind the origin."""
-    px, py, pz = o[0] - x, o[1] - y, o[2] - r
-    b = px * d[0] + py * d[1] + pz * d[2]
-    c = px * px + py * py + pz * pz - bound2
-    return (b * b > c) & ((b < 0) | (c < 0))
-
-
+FAR = 1e30
 PREFILTER_TOL = 1e-2
 """Slack of the matmul form of the bounding test, far above its float error (~1e-4 for
-coordinates of size ~10), so that it never drops a pair the exact form keeps."""
+coordinates of size ~10), so that it never drops a pair the exact shape test would keep."""
 
 
-def _candidates(o: V3, d: V3, g: Objects) -> tuple[Tensor, Tensor, Tensor]:
-    """(scene, ray, object) of the pairs whose ray meets the object's bounding sphere.
+@dataclass
+class Pairs:
+    """Ray-object pairs of one shape whose ray meets the object's bounding sphere."""
 
-    Written out per pair, the test costs ~20 elementwise passes over a (rays x objects)
-    tensor, which dominates the render. Instead b = o.d - C.d and -c = 2 o.C - |o|^2 -
-    |C|^2 + R^2 come from two small matmuls, leaving two passes over the dense tensor; the
-    few survivors then take the per-pair form, so the pairs kept are exactly its pairs.
+    ray: Tensor
+    """Flat ray index, scene * P + ray."""
+    column: Tensor
+    """Object column in the (B, N) tables."""
+    near: Tensor
+    far: Tensor
+    hit: Tensor
+
+
+def _flat(v: Tensor, rows: Tensor, ray: Tensor) -> Tensor:
+    """Per-ray values of a (B, P) or (B, 1) tensor at pairs (1-D gathers are far cheaper than
+    2-D advanced indexing)."""
+    return v.reshape(-1).index_select(0, rows if v.shape[1] == 1 else ray)
+
+
+def ray_pairs(o: V3, d: V3, g: Objects, active: Tensor | None = None, own: Tensor | None = None) -> list[Pairs]:
+    """Exact spans of the pairs of unit rays (B, P) and objects that survive the bounding test,
+    one entry per shape.
+
+    The bounding test written out per pair costs ~20 elementwise passes over a (rays x
+    objects) tensor; instead b = o.d - C.d and -c = 2 o.C - |o|^2 - |C|^2 + R^2 come from two
+    small matmuls, leaving two passes over the dense tensor. Rays outside ``active`` are
+    skipped, and so is each ray's ``own`` object (the convex object it leaves, which a ray
+    into the outer half-space of its surface cannot meet again).
     """
-    shape = torch.broadcast_shapes(o[0].shape, d[0].shape)
-    ob = tuple(v.expand(shape[0], -1) for v in o)
+    n_scenes, n_rays = d[0].shape
+    n_obj = g.count
+    if n_obj == 0:
+        return []
+    ob = tuple(v.expand(n_scenes, -1) for v in o)
+    shape = (n_scenes, n_rays)
     od = dot(ob, d)  # type: ignore[arg-type]
-    one = torch.ones_like(ob[0])
-    rays_b = torch.stack((d[0].expand(shape), d[1].expand(shape), d[2].expand(shape), od.expand(shape)), -1)
-    rays_c = torch.stack((*ob, dot(ob, ob), one), -1)  # type: ignore[arg-type]
+    # inactive rays and padding objects get -c = -FAR, which no b^2 outweighs
+    gate = torch.zeros(shape, device=d[0].device) if active is None else torch.where(active, 0.0, -FAR)
+    # objects x rays products, with the rays as the long contiguous axis: several times
+    # faster than rays x objects for a matmul whose inner dimension is 4 to 6
+    rays_b = torch.stack((d[0], d[1], d[2], od.expand(shape)), 1)
+    rays_c = torch.stack((*(v.expand(shape) for v in ob), dot(ob, ob).expand(shape),  # type: ignore[arg-type]
+                          torch.ones(shape, device=d[0].device), gate), 1)
     zero = torch.zeros_like(g.x)
     cen2 = g.x * g.x + g.y * g.y + g.r * g.r
-    obj_b = torch.stack((-g.x, -g.y, -g.r, zero + 1.0), 1)
-    obj_c = torch.stack((2.0 * g.x, 2.0 * g.y, 2.0 * g.r, zero - 1.0, g.bound2 - cen2), 1)
-    b = torch.bmm(rays_b, obj_b)
-    neg_c = torch.bmm(rays_c, obj_c)
-    bi, pi, oi = (b.mul_(b).add_(neg_c) > -PREFILTER_TOL).nonzero(as_tuple=True)
-    keep = _bound_test(tuple(v[bi, 0 if v.shape[1] == 1 else pi] for v in o),  # type: ignore[arg-type]
-                       tuple(v[bi, pi] for v in d),  # type: ignore[arg-type]
-                       g.x[bi, oi], g.y[bi, oi], g.r[bi, oi], g.bound2[bi, oi]) & g.ok[bi, oi]
-    return bi[keep], pi[keep], oi[keep]
+    obj_b = torch.stack((-g.x, -g.y, -g.r, zero + 1.0), 2)
+    obj_c = torch.stack((2.0 * g.x, 2.0 * g.y, 2.0 * g.r, zero - 1.0,
+                         torch.where(g.ok, g.bound2 - cen2, -FAR), zero + 1.0), 2)
+    b = torch.bmm(obj_b, rays_b)
+    neg_c = torch.bmm(obj_c, rays_c)
+    # the line passes within the bounding sphere (whether the sphere lies behind the origin
+    # is left to the exact test, which is cheaper on the few survivors)
+    bi, oi, pi = (b.mul_(b).add_(neg_c) > -PREFILTER_TOL).nonzero(as_tuple=True)
+    ray = bi * n_rays + pi
+    if own is not None:
+        keep = (own.reshape(-1).index_select(0, ray) != oi).nonzero().squeeze(1)
+        bi, pi, oi, ray = bi[keep], pi[keep], oi[keep], ray[keep]
+    out = []
+    for kind, first, end in g.blocks:
+        if len(g.blocks) > 1:
+            sel = ((oi >= first) & (oi < end)).nonzero().squeeze(1)
+            bk, rk, ck = bi.index_select(0, sel), ray.index_select(0, sel), oi.index_select(0, sel)
+        else:
+            bk, rk, ck = bi, ray, oi
+        if rk.numel() == 0:
+            continue
+        obj = bk * n_obj + ck
+        ro = tuple(_flat(v, bk, rk) for v in ob)
+        rd = tuple(_flat(v, bk, rk) for v in d)
+        x, y, r = (t.reshape(-1).index_select(0, obj) for t in (g.x, g.y, g.r))
+        if kind == CLASS_ID["sphere"]:
+            near, far, hit = span_sphere(ro, rd, x, y, r)  # type: ignore[arg-type]
+        elif kind == CLASS_ID["cube"]:
+            c, s = (t.reshape(-1).index_select(0, obj) for t in (g.cos, g.sin))
+            near, far, hit = span_cube(ro, rd, x, y, r, c, s)  # type: ignore[arg-type]
+        else:
+            near, far, hit = span_cylinder(ro, rd, x, y, r)  # type: ignore[arg-type]
+        out.append(Pairs(rk, ck, near, far, hit))
+    return out
 
 
-def _pairs(o: V3, d: V3, g: Objects) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Ray-object pairs that hit: (scene, ray, object, t_enter, t_exit, hit) per candidate pair.
-
-    Rays (B, P) are first tested against every object's bounding sphere, a cheap test that
-    rejects almost all pairs; only the surviving pairs get the exact test of their shape.
-    """
-    if d[0].shape[1] >= 16:
-        bi, pi, oi = _candidates(o, d, g)
-    else:
-        ol, dl = last(o), last(d)
-        cand = _bound_test(ol, dl, g.x.unsqueeze(1), g.y.unsqueeze(1), g.r.unsqueeze(1), g.bound2.unsqueeze(1))
-        bi, pi, oi = (cand & g.ok.unsqueeze(1)).nonzero(as_tuple=True)
-    ro = tuple(v.expand_as(d[0])[bi, pi] for v in o)
-    rd = tuple(v[bi, pi] for v in d)
-    kind, x, y, r = g.kind[bi, oi], g.x[bi, oi], g.y[bi, oi], g.r[bi, oi]
-    near, far, hit = span_sphere(ro, rd, x, y, r)  # type: ignore[arg-type]
-    for k in (CLASS_ID["cube"], CLASS_ID["cylinder"]):
-        sel = (kind == k).nonzero(as_tuple=True)[0]
-        if sel.numel():
-            args = (tuple(v[sel] for v in ro), tuple(v[sel] for v in rd), x[sel], y[sel], r[sel])
-            if k == CLASS_ID["cube"]:
-                n2, f2, h2 = span_cube(*args, g.cos[bi[sel], oi[sel]], g.sin[bi[sel], oi[sel]])  # type: ignore[arg-type]
-            else:
-                n2, f2, h2 = span_cylinder(*args)  # type: ignore[arg-type]
-            near, far, hit = near.index_put((sel,), n2), far.index_put((sel,), f2), hit.index_put((sel,), h2)
-    return bi, pi, oi, near, far, hit
-
-
-def closest(o: V3, d: V3, g: Objects) -> tuple[Tensor, Tensor, Tensor]:
-    """Nearest hit along unit rays (B, P): (t, object index, what) with what 0 sky, 1 ground, 2 object."""
+def closest(o: V3, d: V3, g: Objects, active: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """Nearest hit along unit rays (B, P): (t, object column, what) with what 0 sky, 1 ground,
+    2 object. Rays outside ``active`` see no objects."""
     shape = d[0].shape
     dz = d[2]
     t_ground = torch.where(dz < 0, -o[2] / dz.clamp_max(-1e-12), INF)
     t_obj = torch.full((shape.numel(),), INF, device=dz.device)
     idx = torch.zeros(shape.numel(), dtype=torch.long, device=dz.device)
-    if g.count:
-        bi, pi, oi, near, far, hit = _pairs(o, d, g)
-        t = torch.where(near > T_EPS, near, far)
+    found = ray_pairs(o, d, g, active)
+    if found:
+        ray = torch.cat([p.ray for p in found])
+        column = torch.cat([p.column for p in found])
+        t = torch.cat([torch.where(p.near > T_EPS, p.near, p.far) for p in found])
+        hit = torch.cat([p.hit for p in found])
         t = torch.where(hit & (t > T_EPS), t, INF)
-        ray = bi * shape[1] + pi
         t_obj = t_obj.scatter_reduce(0, ray, t, reduce="amin")
-        win = (t < INF) & (t == t_obj[ray])
-        idx = idx.index_put((ray[win],), oi[win])
+        win = (t < INF) & (t == t_obj.index_select(0, ray))
+        idx = idx.index_put((ray[win],), column[win])
     t_obj, idx = t_obj.view(shape), idx.view(shape)
     is_obj = t_obj < t_ground
     t = torch.where(is_obj, t_obj, t_ground)
@@ -276,15 +314,16 @@ def closest(o: V3, d: V3, g: Objects) -> tuple[Tensor, Tensor, Tensor]:
     return t, idx, what
 
 
-def occluded(o: V3, d: V3, g: Objects, t_max: Tensor | float) -> Tensor:
-    """Whether any object blocks each ray (B, P) before ``t_max`` (shadow and occlusion rays)."""
-    blocked = torch.zeros_like(d[0], dtype=torch.bool)
-    if g.count == 0:
-        return blocked
-    bi, pi, _, near, far, hit = _pairs(o, d, g)
-    tm = t_max[bi, pi] if isinstance(t_max, Tensor) else t_max
-    hit = hit & (far > T_EPS) & (near < tm)
-    return blocked.index_put((bi[hit], pi[hit]), torch.ones((), dtype=torch.bool, device=blocked.device))
+def occluded(o: V3, d: V3, g: Objects, t_max: Tensor | float, active: Tensor | None = None,
+             own: Tensor | None = None) -> Tensor:
+    """Whether any object blocks each ray (B, P) before ``t_max`` (shadow and occlusion rays);
+    see ``ray_pairs`` for ``active`` and ``own``."""
+    blocked = torch.zeros(d[0].shape.numel(), dtype=torch.bool, device=d[0].device)
+    for p in ray_pairs(o, d, g, active, own):
+        hit = p.hit & (p.far > T_EPS)
+        hit &= p.near < (t_max.reshape(-1).index_select(0, p.ray) if isinstance(t_max, Tensor) else t_max)
+        blocked[p.ray[hit]] = True
+    return blocked.view(d[0].shape)
 
 
 @dataclass
@@ -420,41 +459,44 @@ def _grid_pick(table: Tensor, idx: Tensor) -> Tensor:
     return torch.gather(table, 1, idx) if table.shape[1] else torch.zeros(idx.shape, device=idx.device)
 
 
-def _direct_all(bt: _Batch, sidx: Tensor, p: V3, n: V3) -> Tensor:
-    """Unshadowed irradiance from all lights (for what a mirror sees)."""
+def _direct_all(bt: _Batch, p: V3, n: V3) -> Tensor:
+    """Unshadowed irradiance from all lights (for what a mirror sees), (B, P)."""
     total = torch.zeros_like(p[0])
     for li in range(bt.power.shape[1]):
-        lp = tuple(bt.lights[i][sidx, li] for i in range(3))
-        v = (lp[0] - p[0], lp[1] - p[1], lp[2] - p[2])
-        d2 = dot(v, v).clamp_min(1e-6)
-        cos = (dot(n, v) * torch.rsqrt(d2)).clamp_min(0.0)
-        total = total + bt.power[sidx, li] * bt.dist2[sidx, li] / d2 * cos
+        v = tuple(bt.lights[i][:, li:li + 1] - p[i] for i in range(3))
+        d2 = dot(v, v).clamp_min(1e-6)  # type: ignore[arg-type]
+        cos = (dot(n, v) * torch.rsqrt(d2)).clamp_min(0.0)  # type: ignore[arg-type]
+        total = total + bt.power[:, li:li + 1] * bt.dist2[:, li:li + 1] / d2 * cos
     return total
 
 
 def _reflection(bt: _Batch, surf: Surface, d: V3, rnd: Tensor, sel: Tensor) -> V3:
-    """Radiance seen in the mirror direction of the selected metal pixels, (M,) each."""
-    sidx, pidx = sel.nonzero(as_tuple=True)
-    n = tuple(c[sidx, pidx] for c in surf.normal)
-    dd = tuple(c[sidx, pidx] for c in d)
-    p = tuple(c[sidx, pidx] + OFFSET * n[i] for i, c in enumerate(surf.point))
-    dn = dot(dd, n)
-    g1, g2, g3 = (rnd[sidx, pidx, i] - 0.5 for i in (6, 7, 8))
+    """Radiance seen in the mirror direction of the ``sel`` pixels, (B, P) each (other pixels
+    hold garbage). The selected pixels are packed to the front of each row, so that the
+    rays keep the (scene, ray) layout at the width of the busiest scene."""
+    width = int(sel.sum(1).max())
+    cols = torch.sort(sel.to(torch.uint8), dim=1, descending=True, stable=True).indices[:, :width]
+    live = torch.gather(sel, 1, cols)
+
+    def take(v: Tensor) -> Tensor:
+        return torch.gather(v, 1, cols)
+
+    n = tuple(take(c) for c in surf.normal)
+    dd = tuple(take(c) for c in d)
+    p = tuple(take(c) + OFFSET * n[i] for i, c in enumerate(surf.point))
+    dn = dot(dd, n)  # type: ignore[arg-type]
+    g1, g2, g3 = (take(rnd[..., i]) - 0.5 for i in (6, 7, 8))
     rd = unit((dd[0] - 2 * dn * n[0] + GLOSS * g1, dd[1] - 2 * dn * n[1] + GLOSS * g2,
                dd[2] - 2 * dn * n[2] + GLOSS * g3))
-    g = bt.objects.map(lambda x: x[sidx])
-    column = (p[0].unsqueeze(1), p[1].unsqueeze(1), p[2].unsqueeze(1))
-    t, idx, what = (v.squeeze(1) for v in closest(column, (rd[0].unsqueeze(1), rd[1].unsqueeze(1),
-                                                           rd[2].unsqueeze(1)), g))
-
-    def pick(table: Tensor, i: Tensor) -> Tensor:
-        return table[sidx, i] if table.shape[1] else torch.zeros(i.shape, device=i.device)
-
-    hit = surface(p, rd, t, idx, what, bt.objects, pick)
-    amb = bt.ambient[sidx, 0]
-    irr = _direct_all(bt, sidx, hit.point, hit.normal) + amb + bt.bounce[sidx, 0]
+    t, idx, what = closest(p, rd, bt.objects, active=live)  # type: ignore[arg-type]
+    hit = surface(p, rd, t, idx, what, bt.objects, _grid_pick)  # type: ignore[arg-type]
+    irr = _direct_all(bt, hit.point, hit.normal) + bt.ambient + bt.bounce
     sky = what == 0
-    return tuple(torch.where(sky, amb * SKY[i], hit.albedo[i] * irr) for i in range(3))  # type: ignore[return-value]
+    out = []
+    for i in range(3):
+        packed = torch.where(sky, bt.ambient * SKY[i], hit.albedo[i] * irr)
+        out.append(torch.zeros_like(d[0]).scatter(1, cols, packed))
+    return tuple(out)  # type: ignore[return-value]
 
 
 def _sample(bt: _Batch, cols: Tensor, rows: Tensor, rnd: Tensor) -> V3:
@@ -477,7 +519,8 @@ def _sample(bt: _Batch, cols: Tensor, rows: Tensor, rnd: Tensor) -> V3:
     ldir = (v[0] / dist, v[1] / dist, v[2] / dist)
     cos_l = dot(n, ldir)
     lit = (cos_l > 0) & (what > 0)
-    visible = lit & ~occluded(start, ldir, bt.objects, dist)
+    own = torch.where(what == 2, idx, -1)
+    visible = lit & ~occluded(start, ldir, bt.objects, dist, active=lit, own=own)
     strength = torch.gather(bt.power, 1, li) * torch.gather(bt.dist2, 1, li) / (dist * dist) / prob.clamp_min(1e-12)
     strength = torch.where(visible, strength, 0.0)
     direct = strength * cos_l.clamp_min(0.0)
@@ -488,7 +531,8 @@ def _sample(bt: _Batch, cols: Tensor, rows: Tensor, rnd: Tensor) -> V3:
     t1, t2 = tangent_frame(n)
     lx, ly, lz = sr * r2.cos(), sr * r2.sin(), (1.0 - r1).clamp_min(0.0).sqrt()
     adir = tuple(t1[i] * lx + t2[i] * ly + n[i] * lz for i in range(3))
-    open_sky = (adir[2] > 0) & ~occluded(start, adir, bt.objects, INF)  # type: ignore[arg-type]
+    up = (adir[2] > 0) & (what > 0)
+    open_sky = up & ~occluded(start, adir, bt.objects, INF, active=up, own=own)  # type: ignore[arg-type]
     irr = direct + torch.where(open_sky, bt.ambient, 0.0) + bt.bounce
 
     # metal: dim diffuse, a highlight from the chosen light, and a mirror term
@@ -499,8 +543,7 @@ def _sample(bt: _Batch, cols: Tensor, rows: Tensor, rnd: Tensor) -> V3:
     mirror: list[Tensor] = [bt.ambient * SKY[i] * torch.ones_like(metal) for i in range(3)]
     if bool(mirror_sel.any()):
         refl = _reflection(bt, surf, d, rnd, mirror_sel)
-        for i in range(3):
-            mirror[i] = mirror[i].index_put(mirror_sel.nonzero(as_tuple=True), refl[i])
+        mirror = [torch.where(mirror_sel, refl[i], mirror[i]) for i in range(3)]
     sky = what == 0
     out = []
     for i in range(3):
