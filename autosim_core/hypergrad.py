@@ -156,21 +156,29 @@ def baselines(values: torch.Tensor, kind: Baseline, weights: torch.Tensor | None
 
 def score_jacobian(log_prob: torch.Tensor, psi: Mapping[str, torch.Tensor]) -> Params:
     """grad_psi log q_psi(s_k) for every sample: {key: tensor of shape (K, *psi[key].shape)}
-    for the coordinates that require grad."""
+    for the coordinates that require grad.
+
+    Column by column, so the cost grows with the (few) coordinates of psi, not with K: the
+    vector-Jacobian product J^T u is linear in u, and differentiating it in u gives a column.
+    """
     keys = [k for k, v in psi.items() if v.requires_grad]
     n = log_prob.shape[0]
-    inputs = [psi[k] for k in keys]
-    try:
-        eye = torch.eye(n, dtype=log_prob.dtype)
-        rows = torch.autograd.grad(log_prob, inputs, grad_outputs=eye, is_grads_batched=True,
-                                   allow_unused=True, retain_graph=True)
-    except RuntimeError:
-        # a log_prob whose backward vmap cannot batch: one backward pass per sample
-        per = [torch.autograd.grad(log_prob[i], inputs, allow_unused=True, retain_graph=True) for i in range(n)]
-        rows = tuple(torch.stack([p[j] if p[j] is not None else torch.zeros_like(inputs[j]) for p in per])
-                     for j in range(len(inputs)))
-    return {k: (r if r is not None else torch.zeros((n, *psi[k].shape), dtype=psi[k].dtype)).detach()
-            for k, r in zip(keys, rows, strict=True)}
+    u = torch.zeros(n, dtype=log_prob.dtype, requires_grad=True)
+    vjps = torch.autograd.grad(log_prob, [psi[k] for k in keys], grad_outputs=u, create_graph=True,
+                               retain_graph=True, allow_unused=True)
+    out: Params = {}
+    for k, vjp in zip(keys, vjps, strict=True):
+        shape = psi[k].shape
+        if vjp is None or not vjp.requires_grad:
+            out[k] = torch.zeros((n, *shape), dtype=psi[k].dtype)
+            continue
+        flat = vjp.reshape(-1)
+        cols = []
+        for i in range(flat.numel()):
+            (col,) = torch.autograd.grad(flat[i], u, retain_graph=True, allow_unused=True)
+            cols.append(col if col is not None else torch.zeros(n, dtype=log_prob.dtype))
+        out[k] = torch.stack(cols, dim=1).reshape(n, *shape).detach().to(psi[k].dtype)
+    return out
 
 
 @dataclass

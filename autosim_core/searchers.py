@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .estimators import Hypergrad, HypergradProblem
-from .hypergrad import Params, importance_weights
+from .hypergrad import Baseline, Params, importance_weights
 from .plugins import has_impl
 from .records import Batch, SceneBatch
 from .run import Run
@@ -27,8 +27,9 @@ class AutoSimulateSettings(BaseModel):
     lr: float = Field(0.05, gt=0, description="step size of the psi optimiser")
     max_grad_norm: float | None = Field(None, gt=0, description="clip the hypergradient's norm")
     # -- variance of the hypergradient --------------------------------------------------------
-    baseline: Literal["mean", "loo", "none"] = Field(
-        "mean", description="score-function baseline: batch mean, leave-one-out mean, or none")
+    baseline: Literal["auto", "mean", "loo", "none"] = Field(
+        "auto", description="score-function baseline: batch mean, leave-one-out mean, or none; "
+                            "auto = loo with iid sampling, none with sobol")
     sampling: Literal["iid", "sobol"] = Field(
         "iid", description="scene latents drawn independently or from a scrambled Sobol sequence")
     reuse_iterations: int = Field(
@@ -45,6 +46,18 @@ class AutoSimulateSettings(BaseModel):
         0.0, ge=0, lt=1, description="categorical / Bernoulli entropy >= this fraction of its maximum")
     min_std_ratio: float = Field(
         0.0, ge=0, le=1, description="Gaussian-latent std >= this fraction of the starting std")
+
+    @model_validator(mode="after")
+    def _sobol_without_batch_baseline(self) -> AutoSimulateSettings:
+        if self.sampling == "sobol" and self.baseline in ("mean", "loo"):
+            raise ValueError(f"baseline {self.baseline!r} with sampling 'sobol' biases the hypergradient (the "
+                             "scenes of a stratified batch are correlated); use baseline 'none' or 'auto'")
+        return self
+
+    def resolved_baseline(self) -> Baseline:
+        if self.baseline == "auto":
+            return "none" if self.sampling == "sobol" else "loo"
+        return self.baseline
 
     def floors(self) -> Floors:
         return Floors(min_prob_ratio=self.min_prob_ratio, min_entropy_ratio=self.min_entropy_ratio,
@@ -204,7 +217,7 @@ class AutoSimulate:
                 log_prob=lambda: torch.cat([run.log_prob(run.psi, r.scenes) for r in pool]),
                 psi=run.psi,
                 weights=weights,
-                baseline=s.baseline,
+                baseline=s.resolved_baseline(),
             )
             estimate: Hypergrad = run.pm.hook.estimate_hypergrad(problem=problem, settings=run.est_settings)
             grad_norm = float(torch.sqrt(sum((g.detach() ** 2).sum() for g in estimate.grad.values())))
