@@ -41,11 +41,11 @@ class AutoSimulateSettings(BaseModel):
     max_kl: float | None = Field(
         None, gt=0, description="trust region: KL(q_psi_old || q_psi_new) of one scene at most this")
     min_prob_ratio: float = Field(
-        0.0, ge=0, lt=1, description="each categorical choice keeps probability >= this / n_choices")
+        0.1, ge=0, lt=1, description="each categorical choice keeps probability >= this / n_choices")
     min_entropy_ratio: float = Field(
         0.0, ge=0, lt=1, description="categorical / Bernoulli entropy >= this fraction of its maximum")
     min_std_ratio: float = Field(
-        0.0, ge=0, le=1, description="Gaussian-latent std >= this fraction of the starting std")
+        0.25, ge=0, le=1, description="Gaussian-latent std >= this fraction of the starting std")
 
     @model_validator(mode="after")
     def _sobol_without_batch_baseline(self) -> AutoSimulateSettings:
