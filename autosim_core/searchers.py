@@ -31,9 +31,9 @@ class AutoSimulateSettings(BaseModel):
         "auto", description="score-function baseline: batch mean, leave-one-out mean, or none; "
                             "auto = loo with iid sampling, none with sobol")
     sampling: Literal["iid", "sobol"] = Field(
-        "iid", description="scene latents drawn independently or from a scrambled Sobol sequence")
+        "sobol", description="scene latents drawn independently or from a scrambled Sobol sequence")
     reuse_iterations: int = Field(
-        0, ge=0, description="also score the scenes of this many previous iterations, importance-weighted")
+        3, ge=0, description="also score the scenes of this many previous iterations, importance-weighted")
     reuse_clip: float = Field(5.0, ge=1, description="importance ratios q_psi / q_psi_old are clipped here")
     # -- the step on psi ----------------------------------------------------------------------
     natural_gradient: bool = Field(
