@@ -197,6 +197,42 @@ def generate(
     typer.echo(json.dumps({"examples": written, "out": str(out)}))
 
 
+@app.command()
+def diagnose(
+    config: Annotated[Path, typer.Argument(help="an AutoSimulate run config")],
+    out: Annotated[Path | None, typer.Option("--out", help="JSON report (default: runs/diagnose/<config name>.json)")
+                   ] = None,
+    warmup: Annotated[int, typer.Option("--warmup", min=0, help="iterations of the config before measuring")] = 10,
+    draws: Annotated[int, typer.Option("--draws", min=2, help="independent K-scene estimates per option")] = 8,
+    scenes: Annotated[int | None, typer.Option("-k", "--scenes", min=2, help="K (default: the config's)")] = None,
+    reference: Annotated[int, typer.Option("--reference", min=2, help="scenes of the reference estimate")] = 1024,
+    estimator: Annotated[list[str] | None, typer.Option("--estimator", help="repeatable (default: the config's)")
+                         ] = None,
+    option: Annotated[list[str] | None, typer.Option("--option", help="repeatable: mean, loo, sobol, reuse, "
+                                                     "sobol+reuse (default: all)")] = None,
+    reuse_iterations: Annotated[int, typer.Option("--reuse-iterations", min=1)] = 3,
+) -> None:
+    """Measure the hypergradient's noise: K-scene estimates against a large-K reference."""
+    from .config import ConfigError, load_config
+    from .diagnose import OPTIONS, markdown
+    from .diagnose import diagnose as measure
+
+    try:
+        cfg = load_config(config)
+        report = measure(cfg, warmup=warmup, draws=draws, scenes=scenes, reference=reference,
+                         estimators=tuple(estimator or [cfg.estimator.name]), options=tuple(option or OPTIONS),
+                         reuse_iterations=reuse_iterations, progress=lambda line: typer.echo(line, err=True))
+    except (ConfigError, ValueError) as exc:
+        lines = exc.lines if isinstance(exc, ConfigError) else [str(exc)]
+        for line in lines:
+            typer.echo(f"error: {config}: {line}", err=True)
+        raise typer.Exit(2) from None
+    path = out or Path("runs") / "diagnose" / f"{config.stem}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    typer.echo(markdown(report), nl=False)
+
+
 def main() -> None:
     app()
 

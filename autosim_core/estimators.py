@@ -3,7 +3,10 @@
 Each computes a vector v in theta-space, then the per-sample scalars c_k = grad_theta l_k . v
 by one jvp, then the score-function hypergradient
 
-    g_psi = -(1/K) sum_k (c_k - b) grad_psi log q_psi(s_k),        b = mean(c),
+    g_psi = -(1/K) sum_k w_k (c_k - b_k) grad_psi log q_psi(s_k),
+
+with b_k the batch mean of c (or the mean of the others, ``baseline = "loo"``) and w_k = 1,
+or importance weights when the sum also runs over scenes drawn at earlier psi (reuse).
 
 which the searcher *descends*. ``no-val`` uses no validation set and instead lowers the
 model's own expected training loss: g_psi = (1/K) sum_k (l_k - b) grad_psi log q_psi(s_k).
@@ -24,10 +27,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .hookspecs import hookimpl
 from .hypergrad import (
+    Baseline,
     Params,
+    ScoreEstimate,
     conjugate_gradient,
     directional_derivatives,
-    score_function_gradient,
+    score_function_terms,
     tree_axpy,
     tree_norm,
 )
@@ -38,12 +43,17 @@ class HypergradProblem:
     """What an estimator may use in one outer iteration.
 
     params:       theta (the trainable parameters after fine-tuning), detached.
-    train_losses: theta -> per-sample training losses l(r(s_k), theta) on this iteration's K
-                  rendered examples, shape (K,); a pure function torch.func can transform.
-    hvp:          v -> H v, H the Hessian of the mean training loss at ``params``.
+    train_losses: theta -> per-sample training losses l(r(s_k), theta) of the N scenes the
+                  score-function sum runs over (this iteration's K rendered examples, then any
+                  reused ones), shape (N,); a pure function torch.func can transform.
+    hvp:          v -> H v, H the Hessian of the mean training loss at ``params`` (on this
+                  iteration's examples only).
     val_gradient: () -> grad_theta L_val(theta); None when the run has no validation set.
-    log_prob:     () -> log q_psi(s_k) of the K scenes, shape (K,), differentiable in psi.
+    log_prob:     () -> log q_psi(s_k) of the N scenes, shape (N,), differentiable in psi.
     psi:          the simulator's psi tensors (the learnable ones require grad).
+    weights:      importance weights of the N scenes (mean 1); None when all were drawn from
+                  q_psi.
+    baseline:     "mean" (of the batch), "loo" (leave-one-out) or "none".
     """
 
     params: Params
@@ -52,6 +62,13 @@ class HypergradProblem:
     val_gradient: Callable[[], Params] | None
     log_prob: Callable[[], torch.Tensor]
     psi: dict[str, torch.Tensor]
+    weights: torch.Tensor | None = None
+    baseline: Baseline = "mean"
+
+    def score_function(self, values: torch.Tensor) -> ScoreEstimate:
+        """The score-function estimate of grad_psi E[f] from per-scene values f_k."""
+        return score_function_terms(values, self.log_prob(), self.psi, baseline=self.baseline,
+                                    weights=self.weights)
 
     def require_val_gradient(self, estimator: str) -> Params:
         if self.val_gradient is None:
@@ -65,13 +82,15 @@ class Hypergrad:
 
     grad: dict[str, torch.Tensor]
     diagnostics: dict[str, Any] = field(default_factory=dict)
+    stderr: dict[str, torch.Tensor] | None = None
+    """Standard error of each coordinate of ``grad``, from the spread of its per-scene terms."""
 
 
 def _from_direction(problem: HypergradProblem, v: Params, diagnostics: dict[str, Any]) -> Hypergrad:
     c = directional_derivatives(problem.train_losses, problem.params, v)
-    g = score_function_gradient(-c, problem.log_prob(), problem.psi)
+    est = problem.score_function(-c)
     diagnostics.update(v_norm=tree_norm(v), c_mean=float(c.mean()), c_std=float(c.std()) if len(c) > 1 else 0.0)
-    return Hypergrad(g, diagnostics)
+    return Hypergrad(est.grad, diagnostics, est.stderr())
 
 
 def quadratic(problem: HypergradProblem, *, damping: float = 0.01, max_iter: int = 10,
@@ -102,8 +121,8 @@ def no_val(problem: HypergradProblem) -> Hypergrad:
     """Lower the model's own loss on the data it is trained on: no validation set."""
     with torch.no_grad():
         losses = problem.train_losses(problem.params).detach()
-    g = score_function_gradient(losses, problem.log_prob(), problem.psi)
-    return Hypergrad(g, {"train_loss_mean": float(losses.mean())})
+    est = problem.score_function(losses)
+    return Hypergrad(est.grad, {"train_loss_mean": float(losses.mean())}, est.stderr())
 
 
 class _Settings(BaseModel):

@@ -6,9 +6,11 @@ parameters; conjugate gradient works on those dicts directly.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch.func import grad, jvp
@@ -245,3 +247,91 @@ def score_function_gradient(values: torch.Tensor, log_prob: torch.Tensor,
     keys = [k for k, v in psi.items() if v.requires_grad]
     grads = torch.autograd.grad(surrogate, [psi[k] for k in keys], allow_unused=True)
     return {k: (g if g is not None else torch.zeros_like(psi[k])).detach() for k, g in zip(keys, grads, strict=True)}
+
+
+Baseline = Literal["mean", "loo", "none"]
+
+
+def importance_weights(log_q_new: torch.Tensor, log_q_old: torch.Tensor, clip: float) -> torch.Tensor:
+    """Self-normalised, clipped importance weights of scenes drawn from q_old, for q_new.
+
+    The raw ratios q_new(s) / q_old(s) are clipped at ``clip`` and then divided by their mean,
+    so the weights average 1. Clipping trades a small bias for a bounded variance when q_new
+    has moved away from where a scene was drawn.
+    """
+    ratio = (log_q_new.detach().double() - log_q_old.detach().double()).exp().clamp(max=clip)
+    return ratio / ratio.mean()
+
+
+def baselines(values: torch.Tensor, kind: Baseline, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """The baseline b_k subtracted from each f_k: the weighted batch mean (the same for every k),
+    the weighted mean of the *other* samples (leave-one-out), or 0.
+
+    With the batch mean, b depends on f_k itself, which biases the estimate by a factor
+    (K - 1) / K; leaving f_k out removes that bias.
+    """
+    w = torch.ones_like(values) if weights is None else weights.to(values.dtype)
+    if kind == "none":
+        return torch.zeros_like(values)
+    total, mass = (w * values).sum(), w.sum()
+    if kind == "mean":
+        return (total / mass).expand_as(values)
+    if kind == "loo":
+        return (total - w * values) / (mass - w)
+    raise ValueError(f"unknown baseline {kind!r}; allowed: mean, loo, none")
+
+
+def score_jacobian(log_prob: torch.Tensor, psi: Mapping[str, torch.Tensor]) -> Params:
+    """grad_psi log q_psi(s_k) for every sample: {key: tensor of shape (K, *psi[key].shape)}
+    for the coordinates that require grad.
+
+    Column by column, so the cost grows with the (few) coordinates of psi, not with K: the
+    vector-Jacobian product J^T u is linear in u, and differentiating it in u gives a column.
+    """
+    keys = [k for k, v in psi.items() if v.requires_grad]
+    n = log_prob.shape[0]
+    u = torch.zeros(n, dtype=log_prob.dtype, requires_grad=True)
+    vjps = torch.autograd.grad(log_prob, [psi[k] for k in keys], grad_outputs=u, create_graph=True,
+                               retain_graph=True, allow_unused=True)
+    out: Params = {}
+    for k, vjp in zip(keys, vjps, strict=True):
+        shape = psi[k].shape
+        if vjp is None or not vjp.requires_grad:
+            out[k] = torch.zeros((n, *shape), dtype=psi[k].dtype)
+            continue
+        flat = vjp.reshape(-1)
+        cols = []
+        for i in range(flat.numel()):
+            (col,) = torch.autograd.grad(flat[i], u, retain_graph=True, allow_unused=True)
+            cols.append(col if col is not None else torch.zeros(n, dtype=log_prob.dtype))
+        out[k] = torch.stack(cols, dim=1).reshape(n, *shape).detach().to(psi[k].dtype)
+    return out
+
+
+@dataclass
+class ScoreEstimate:
+    """A score-function gradient with its per-sample terms: grad = terms.mean(0)."""
+
+    grad: Params
+    terms: Params
+
+    def stderr(self) -> Params:
+        """Standard error of each coordinate of ``grad`` from the spread of the terms."""
+        return {k: t.std(dim=0) / math.sqrt(t.shape[0]) if t.shape[0] > 1 else torch.zeros_like(t[0])
+                for k, t in self.terms.items()}
+
+
+def score_function_terms(values: torch.Tensor, log_prob: torch.Tensor, psi: Mapping[str, torch.Tensor], *,
+                         baseline: Baseline = "mean", weights: torch.Tensor | None = None) -> ScoreEstimate:
+    """(1/K) sum_k w_k (f_k - b_k) grad_psi log q_psi(s_k), kept term by term.
+
+    ``weights`` (mean 1) are importance weights of scenes drawn from other distributions than
+    q_psi; None means every scene was drawn from q_psi. With the batch-mean baseline and no
+    weights this is ``score_function_gradient``.
+    """
+    values = values.detach()
+    w = torch.ones_like(values) if weights is None else weights.detach().to(values.dtype)
+    factor = w * (values - baselines(values, baseline, w))
+    jac = score_jacobian(log_prob, psi)
+    terms = {k: factor.reshape(-1, *([1] * (j.dim() - 1))).to(j.dtype) * j for k, j in jac.items()}
+    return ScoreEstimate({k: t.mean(dim=0) for k, t in terms.items()}, terms)

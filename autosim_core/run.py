@@ -31,6 +31,9 @@ CHECKPOINT = "checkpoint.pt"
 HISTORY = "history.jsonl"
 CACHE_VERSION = 1
 
+Sampler = Callable[[ParameterSpace, Psi, int, torch.Generator], SceneBatch]
+"""(space, psi, count, generator) -> scenes: a sampler used instead of the ``sample`` hook."""
+
 
 class Searcher(Protocol):
     """An outer search strategy (entry-point group ``autosim.searchers``).
@@ -274,9 +277,11 @@ class Run:
 
     # ------------------------------------------------------------------------ rendering ---
     def render(self, space: ParameterSpace, psi: Psi, count: int, generator: torch.Generator,
-               ids: list[Any]) -> tuple[SceneBatch, list[Example]]:
-        """Sample ``count`` scenes from q_psi and render each once."""
-        scenes: SceneBatch = self.pm.hook.sample(space=space, psi=psi, count=count, generator=generator)
+               ids: list[Any], sampler: Sampler | None = None) -> tuple[SceneBatch, list[Example]]:
+        """Sample ``count`` scenes from q_psi (by the simulator's ``sample`` hook unless a
+        ``sampler`` is given) and render each once."""
+        scenes: SceneBatch = (sampler(space, psi, count, generator) if sampler is not None else
+                              self.pm.hook.sample(space=space, psi=psi, count=count, generator=generator))
         seeds = torch.randint(0, 2**31 - 1, (len(scenes),), generator=generator).tolist()
         for record, scene_id, seed in zip(scenes.records, ids, seeds, strict=True):
             record["id"] = scene_id
@@ -287,12 +292,12 @@ class Run:
                                f"examples for {len(scenes)} scenes")
         return scenes, examples
 
-    def render_training(self, psi: Psi, count: int, space: ParameterSpace | None = None
-                        ) -> tuple[SceneBatch, Batch]:
+    def render_training(self, psi: Psi, count: int, space: ParameterSpace | None = None,
+                        sampler: Sampler | None = None) -> tuple[SceneBatch, Batch]:
         """Render this iteration's training data; counts images and render seconds."""
         with self.timed("render"):
             ids = list(range(self.images, self.images + count))
-            scenes, examples = self.render(space or self.space, psi, count, self.generator, ids)
+            scenes, examples = self.render(space or self.space, psi, count, self.generator, ids, sampler)
             self.images += count
             batch = self.collate(examples)
         return scenes, batch

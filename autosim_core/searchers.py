@@ -3,13 +3,20 @@ per iteration."""
 
 from __future__ import annotations
 
+import math
+from collections import deque
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .estimators import Hypergrad, HypergradProblem
+from .hypergrad import Baseline, Params, importance_weights
+from .plugins import has_impl
+from .records import Batch, SceneBatch
 from .run import Run
+from .space import Floors, ParameterSpace, Psi
 
 
 class AutoSimulateSettings(BaseModel):
@@ -19,19 +26,81 @@ class AutoSimulateSettings(BaseModel):
     optimizer: Literal["adam", "sgd"] = "adam"
     lr: float = Field(0.05, gt=0, description="step size of the psi optimiser")
     max_grad_norm: float | None = Field(None, gt=0, description="clip the hypergradient's norm")
+    # -- variance of the hypergradient --------------------------------------------------------
+    baseline: Literal["auto", "mean", "loo", "none"] = Field(
+        "auto", description="score-function baseline: batch mean, leave-one-out mean, or none; "
+                            "auto = loo with iid sampling, none with sobol")
+    sampling: Literal["iid", "sobol"] = Field(
+        "sobol", description="scene latents drawn independently or from a scrambled Sobol sequence")
+    reuse_iterations: int = Field(
+        3, ge=0, description="also score the scenes of this many previous iterations, importance-weighted")
+    reuse_clip: float = Field(5.0, ge=1, description="importance ratios q_psi / q_psi_old are clipped here")
+    # -- the step on psi ----------------------------------------------------------------------
+    natural_gradient: bool = Field(
+        False, description="precondition the hypergradient by the inverse Fisher information of q_psi")
+    max_kl: float | None = Field(
+        None, gt=0, description="trust region: KL(q_psi_old || q_psi_new) of one scene at most this")
+    min_prob_ratio: float = Field(
+        0.1, ge=0, lt=1, description="each categorical choice keeps probability >= this / n_choices")
+    min_entropy_ratio: float = Field(
+        0.0, ge=0, lt=1, description="categorical / Bernoulli entropy >= this fraction of its maximum")
+    min_std_ratio: float = Field(
+        0.25, ge=0, le=1, description="Gaussian-latent std >= this fraction of the starting std")
+
+    @model_validator(mode="after")
+    def _sobol_without_batch_baseline(self) -> AutoSimulateSettings:
+        if self.sampling == "sobol" and self.baseline in ("mean", "loo"):
+            raise ValueError(f"baseline {self.baseline!r} with sampling 'sobol' biases the hypergradient (the "
+                             "scenes of a stratified batch are correlated); use baseline 'none' or 'auto'")
+        return self
+
+    def resolved_baseline(self) -> Baseline:
+        if self.baseline == "auto":
+            return "none" if self.sampling == "sobol" else "loo"
+        return self.baseline
+
+    def floors(self) -> Floors:
+        return Floors(min_prob_ratio=self.min_prob_ratio, min_entropy_ratio=self.min_entropy_ratio,
+                      min_std_ratio=self.min_std_ratio)
 
 
-class AutoSimulate:
-    """Per iteration: sample K scenes from q_psi, render them, fine-tune the model on them
-    (warm start), estimate d L_val / d psi with the run's estimator, take one optimiser step
-    on psi, then evaluate the model on the validation set."""
+def _floors_hold(space: ParameterSpace, psi: Psi, floors: Floors) -> bool:
+    moved = {k: v.detach().clone() for k, v in psi.items()}
+    space.apply_floors_(moved, floors)
+    return all(torch.allclose(moved[k], psi[k].detach(), rtol=0, atol=1e-6) for k in psi)
 
-    settings_model = AutoSimulateSettings
 
-    def __init__(self, run: Run, settings: AutoSimulateSettings):
-        self.run = run
+def trust_region_fraction(space: ParameterSpace, old: Psi, new: Psi, max_kl: float,
+                          floors: Floors | None = None, iterations: int = 40) -> float:
+    """The largest fraction a of the step old -> new (found by bisection) such that
+    KL(q_old || q_{old + a (new - old)}) <= max_kl and the floors hold there; 1 when the full
+    step already does. a = 0 always qualifies, so the result never breaks either bound."""
+
+    def ok(a: float) -> bool:
+        cand = {k: old[k] + a * (new[k] - old[k]) for k in old}
+        if float(space.kl(old, cand)) > max_kl:
+            return False
+        return floors is None or _floors_hold(space, cand, floors)
+
+    if ok(1.0):
+        return 1.0
+    lo, hi = 0.0, 1.0
+    for _ in range(iterations):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if ok(mid) else (lo, mid)
+    return lo
+
+
+class PsiStep:
+    """One update of psi from a hypergradient: optional natural-gradient scaling, the
+    optimiser's step, projection into the bounds, the floors, then the trust region."""
+
+    def __init__(self, space: ParameterSpace, psi: Psi, settings: AutoSimulateSettings):
+        self.space = space
+        self.psi = psi
         self.settings = settings
-        learnable = list(run.space.learnable(run.psi).values())
+        self.floors = settings.floors()
+        learnable = list(space.learnable(psi).values())
         if not learnable:
             raise ValueError("the simulator's parameter space has no learnable parameter")
         if settings.optimizer == "adam":
@@ -39,46 +108,142 @@ class AutoSimulate:
         else:
             self.optimizer = torch.optim.SGD(learnable, lr=settings.lr)
 
+    def __call__(self, grad: Params) -> dict[str, float]:
+        space, psi, s = self.space, self.psi, self.settings
+        learnable = space.learnable(psi)
+        grad = {k: g for k, g in grad.items() if k in learnable}
+        if s.natural_gradient:
+            grad = space.natural_gradient(psi, grad)
+        old = {k: v.detach().clone() for k, v in psi.items()}
+        self.optimizer.zero_grad(set_to_none=True)
+        for name, g in grad.items():
+            psi[name].grad = g.detach().clone().to(psi[name].dtype)
+        if s.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(list(learnable.values()), s.max_grad_norm)
+        self.optimizer.step()
+        space.project_(psi)
+        space.apply_floors_(psi, self.floors)
+        fraction = 1.0
+        if s.max_kl is not None:
+            new = {k: v.detach().clone() for k, v in psi.items()}
+            fraction = trust_region_fraction(space, old, new, s.max_kl, self.floors)
+            if fraction < 1.0:
+                with torch.no_grad():
+                    for k in psi:
+                        psi[k].copy_(old[k] + fraction * (new[k] - old[k]))
+        return {"kl": float(space.kl(old, {k: v.detach() for k, v in psi.items()})), "fraction": fraction}
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.optimizer.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state)
+
+
+def sobol_sampler(space: ParameterSpace, psi: Psi, count: int, generator: torch.Generator) -> SceneBatch:
+    latents = space.sample_quasi(psi, count, generator)
+    return SceneBatch(latents, space.records(latents))
+
+
+@dataclass
+class _Rendered:
+    """An iteration's scenes kept for reuse: the examples and log q of the psi they came from."""
+
+    scenes: SceneBatch
+    batch: Batch
+    log_q: torch.Tensor
+
+    def to_state(self) -> dict[str, Any]:
+        return {"latents": self.scenes.latents, "records": self.scenes.records, "inputs": self.batch.inputs,
+                "targets": self.batch.targets, "log_q": self.log_q}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> _Rendered:
+        return cls(SceneBatch(state["latents"], state["records"]), Batch(state["inputs"], state["targets"]),
+                   state["log_q"])
+
+
+def _tree_lists(tree: dict[str, torch.Tensor]) -> dict[str, Any]:
+    return {k: v.detach().double().tolist() for k, v in tree.items()}
+
+
+class AutoSimulate:
+    """Per iteration: sample K scenes from q_psi, render them, fine-tune the model on them
+    (warm start), estimate d L_val / d psi with the run's estimator (over these scenes and,
+    with reuse, the previous iterations' ones), take one step on psi, then evaluate the model
+    on the validation set."""
+
+    settings_model = AutoSimulateSettings
+
+    def __init__(self, run: Run, settings: AutoSimulateSettings):
+        self.run = run
+        self.settings = settings
+        if settings.sampling == "sobol" and has_impl(run.pm, "sample", "simulator"):
+            raise ValueError("searcher.settings.sampling: 'sobol' needs the core's sampler, but simulator "
+                             f"{run.config.simulator.name!r} implements its own 'sample' hook; use 'iid'")
+        self.psi_step = PsiStep(run.space, run.psi, settings)
+        self.reused: deque[_Rendered] = deque(maxlen=settings.reuse_iterations or None)
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        return self.psi_step.optimizer
+
     def step(self, iteration: int) -> dict[str, Any]:
-        run = self.run
+        run, s = self.run, self.settings
         model = run.model
         assert model is not None
-        scenes, batch = run.render_training(run.psi, self.settings.scenes_per_iteration)
+        sampler = sobol_sampler if s.sampling == "sobol" else None
+        scenes, batch = run.render_training(run.psi, s.scenes_per_iteration, sampler=sampler)
         train_loss = run.fine_tune(model, run.model_optimizer, batch)
 
         with run.timed("hypergrad"):
             model.eval()
             theta = run.theta(model)
             per_sample = run.functional_losses(model, batch)
+            with torch.no_grad():
+                log_q_drawn = run.log_prob(run.psi, scenes).detach()
+            pool = [_Rendered(scenes, batch, log_q_drawn), *self.reused]
+            losses = [per_sample, *(run.functional_losses(model, r.batch) for r in self.reused)]
+            weights = None
+            if self.reused:
+                with torch.no_grad():
+                    log_q_now = torch.cat([run.log_prob(run.psi, r.scenes) for r in pool])
+                weights = importance_weights(log_q_now, torch.cat([r.log_q for r in pool]), s.reuse_clip)
             problem = HypergradProblem(
                 params=theta,
-                train_losses=per_sample,
+                train_losses=lambda th: torch.cat([f(th) for f in losses]),
                 hvp=run.hvp_operator(per_sample, theta),
                 val_gradient=(lambda: run.val_gradient(model)) if run.val is not None else None,
-                log_prob=lambda: run.log_prob(run.psi, scenes),
+                log_prob=lambda: torch.cat([run.log_prob(run.psi, r.scenes) for r in pool]),
                 psi=run.psi,
+                weights=weights,
+                baseline=s.resolved_baseline(),
             )
             estimate: Hypergrad = run.pm.hook.estimate_hypergrad(problem=problem, settings=run.est_settings)
-            self.optimizer.zero_grad(set_to_none=True)
-            for name, g in estimate.grad.items():
-                if run.psi[name].requires_grad:
-                    run.psi[name].grad = g.detach().clone()
             grad_norm = float(torch.sqrt(sum((g.detach() ** 2).sum() for g in estimate.grad.values())))
-            if self.settings.max_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(list(run.space.learnable(run.psi).values()), self.settings.max_grad_norm)
-            self.optimizer.step()
-            run.space.project_(run.psi)
+            step = self.psi_step(estimate.grad)
+            if s.reuse_iterations:
+                self.reused.appendleft(pool[0])
 
+        info: dict[str, Any] = {"name": run.config.estimator.name, "grad_norm": grad_norm, **estimate.diagnostics,
+                                "grad": _tree_lists(estimate.grad)}
+        if estimate.stderr is not None:
+            info["grad_se"] = _tree_lists(estimate.stderr)
+            info["grad_se_norm"] = math.sqrt(sum(float((e.double() ** 2).sum()) for e in estimate.stderr.values()))
+        if weights is not None:
+            info["scenes_scored"] = len(weights)
+            info["weights_ess"] = float(weights.sum() ** 2 / (weights**2).sum())
         row: dict[str, Any] = {"train_loss": train_loss, **run.validation_row(model)}
-        row.update(psi=run.space.describe(run.psi),
-                   estimator={"name": run.config.estimator.name, "grad_norm": grad_norm, **estimate.diagnostics})
+        row.update(psi=run.space.describe(run.psi), estimator=info, step=step)
         return row
 
     def state_dict(self) -> dict[str, Any]:
-        return {"optimizer": self.optimizer.state_dict()}
+        return {"optimizer": self.psi_step.state_dict(), "reused": [r.to_state() for r in self.reused]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.psi_step.load_state_dict(state["optimizer"])
+        self.reused.clear()
+        self.reused.extend(_Rendered.from_state(r) for r in state.get("reused", []))
 
 
 class FixedSettings(BaseModel):

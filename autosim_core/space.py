@@ -27,6 +27,58 @@ _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
 RESERVED_NAMES = frozenset({"id", "seed"})
 
 
+class Floors(BaseModel):
+    """Lower bounds that keep q_psi from collapsing, as fractions of each family's reference.
+
+    min_prob_ratio:    every choice of a categorical (both outcomes of a Bernoulli) keeps a
+                       probability of at least ``min_prob_ratio / n_choices``.
+    min_entropy_ratio: a categorical's (Bernoulli's) entropy stays at least this fraction of
+                       its maximum, log n_choices.
+    min_std_ratio:     a Gaussian-latent family's std stays at least this fraction of the std
+                       the space declares (the starting one).
+    A violated floor is restored by mixing the probabilities with the uniform distribution
+    (the least mixing that suffices) or by raising the std to the floor.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    min_prob_ratio: float = Field(0.0, ge=0, lt=1)
+    min_entropy_ratio: float = Field(0.0, ge=0, lt=1)
+    min_std_ratio: float = Field(0.0, ge=0, le=1)
+
+
+def _entropy(p: torch.Tensor) -> torch.Tensor:
+    return -(p * p.clamp_min(1e-300).log()).sum()
+
+
+def _mix_with_uniform(p: torch.Tensor, min_prob_ratio: float, min_entropy_ratio: float) -> torch.Tensor | None:
+    """(1 - a) p + a / n for the least a in [0, 1] meeting both floors; None when a = 0 does.
+
+    The entropy of the mixture is concave in a with its maximum at a = 1, so it grows with a
+    and bisection finds the least a.
+    """
+    n = p.shape[-1]
+    alpha = 0.0
+    p_min = float(p.min())
+    if min_prob_ratio > 0 and p_min < min_prob_ratio / n:
+        alpha = (min_prob_ratio / n - p_min) / (1.0 / n - p_min)
+    target = min_entropy_ratio * math.log(n)
+
+    def mix(a: float) -> torch.Tensor:
+        return (1 - a) * p + a / n
+
+    if min_entropy_ratio > 0 and float(_entropy(mix(alpha))) < target:
+        lo, hi = alpha, 1.0
+        for _ in range(60):
+            mid = (lo + hi) / 2
+            if float(_entropy(mix(mid))) < target:
+                lo = mid
+            else:
+                hi = mid
+        alpha = hi
+    return mix(alpha) if alpha > 0 else None
+
+
 class _Family(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -53,6 +105,24 @@ class _Family(BaseModel):
 
     @abstractmethod
     def describe(self, psi: Psi) -> dict[str, Any]: ...
+
+    @abstractmethod
+    def sample_uniform(self, psi: Psi, u: torch.Tensor) -> torch.Tensor:
+        """Latents of shape (n, repeat) from uniforms ``u`` in (0, 1) of the same shape, by the
+        inverse CDF: iid uniforms give iid draws, stratified or quasi-random ones keep their
+        balance in every coordinate."""
+
+    @abstractmethod
+    def kl(self, psi_p: Psi, psi_q: Psi) -> torch.Tensor:
+        """KL(q_p || q_q) of one scene's draws of this parameter (all repeats), closed form."""
+
+    @abstractmethod
+    def natural_gradient(self, psi: Psi, grad: Psi) -> Psi:
+        """F^-1 grad with F the Fisher information of one scene's draws in psi's coordinates
+        (the pseudo-inverse where F is singular)."""
+
+    def floor_(self, psi: Psi, floors: Floors) -> None:
+        """Move psi in place the least needed to respect ``floors`` (no-op by default)."""
 
     # -- shared ----------------------------------------------------------------------------
     def log_prob(self, psi: Psi, latent: torch.Tensor) -> torch.Tensor:
@@ -100,6 +170,29 @@ class _GaussianLatent(_Family):
         with torch.no_grad():
             eps = torch.randn((n, self.repeat), generator=generator)
             return psi["loc"].detach() + psi["log_std"].detach().exp() * eps
+
+    def sample_uniform(self, psi: Psi, u: torch.Tensor) -> torch.Tensor:
+        import torch
+
+        with torch.no_grad():
+            eps = torch.special.ndtri(u.double()).to(psi["loc"].dtype)
+            return psi["loc"].detach() + psi["log_std"].detach().exp() * eps
+
+    def kl(self, psi_p: Psi, psi_q: Psi) -> torch.Tensor:
+        log_ratio = psi_q["log_std"] - psi_p["log_std"]
+        var_ratio = (2 * (psi_p["log_std"] - psi_q["log_std"])).exp()
+        mean_term = (psi_p["loc"] - psi_q["loc"]) ** 2 / (2 * (2 * psi_q["log_std"]).exp())
+        return self.repeat * (log_ratio + var_ratio / 2 + mean_term - 0.5)
+
+    def natural_gradient(self, psi: Psi, grad: Psi) -> Psi:
+        # In (loc, log_std) the Fisher information of N(loc, std) is diag(1 / std^2, 2).
+        var = (2 * psi["log_std"].detach()).exp()
+        return {"loc": grad["loc"] * var / self.repeat, "log_std": grad["log_std"] / (2 * self.repeat)}
+
+    def floor_(self, psi: Psi, floors: Floors) -> None:
+        if floors.min_std_ratio > 0:
+            with_floor = math.log(floors.min_std_ratio * self.std)
+            psi["log_std"].data.clamp_(min=with_floor)
 
     @model_validator(mode="after")
     def _check_std(self) -> _GaussianLatent:
@@ -258,6 +351,41 @@ class Categorical(_Family):
             n, self.repeat
         )
 
+    def sample_uniform(self, psi: Psi, u: torch.Tensor) -> torch.Tensor:
+        import torch
+
+        cdf = torch.cumsum(torch.softmax(psi["logits"].detach().double(), dim=-1), dim=-1)
+        idx = torch.searchsorted(cdf, u.double().contiguous(), right=True)
+        return idx.clamp_(max=len(self.choices) - 1)
+
+    def kl(self, psi_p: Psi, psi_q: Psi) -> torch.Tensor:
+        import torch
+
+        log_p = torch.log_softmax(psi_p["logits"], dim=-1)
+        log_q = torch.log_softmax(psi_q["logits"], dim=-1)
+        return self.repeat * (log_p.exp() * (log_p - log_q)).sum()
+
+    def natural_gradient(self, psi: Psi, grad: Psi) -> Psi:
+        # F = diag(p) - p p^T is singular along the all-ones direction (logits + c give the same
+        # q); for a gradient orthogonal to it (every score-function gradient of logits is), the
+        # pseudo-inverse solution is g / p, centred.
+        import torch
+
+        p = torch.softmax(psi["logits"].detach(), dim=-1)
+        g = grad["logits"] - grad["logits"].mean()
+        x = g / p
+        return {"logits": (x - x.mean()) / self.repeat}
+
+    def floor_(self, psi: Psi, floors: Floors) -> None:
+        import torch
+
+        logits = psi["logits"].data
+        p = torch.softmax(logits.double(), dim=-1)
+        mixed = _mix_with_uniform(p, floors.min_prob_ratio, floors.min_entropy_ratio)
+        if mixed is not None:
+            new = mixed.log()
+            logits.copy_((new - new.mean()).to(logits.dtype))
+
     def to_value(self, latent: torch.Tensor) -> Choice:
         return self.choices[int(latent)]
 
@@ -293,6 +421,32 @@ class Bernoulli(_Family):
 
         p = torch.sigmoid(psi["logit"].detach())
         return (torch.rand((n, self.repeat), generator=generator) < p).float()
+
+    def sample_uniform(self, psi: Psi, u: torch.Tensor) -> torch.Tensor:
+        import torch
+
+        return (u < torch.sigmoid(psi["logit"].detach())).to(torch.get_default_dtype())
+
+    def kl(self, psi_p: Psi, psi_q: Psi) -> torch.Tensor:
+        import torch
+
+        f = torch.nn.functional
+        lp1, lp0 = f.logsigmoid(psi_p["logit"]), f.logsigmoid(-psi_p["logit"])
+        lq1, lq0 = f.logsigmoid(psi_q["logit"]), f.logsigmoid(-psi_q["logit"])
+        return self.repeat * (lp1.exp() * (lp1 - lq1) + lp0.exp() * (lp0 - lq0))
+
+    def natural_gradient(self, psi: Psi, grad: Psi) -> Psi:
+        p = psi["logit"].detach().sigmoid()
+        return {"logit": grad["logit"] / (p * (1 - p) * self.repeat)}
+
+    def floor_(self, psi: Psi, floors: Floors) -> None:
+        import torch
+
+        logit = psi["logit"].data
+        p1 = torch.sigmoid(logit.double())
+        mixed = _mix_with_uniform(torch.stack([1 - p1, p1]), floors.min_prob_ratio, floors.min_entropy_ratio)
+        if mixed is not None:
+            logit.copy_((mixed[1].log() - mixed[0].log()).to(logit.dtype))
 
     def to_value(self, latent: torch.Tensor) -> bool:
         return bool(latent > 0.5)
@@ -430,6 +584,55 @@ class ParameterSpace:
     def sample(self, psi: Psi, n: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
         return {name: fam.sample(self._psi_of(psi, name), n, generator)
                 for name, fam in self.parameters.items()}
+
+    def sample_quasi(self, psi: Psi, n: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """n scenes from a scrambled Sobol sequence, one dimension per parameter draw.
+
+        Each scene is still a draw from q_psi (a scrambled point is uniform on the cube), but the
+        n scenes cover every coordinate's range evenly. The scrambling seed comes from
+        ``generator``, so a run stays reproducible from its seed.
+        """
+        import torch
+
+        dims = sum(fam.repeat for fam in self.parameters.values())
+        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+        engine = torch.quasirandom.SobolEngine(dims, scramble=True, seed=seed)
+        u = engine.draw(n, dtype=torch.float64).clamp_(1e-12, 1 - 1e-12)
+        out, start = {}, 0
+        for name, fam in self.parameters.items():
+            out[name] = fam.sample_uniform(self._psi_of(psi, name), u[:, start:start + fam.repeat])
+            start += fam.repeat
+        return out
+
+    def kl(self, psi_p: Psi, psi_q: Psi) -> torch.Tensor:
+        """KL(q_psi_p || q_psi_q) of one scene, the sum of its parameters' closed forms."""
+        import torch
+
+        total = torch.zeros((), dtype=torch.float64)
+        for name, fam in self.parameters.items():
+            total = total + fam.kl(self._psi_of(psi_p, name), self._psi_of(psi_q, name)).double()
+        return total
+
+    def natural_gradient(self, psi: Psi, grad: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """F^-1 grad for the coordinates in ``grad``: the parameters are independent, so F is
+        block-diagonal, one closed-form block per parameter."""
+        out: dict[str, torch.Tensor] = {}
+        for name, fam in self.parameters.items():
+            g = self._psi_of(dict(grad), name)
+            if not g:
+                continue
+            p = self._psi_of(psi, name)
+            full = {k: g.get(k, p[k].new_zeros(p[k].shape)) for k in p}
+            for coord, value in fam.natural_gradient(p, full).items():
+                if coord in g:
+                    out[f"{name}.{coord}"] = value
+        return out
+
+    def apply_floors_(self, psi: Psi, floors: Floors) -> None:
+        """Restore ``floors`` in place for the learnable parameters (after an optimiser step)."""
+        for name, fam in self.parameters.items():
+            if fam.learn:
+                fam.floor_(self._psi_of(psi, name), floors)
 
     def log_prob(self, psi: Psi, latents: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """log q_psi(s_k) for each of the n sampled scenes, shape (n,), differentiable in psi."""

@@ -1,0 +1,272 @@
+"""How noisy is the hypergradient? ``autosim diagnose CONFIG``.
+
+At a fixed theta and psi (after a few warm-up iterations of the config's AutoSimulate run),
+the K-scene hypergradient of each estimator and each variance-reduction option is compared
+with a reference from many more scenes at the same theta and psi: cosine similarity and
+relative error over several independent draws, the seconds each option costs, and from the
+reference's per-scene terms the signal-to-noise ratio |mean| / standard error of every psi
+coordinate.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .config import RunConfig
+from .estimators import (
+    ApproxQuadraticSettings,
+    Hypergrad,
+    HypergradProblem,
+    QuadraticSettings,
+    approx_quadratic,
+    linear,
+    no_val,
+    quadratic,
+)
+from .hypergrad import Baseline, Params, importance_weights
+from .records import Batch, SceneBatch
+from .run import Run
+from .searchers import AutoSimulate, sobol_sampler
+
+ESTIMATORS = ("linear", "approx-quadratic", "quadratic", "no-val")
+
+
+@dataclass(frozen=True)
+class Option:
+    """A way of forming the K-scene estimate."""
+
+    name: str
+    baseline: Baseline
+    sampling: str = "iid"
+    reuse: bool = False
+
+
+OPTIONS = {
+    "mean": Option("mean", "mean"),
+    "loo": Option("loo", "loo"),
+    "sobol": Option("sobol", "none", "sobol"),
+    "reuse": Option("reuse", "loo", reuse=True),
+    "sobol+reuse": Option("sobol+reuse", "none", "sobol", reuse=True),
+}
+
+
+def _flat(tree: Params, keys: list[str]) -> torch.Tensor:
+    return torch.cat([tree[k].detach().double().reshape(-1) for k in keys])
+
+
+def coordinate_names(psi: Params, keys: list[str]) -> list[str]:
+    names = []
+    for k in keys:
+        n = psi[k].numel()
+        names.extend([k] if psi[k].dim() == 0 else [f"{k}[{i}]" for i in range(n)])
+    return names
+
+
+def compare(g: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
+    """Cosine similarity with the reference and relative error ||g - ref|| / ||ref||."""
+    cos = float(g @ ref / (g.norm() * ref.norm()).clamp_min(1e-300))
+    return cos, float((g - ref).norm() / ref.norm().clamp_min(1e-300))
+
+
+def _stats(xs: list[float]) -> dict[str, float]:
+    return {"mean": statistics.fmean(xs), "std": statistics.stdev(xs) if len(xs) > 1 else 0.0,
+            "min": min(xs), "max": max(xs)}
+
+
+class _Scorer:
+    """Builds the estimators' problem for a set of scenes at the fixed theta and psi."""
+
+    def __init__(self, run: Run, chunk: int):
+        self.run = run
+        self.chunk = chunk
+        assert run.model is not None
+        self.model = run.model
+        self.theta = run.theta(self.model)
+        self._g_val: Params | None = None
+
+    def val_gradient(self) -> Params:
+        # theta is fixed: every estimate shares one validation gradient
+        if self._g_val is None:
+            self._g_val = self.run.val_gradient(self.model)
+        return self._g_val
+
+    def problem(self, current: tuple[SceneBatch, Batch], reused: list[tuple[SceneBatch, Batch, torch.Tensor]],
+                option: Option, clip: float) -> HypergradProblem:
+        run, theta = self.run, self.theta
+        batch = current[1]
+        chunks = batch.chunks(self.chunk)
+        n = len(batch)
+
+        def hvp(v: Params) -> Params:
+            # by chunks, so that a reference batch of a thousand images fits in memory
+            total = {k: torch.zeros_like(x) for k, x in theta.items()}
+            for part in chunks:
+                f = run.functional_losses(self.model, part)
+                hv = run.pm.hook.hvp(loss_fn=lambda th, f=f: f(th).sum() / n, params=theta, vector=v)
+                for k in total:
+                    total[k] += hv[k]
+            return total
+
+        parts = chunks + [b for _, b, _ in reused]
+        fns = [run.functional_losses(self.model, part) for part in parts]
+        scenes = [current[0], *(s for s, _, _ in reused)]
+        weights = None
+        if reused:
+            with torch.no_grad():
+                log_q_now = torch.cat([run.log_prob(run.psi, s) for s in scenes])
+                log_q_cur = run.log_prob(run.psi, current[0])
+            weights = importance_weights(log_q_now, torch.cat([log_q_cur, *(lq for _, _, lq in reused)]), clip)
+        return HypergradProblem(
+            params=theta,
+            train_losses=lambda th: torch.cat([f(th) for f in fns]),
+            hvp=hvp,
+            val_gradient=self.val_gradient if run.val is not None else None,
+            log_prob=lambda: torch.cat([run.log_prob(run.psi, s) for s in scenes]),
+            psi=run.psi,
+            weights=weights,
+            baseline=option.baseline,
+        )
+
+
+def _estimator(name: str, run: Run) -> Callable[[HypergradProblem], Hypergrad]:
+    settings = run.est_settings if run.config.estimator.name == name else None
+    if name == "quadratic":
+        s = settings if isinstance(settings, QuadraticSettings) else QuadraticSettings()
+        return lambda p: quadratic(p, **s.model_dump())
+    if name == "approx-quadratic":
+        a = settings if isinstance(settings, ApproxQuadraticSettings) else ApproxQuadraticSettings()
+        return lambda p: approx_quadratic(p, **a.model_dump())
+    if name == "linear":
+        return linear
+    if name == "no-val":
+        return no_val
+    raise ValueError(f"unknown estimator {name!r}; allowed: {', '.join(ESTIMATORS)}")
+
+
+def diagnose(config: RunConfig, *, warmup: int = 10, draws: int = 8, scenes: int | None = None,
+             reference: int = 1024, estimators: tuple[str, ...] = ("linear",),
+             options: tuple[str, ...] = tuple(OPTIONS), reuse_iterations: int = 3, reuse_clip: float = 5.0,
+             chunk: int = 128, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Measure the hypergradient's noise for ``config``; returns the JSON-ready report."""
+    say = progress or (lambda _: None)
+    unknown = [o for o in options if o not in OPTIONS]
+    if unknown:
+        raise ValueError(f"unknown option {unknown[0]!r}; allowed: {', '.join(OPTIONS)}")
+    with tempfile.TemporaryDirectory() as tmp:
+        run = Run(config, tmp)
+    if not isinstance(run.searcher_settings, AutoSimulate.settings_model):
+        raise ValueError("diagnose needs a config whose searcher is 'autosimulate'")
+    k = scenes or run.searcher_settings.scenes_per_iteration
+    run.val = run.load_data("validation")
+    run.psi = run.space.init_psi()
+    run.model = run.create_model()
+    run.model_optimizer = run.create_model_optimizer(run.model)
+    searcher = AutoSimulate(run, run.searcher_settings)
+    history: list[dict[str, torch.Tensor]] = []
+    iteration_seconds = []
+    for i in range(1, warmup + 1):
+        history.append({key: v.detach().clone() for key, v in run.psi.items()})
+        run.iteration = i
+        start = time.perf_counter()
+        row = searcher.step(i)
+        iteration_seconds.append(time.perf_counter() - start)
+        say(f"warm-up {i}/{warmup}: val_metric {row.get('val_metric')}")
+    assert run.model is not None
+    run.model.eval()
+    scorer = _Scorer(run, chunk)
+    keys = list(run.space.learnable(run.psi))
+    names = coordinate_names(run.psi, keys)
+    old_psis = list(reversed(history))[:reuse_iterations] if history else []
+    gen = torch.Generator().manual_seed(config.seed + 7919)
+
+    def render(n: int, psi: dict[str, torch.Tensor], sampling: str = "iid") -> tuple[SceneBatch, Batch, float]:
+        start = time.perf_counter()
+        scenes_, examples = run.render(run.space, psi, n, gen, list(range(n)),
+                                       sobol_sampler if sampling == "sobol" else None)
+        batch = run.collate(examples)
+        return scenes_, batch, time.perf_counter() - start
+
+    say(f"reference: rendering {reference} scenes")
+    ref_scenes, ref_batch, _ = render(reference, run.psi)
+    report: dict[str, Any] = {
+        "config": {"simulator": config.simulator.name, "task": config.task.name, "seed": config.seed},
+        "warmup": warmup, "draws": draws, "scenes": k, "reference": reference,
+        "reuse_iterations": reuse_iterations, "reuse_clip": reuse_clip,
+        "coordinates": names, "iteration_seconds": statistics.fmean(iteration_seconds) if iteration_seconds else None,
+        "estimators": {},
+    }
+    for est_name in estimators:
+        estimate = _estimator(est_name, run)
+        say(f"{est_name}: reference estimate")
+        start = time.perf_counter()
+        ref = estimate(scorer.problem((ref_scenes, ref_batch), [], OPTIONS["loo"], reuse_clip))
+        ref_seconds = time.perf_counter() - start
+        g_ref = _flat(ref.grad, keys)
+        assert ref.stderr is not None
+        se_ref = _flat(ref.stderr, keys)
+        snr = (g_ref.abs() / se_ref.clamp_min(1e-300)).tolist()
+        entry: dict[str, Any] = {
+            "reference": {"grad": g_ref.tolist(), "stderr": se_ref.tolist(), "snr": snr,
+                          "relative_stderr": float(se_ref.norm() / g_ref.norm()), "seconds": ref_seconds,
+                          "snr_above_2": sum(s > 2 for s in snr), "snr_median": statistics.median(snr),
+                          "snr_at_k": [s * math.sqrt(k / reference) for s in snr]},
+            "options": {},
+        }
+        results: dict[str, dict[str, list[float]]] = {o: {"cos": [], "err": [], "seconds": [], "render": []}
+                                                      for o in options}
+        for d in range(draws):
+            fresh = {s: render(k, run.psi, s) for s in {OPTIONS[o].sampling for o in options}}
+            old = [render(k, p) for p in old_psis] if any(OPTIONS[o].reuse for o in options) else []
+            with torch.no_grad():
+                old_reused = [(s, b, run.log_prob(p, s).detach()) for (s, b, _), p in zip(old, old_psis, strict=True)]
+            for o in options:
+                opt = OPTIONS[o]
+                scenes_, batch, render_s = fresh[opt.sampling]
+                start = time.perf_counter()
+                est = estimate(scorer.problem((scenes_, batch), old_reused if opt.reuse else [], opt, reuse_clip))
+                seconds = time.perf_counter() - start
+                cos, err = compare(_flat(est.grad, keys), g_ref)
+                r = results[o]
+                r["cos"].append(cos)
+                r["err"].append(err)
+                r["seconds"].append(seconds)
+                r["render"].append(render_s)
+            say(f"{est_name}: draw {d + 1}/{draws}")
+        for o, r in results.items():
+            entry["options"][o] = {"cosine": _stats(r["cos"]), "relative_error": _stats(r["err"]),
+                                   "seconds": statistics.fmean(r["seconds"]),
+                                   "render_seconds": statistics.fmean(r["render"]),
+                                   "scenes_scored": k * (1 + (len(old_psis) if OPTIONS[o].reuse else 0))}
+        report["estimators"][est_name] = entry
+    return report
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The report as tables: options per estimator, then the reference's signal-to-noise."""
+    k, ref = report["scenes"], report["reference"]
+    lines = [f"K = {k} scenes per estimate vs a K = {ref} reference, {report['draws']} draws, "
+             f"theta and psi after {report['warmup']} warm-up iterations "
+             f"({report['iteration_seconds'] or 0:.1f} s per iteration).", "",
+             "| estimator | option | scenes scored | cosine mean (min … max) | relative error mean ± sd "
+             "| seconds (estimate + render) |",
+             "|---|---|---|---|---|---|"]
+    for est, entry in report["estimators"].items():
+        for o, r in entry["options"].items():
+            c, e = r["cosine"], r["relative_error"]
+            lines.append(f"| {est} | {o} | {r['scenes_scored']} | {c['mean']:.2f} ({c['min']:.2f} … {c['max']:.2f}) "
+                         f"| {e['mean']:.2f} ± {e['std']:.2f} | {r['seconds']:.2f} + {r['render_seconds']:.2f} |")
+    lines += ["", "| estimator | reference relative s.e. | coordinates with SNR > 2 | median SNR (K = "
+              f"{ref}) | best SNR at K = {k} |", "|---|---|---|---|---|"]
+    for est, entry in report["estimators"].items():
+        r = entry["reference"]
+        lines.append(f"| {est} | {r['relative_stderr']:.2f} | {r['snr_above_2']} of {len(r['snr'])} "
+                     f"| {r['snr_median']:.2f} | {max(r['snr_at_k']):.2f} |")
+    return "\n".join(lines) + "\n"
