@@ -69,7 +69,17 @@ METHODS: dict[str, dict[str, Any]] = {
     "oracle": {"searcher": {"name": "fixed", "settings": {"scenes_per_iteration": 32}},
                "simulator": {**BASE["simulator"], "start": "target"}},
 }
-AUTOSIMULATE = ("autosimulate_linear", "autosimulate_quadratic")
+# AutoSimulate as it was before the variance-reduction options and floors (docs/hypergradient.md):
+# iid scenes, batch-mean baseline, no reuse, no floors. Not in the default list; name them with
+# --methods to measure the new defaults against them.
+PLAIN = {"baseline": "mean", "sampling": "iid", "reuse_iterations": 0, "min_prob_ratio": 0.0, "min_std_ratio": 0.0}
+for _name in ("autosimulate_linear", "autosimulate_quadratic"):
+    _plain = copy.deepcopy(METHODS[_name])
+    _plain["searcher"]["settings"].update(PLAIN)
+    METHODS[f"{_name}_plain"] = _plain
+DEFAULT_METHODS = [m for m in METHODS if not m.endswith("_plain")]
+AUTOSIMULATE = ("autosimulate_linear", "autosimulate_quadratic", "autosimulate_linear_plain",
+                "autosimulate_quadratic_plain")
 BASELINES = ("bayesian", "reinforce", "random")
 
 
@@ -104,6 +114,8 @@ def ratios(out: Path) -> dict[str, Any]:
     for baseline in BASELINES:
         for method in AUTOSIMULATE:
             per_seed = []
+            if not seed_folders(out, method) or not seed_folders(out, baseline):
+                continue
             for b_dir, a_dir in zip(seed_folders(out, baseline), seed_folders(out, method), strict=False):
                 b_rows, a_rows = history(b_dir), history(a_dir)
                 threshold = max(r["val_metric"] for r in b_rows)
@@ -178,7 +190,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--budget-images", type=int, default=960)
     ap.add_argument("--jobs", type=int, default=2, help="runs at a time")
-    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    ap.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, choices=list(METHODS))
     args = ap.parse_args()
     cpus = os.cpu_count() or 1
     threads = max(1, cpus // args.jobs)
@@ -188,8 +200,8 @@ def main() -> None:
     render_evaluation_sets(copy.deepcopy(BASE), args.out / "evaluation-sets")
     (args.out / "logs").mkdir(parents=True, exist_ok=True)
     # Longest first, so that the last runs of the pool are short ones.
-    order = ["autosimulate_quadratic", "autosimulate_linear", "bayesian", "reinforce", "random", "oracle",
-             "fixed_initial"]
+    order = ["autosimulate_quadratic", "autosimulate_quadratic_plain", "autosimulate_linear",
+             "autosimulate_linear_plain", "bayesian", "reinforce", "random", "oracle", "fixed_initial"]
     jobs = []
     for seed in range(args.seeds):
         for method in sorted(args.methods, key=order.index):
@@ -208,8 +220,8 @@ def main() -> None:
     wall = time.perf_counter() - wall_start
 
     command = [sys.executable, "-m", "autosim_core.cli", "compare", *map(str, configs), "--out", str(args.out),
-               "--seeds", str(args.seeds), "--budget-images", str(args.budget_images),
-               "--threshold-from", "bayesian", "--resume"]
+               "--seeds", str(args.seeds), "--budget-images", str(args.budget_images), "--resume",
+               *(["--threshold-from", "bayesian"] if "bayesian" in args.methods else [])]
     print("$", " ".join(command), flush=True)
     subprocess.run(command, check=True, env={**os.environ, "MPLBACKEND": "Agg"})
 
