@@ -30,7 +30,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import tomli_w
 import torch
 
 # The demo's problem (examples/clevr_unet.toml): 64x64 renders of the fast backend, a UNet of
@@ -84,6 +83,8 @@ BASELINES = ("bayesian", "reinforce", "random")
 
 
 def write_configs(folder: Path) -> list[Path]:
+    import tomli_w
+
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for name, changes in METHODS.items():
@@ -159,6 +160,8 @@ def ratio_table(result: dict[str, Any]) -> str:
 
 def run_one(config: dict[str, Any], run_dir: Path, log: Path, threads: int) -> tuple[str, float]:
     """One (method, seed) through ``autosim run``; skipped when finished, resumed when interrupted."""
+    import tomli_w
+
     if (run_dir / "summary.json").exists():
         return "done before", 0.0
     path = run_dir.parent / f"{run_dir.name}.toml"
