@@ -52,17 +52,30 @@ def hvp_reverse_over_reverse(loss_fn: Callable[[Params], torch.Tensor], params: 
     H is symmetric, so the vector-Jacobian product of the gradient with v is H v. Plain
     autograd on fresh leaves: nothing reaches the ``.grad`` of the caller's tensors.
     """
+    return _reverse_over_reverse_operator(loss_fn, params)(vector)
+
+
+def _reverse_over_reverse_operator(loss_fn: Callable[[Params], torch.Tensor],
+                                   params: Params) -> Callable[[Params], Params]:
+    """v -> H v whose gradient graph is built on the first product and kept for the next ones."""
     leaves = {k: p.detach().requires_grad_(True) for k, p in params.items()}
     names = list(leaves)
-    with torch.enable_grad():
-        loss = loss_fn(leaves)
-        first = torch.autograd.grad(loss, [leaves[k] for k in names], create_graph=True, allow_unused=True)
-        dot = sum((g * vector[k].detach()).sum() for k, g in zip(names, first, strict=True) if g is not None)
-        if not isinstance(dot, torch.Tensor) or not dot.requires_grad:
-            return {k: torch.zeros_like(p) for k, p in leaves.items()}
-        second = torch.autograd.grad(dot, [leaves[k] for k in names], allow_unused=True)
-    return {k: (h.detach() if h is not None else torch.zeros_like(leaves[k]))
-            for k, h in zip(names, second, strict=True)}
+    first: list[torch.Tensor | None] = []
+
+    def product(vector: Params) -> Params:
+        with torch.enable_grad():
+            if not first:
+                loss = loss_fn(leaves)
+                first.extend(torch.autograd.grad(loss, [leaves[k] for k in names], create_graph=True,
+                                                 allow_unused=True))
+            dot = sum((g * vector[k].detach()).sum() for k, g in zip(names, first, strict=True) if g is not None)
+            if not isinstance(dot, torch.Tensor) or not dot.requires_grad:
+                return {k: torch.zeros_like(p) for k, p in leaves.items()}
+            second = torch.autograd.grad(dot, [leaves[k] for k in names], retain_graph=True, allow_unused=True)
+        return {k: (h.detach() if h is not None else torch.zeros_like(leaves[k]))
+                for k, h in zip(names, second, strict=True)}
+
+    return product
 
 
 HVP_MODES: dict[str, Callable[[Callable[[Params], torch.Tensor], Params, Params], Params]] = {
@@ -94,24 +107,7 @@ def hvp_operator(loss_fn: Callable[[Params], torch.Tensor], params: Params, *,
     """
     if mode != "reverse-over-reverse":
         return lambda vector: default_hvp(loss_fn, params, vector, mode=mode)
-    leaves = {k: p.detach().requires_grad_(True) for k, p in params.items()}
-    names = list(leaves)
-    first: list[torch.Tensor | None] = []
-
-    def product(vector: Params) -> Params:
-        with torch.enable_grad():
-            if not first:
-                loss = loss_fn(leaves)
-                first.extend(torch.autograd.grad(loss, [leaves[k] for k in names], create_graph=True,
-                                                 allow_unused=True))
-            dot = sum((g * vector[k].detach()).sum() for k, g in zip(names, first, strict=True) if g is not None)
-            if not isinstance(dot, torch.Tensor) or not dot.requires_grad:
-                return {k: torch.zeros_like(p) for k, p in leaves.items()}
-            second = torch.autograd.grad(dot, [leaves[k] for k in names], retain_graph=True, allow_unused=True)
-        return {k: (h.detach() if h is not None else torch.zeros_like(leaves[k]))
-                for k, h in zip(names, second, strict=True)}
-
-    return product
+    return _reverse_over_reverse_operator(loss_fn, params)
 
 
 def directional_derivatives_jvp(per_sample_loss: Callable[[Params], torch.Tensor], params: Params,
