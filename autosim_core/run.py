@@ -217,8 +217,7 @@ class Run:
         self.val: Batch | None = None
         self.test: Batch | None = None
         self.model: torch.nn.Module | None = None
-        self._train_steps = 0
-        self._last_validation: tuple[torch.nn.Module, int, float, dict[str, float]] | None = None
+        self._last_validation: tuple[torch.nn.Module, tuple[int, ...], float, dict[str, float]] | None = None
         self._val_pass: tuple[torch.nn.Module, tuple[int, ...], ValidationPass] | None = None
         self._open_phases: list[float] = []
 
@@ -405,7 +404,6 @@ class Run:
                     minibatch = batch.select(order[start:start + t.batch_size])
                     last.append(self.pm.hook.train_step(model=model, batch=minibatch, optimizer=optimizer,
                                                         loss_fn=self.losses, settings=self.task_settings))
-                    self._train_steps += 1
         return sum(last) / max(len(last), 1)
 
     def validation_pass(self, model: torch.nn.Module) -> ValidationPass:
@@ -459,7 +457,7 @@ class Run:
         else:
             with self.timed("eval"):
                 val_loss, metrics = self.evaluate(model, self.val)
-        self._last_validation = (model, self._train_steps, val_loss, dict(metrics))
+        self._last_validation = (model, _state_versions(model), val_loss, dict(metrics))
         return {"val_loss": val_loss, "val_metric": metrics.pop("metric"), "val_details": metrics}
 
     # ------------------------------------------------------------------------ the loop ---
@@ -600,7 +598,7 @@ class Run:
         if self.val is not None:
             # The last iteration usually scored this very model already; evaluate only if not.
             last = self._last_validation
-            if last is not None and last[0] is self.model and last[1] == self._train_steps:
+            if last is not None and last[0] is self.model and last[1] == _state_versions(self.model):
                 loss, metrics = last[2], last[3]
             else:
                 loss, metrics = self.evaluate(self.model, self.val)
