@@ -15,12 +15,13 @@ import sys
 import nox
 
 nox.options.default_venv_backend = "uv|virtualenv"
-nox.options.sessions = ["lint", "core", "clevr", "unet", "clevr_unet", "cycles"]
+nox.options.sessions = ["lint", "core", "clevr", "unet", "yolo", "clevr_unet", "cycles"]
 
 CONSTRAINTS = ("-c", "constraints.txt")
 CORE = ("-e", ".[test,baselines]")
 CLEVR = ("-e", "plugins/autosim_clevr")
 UNET = ("-e", "plugins/autosim_unet")
+YOLO = ("-e", "plugins/autosim_yolo")
 PYTHON = "3.11"
 
 
@@ -96,6 +97,13 @@ def unet(session: nox.Session) -> None:
     """autosim-unet beside the core."""
     _install(session, CORE, UNET)
     _pytest(session, "plugins/autosim_unet/tests")
+
+
+@nox.session(python=PYTHON)
+def yolo(session: nox.Session) -> None:
+    """autosim-yolo beside the core: detectors, COCO/BOP data, the shapes simulator."""
+    _install(session, CORE, YOLO, ("tomli-w",))
+    _pytest(session, "plugins/autosim_yolo/tests")
 
 
 @nox.session(python=PYTHON)

@@ -1,0 +1,106 @@
+"""Hook implementations: the ``yolo`` and ``faster-rcnn`` tasks and the ``shapes`` simulator."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from autosim_core.hookspecs import hookimpl
+from autosim_core.records import Batch, Example
+from pydantic import BaseModel
+
+from .data import load_detection_folder
+from .decode import yolo_detections
+from .faster_rcnn import build_faster_rcnn, faster_rcnn_detections, faster_rcnn_losses
+from .loss import yolo_losses
+from .metrics import detection_metrics
+from .model import build_yolo
+from .settings import DetectionSettings, FasterRCNNSettings, YoloSettings, coerce
+from .shapes import shapes_simulator
+from .targets import letterbox, object_rows, pack_targets
+
+__all__ = ["collate_detection", "faster_rcnn_task", "shapes_simulator", "yolo_task"]
+
+
+def collate_detection(examples: list[Example], settings: DetectionSettings) -> Batch:
+    """Images letterboxed to the square input; objects as the padded (B, M, 5) target tensor."""
+    if not examples:
+        raise ValueError("no examples to collate")
+    images, rows = [], []
+    for i, example in enumerate(examples):
+        where = (example.scene or {}).get("id", i)
+        image = example.image
+        if image.dim() != 3 or image.shape[0] not in (1, 3):
+            raise ValueError(f"example {where!r}: image must be (3, H, W) (or (1, H, W)); got {tuple(image.shape)}")
+        # uint8 images are accepted and scaled like the float images renderers return.
+        image = image.float() / 255.0 if image.dtype == torch.uint8 else image.float()
+        if image.shape[0] == 1:
+            image = image.expand(3, -1, -1)
+        square, scale, offset = letterbox(image, settings.input_size)
+        images.append(square)
+        rows.append(object_rows(example.objects, settings.classes, scale, offset, where,
+                                settings.min_visible_fraction))
+    return Batch(torch.stack(images), pack_targets(rows))
+
+
+class _DetectionTask:
+    settings_model: type[DetectionSettings] = DetectionSettings
+
+    def _settings(self, settings: Any) -> Any:
+        return coerce(settings, self.settings_model)
+
+    @hookimpl
+    def task_settings_model(self) -> type[BaseModel]:
+        return self.settings_model
+
+    @hookimpl
+    def collate(self, examples: list[Example], settings: Any) -> Batch:
+        return collate_detection(examples, self._settings(settings))
+
+    @hookimpl
+    def load_dataset(self, path: str, settings: Any) -> list[Example]:
+        # Images are shrunk to the network's input on loading: a folder of full-size photos
+        # (LM-O's are 640 x 480) would otherwise be kept in memory at full size as floats.
+        return load_detection_folder(path, max_size=self._settings(settings).input_size)
+
+
+class YoloTask(_DetectionTask):
+    """``autosim.tasks: yolo``: YOLOv3-tiny / YOLOv3-spp scored by COCO mAP@0.5."""
+
+    settings_model = YoloSettings
+
+    @hookimpl
+    def create_model(self, settings: Any) -> torch.nn.Module:
+        return build_yolo(self._settings(settings))
+
+    @hookimpl
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor, settings: Any) -> torch.Tensor:
+        return yolo_losses(outputs, targets, self._settings(settings))
+
+    @hookimpl
+    def evaluate(self, outputs: torch.Tensor, targets: torch.Tensor, settings: Any) -> dict[str, float]:
+        s = self._settings(settings)
+        return detection_metrics(yolo_detections(outputs, s), targets, s.classes)
+
+
+class FasterRCNNTask(_DetectionTask):
+    """``autosim.tasks: faster-rcnn``: torchvision's MobileNetV3-FPN Faster R-CNN, per-image losses."""
+
+    settings_model = FasterRCNNSettings
+
+    @hookimpl
+    def create_model(self, settings: Any) -> torch.nn.Module:
+        return build_faster_rcnn(self._settings(settings))
+
+    @hookimpl
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor, settings: Any) -> torch.Tensor:
+        return faster_rcnn_losses(outputs, targets, self._settings(settings))
+
+    @hookimpl
+    def evaluate(self, outputs: torch.Tensor, targets: torch.Tensor, settings: Any) -> dict[str, float]:
+        s = self._settings(settings)
+        return detection_metrics(faster_rcnn_detections(outputs, s), targets, s.classes)
+
+
+yolo_task = YoloTask()
+faster_rcnn_task = FasterRCNNTask()
