@@ -124,7 +124,7 @@ def bench_clevr(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
     """Benchmarks of the core and of each plugin, as JSON in bench-results/."""
-    _install(session, CORE, ("-e", "plugins/autosim_clevr[blender]"), UNET)
+    _install(session, CORE, ("-e", "plugins/autosim_clevr[blender]"), UNET, YOLO)
     os.makedirs("bench-results", exist_ok=True)
     session.run("python", "benchmarks/core.py", "--out", "bench-results/core.json")
     session.run("python", "plugins/autosim_clevr/bench.py", "--out", "bench-results/clevr.json")
@@ -132,3 +132,6 @@ def bench(session: nox.Session) -> None:
     session.run("python", "plugins/autosim_unet/bench.py", "--out", "bench-results/unet.json", "--size", "64",
                 "--batch", "32", "--train-batch-size", "16", "--val", "64", "--width", "16", "--depth", "2",
                 "--cg-iters", "3")
+    # The sizes of examples/shapes_yolo.toml for yolo (96 px, K = 64); Faster R-CNN at 160 px.
+    session.run("python", "plugins/autosim_yolo/bench.py", "--out", "bench-results/yolo.json", "--size", "96",
+                "--image-size", "96", "--width", "0.25", "--batch", "64", "--val", "64")

@@ -65,7 +65,7 @@ def peak_rss_mib() -> float:
 
 def task_config(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     if args.model == "faster-rcnn":
-        return "faster-rcnn", {"input_size": args.size}
+        return "faster-rcnn", {"input_size": args.rcnn_size}
     return "yolo", {"variant": args.model, "input_size": args.size, "width": args.width, "norm": args.norm}
 
 
@@ -149,8 +149,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             results["hypergrad"][name] = {"seconds": seconds, "per_epoch": per_epoch(seconds)}
 
     trainable = [p for p in model.parameters() if p.requires_grad]
+    input_size = args.rcnn_size if args.model == "faster-rcnn" else args.size
     return {"model": args.model, "setup": {
-                "input_size": args.size, "image_size": args.image_size, "batch": args.batch,
+                "input_size": input_size, "image_size": args.image_size, "batch": args.batch,
                 "train_batch_size": args.train_batch_size, "val": args.val, "width": args.width, "norm": args.norm,
                 "cg_iters": args.cg_iters, "repeats": args.repeats, "threads": torch.get_num_threads(),
                 "parameters": sum(p.numel() for p in model.parameters()),
@@ -164,6 +165,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     parser.add_argument("--model", choices=MODELS, help=argparse.SUPPRESS)
     parser.add_argument("--size", type=int, default=160, help="network input side in pixels")
+    parser.add_argument("--rcnn-size", type=int, default=160, help="Faster R-CNN's input side in pixels")
     parser.add_argument("--image-size", type=int, default=128, help="rendered image side in pixels")
     parser.add_argument("--batch", type=int, default=32, help="K: images rendered per iteration")
     parser.add_argument("--train-batch-size", type=int, default=16)

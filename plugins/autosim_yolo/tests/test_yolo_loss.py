@@ -187,7 +187,7 @@ def test_image_without_objects_has_only_objectness():
     a = yolo_losses(outputs, empty, _settings())
     b = yolo_losses(outputs, empty, _settings(box_gain=10.0, cls_gain=7.0))
     assert torch.equal(a, b)
-    expected = torch.nn.functional.softplus(outputs[..., 4]).mean(1)  # BCE against 0
+    expected = _settings().obj_gain * torch.nn.functional.softplus(outputs[..., 4]).mean(1)  # BCE against 0
     assert torch.allclose(a, expected, rtol=1e-12)
 
 
