@@ -102,7 +102,7 @@ def unet(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def yolo(session: nox.Session) -> None:
     """autosim-yolo beside the core: detectors, COCO/BOP data, the shapes simulator."""
-    _install(session, CORE, YOLO, ("tomli-w",))
+    _install(session, CORE, ("-e", "plugins/autosim_yolo[test]"), ("tomli-w",))
     _pytest(session, "plugins/autosim_yolo/tests")
 
 
