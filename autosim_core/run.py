@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from torch.func import functional_call
 
-from .config import ConfigError, Data, RunConfig, validate_settings
+from .config import ConfigError, Data, RunConfig, format_validation_error, validate_settings
 from .hypergrad import Params, hvp_operator
 from .plugins import Registry, has_impl, load_registry, plugin_manager
 from .records import Batch, Example, SceneBatch
@@ -61,6 +61,17 @@ def _require(pm: Any, hooks: tuple[str, ...], role: str, name: str, errors: list
     for hook in hooks:
         if not has_impl(pm, hook, role):
             errors.append(f"{role}.name: {role} {name!r} implements no {hook!r} hook")
+
+
+def _labels_problem(labels: Any) -> str | None:
+    """What is wrong with a simulator's declared labels, or None."""
+    if not isinstance(labels, list | tuple) or not all(isinstance(n, str) and n for n in labels):
+        return f"expected a list of non-empty class names, got {labels!r}"
+    if not labels:
+        return "an empty list (return None to declare no classes)"
+    if len(set(labels)) != len(labels):
+        return f"names must be distinct, got {list(labels)}"
+    return None
 
 
 def _to_device(batch: Batch, device: torch.device) -> Batch:
@@ -172,6 +183,7 @@ class Run:
                                           config.searcher.settings, "searcher.settings")
         if errors:
             raise ConfigError(errors)
+        self.labels = self._resolve_labels(errors)
 
         self.base_space: ParameterSpace = hook.parameter_space(settings=self.sim_settings)
         self.presets: dict[str, dict[str, dict[str, Any]]] = hook.presets(settings=self.sim_settings) or {}
@@ -222,6 +234,34 @@ class Run:
         self._open_phases: list[float] = []
 
     # -------------------------------------------------------------------- configuration ---
+    def _resolve_labels(self, errors: list[str]) -> list[str] | None:
+        """The simulator's declared object classes (``labels`` hook), handed to the task's
+        ``apply_labels`` hook, whose answer replaces the task's settings."""
+        name = self.config.simulator.name
+        declared = self.pm.hook.labels(settings=self.sim_settings)
+        if declared is None:
+            return None
+        if self.task_settings is None:  # invalid [task.settings], reported already
+            return list(declared)
+        problem = _labels_problem(declared)
+        if problem:
+            errors.append(f"simulator.name: simulator {name!r} declares bad labels: {problem}")
+            return None
+        labels = list(declared)
+        try:
+            adapted = self.pm.hook.apply_labels(settings=self.task_settings, labels=list(labels))
+        except ValidationError as exc:
+            errors.extend(f"{line} (with the labels simulator {name!r} declares: {labels})"
+                          for line in format_validation_error(exc, "task.settings"))
+            return labels
+        except ValueError as exc:
+            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            errors.append(f"task.settings: {message} (with the labels simulator {name!r} declares: {labels})")
+            return labels
+        if adapted is not None:
+            self.task_settings = adapted
+        return labels
+
     def _space(self, preset: str | None, overrides: dict[str, dict[str, Any]], key: str,
                errors: list[str]) -> ParameterSpace:
         space = self.base_space
