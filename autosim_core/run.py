@@ -20,6 +20,7 @@ import torch
 from pydantic import BaseModel, ValidationError
 from torch.func import functional_call
 
+from .cache import default_cache_dir, source_fingerprint
 from .config import ConfigError, Data, RunConfig, format_validation_error, validate_settings
 from .hypergrad import Params, hvp_operator
 from .plugins import Registry, has_impl, load_registry, plugin_manager
@@ -220,6 +221,7 @@ class Run:
         self.device = torch.device("cpu")
         self.searcher_cls = searcher_cls
         self.simulator_version = registry.versions["simulators"].get(config.simulator.name, "")
+        self._simulator_source: str | None = None
         self.generator = torch.Generator().manual_seed(config.seed)
         self.images = 0
         self.iteration = 0
@@ -351,9 +353,17 @@ class Run:
     def _cache_dir(self) -> Path:
         if self.config.cache_dir is not None:
             return self.config.cache_dir
-        root = os.environ.get("AUTOSIM_CACHE") or os.path.join(
-            os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "autosim")
-        return Path(root)
+        return default_cache_dir()
+
+    def simulator_source(self) -> str:
+        """A hash of the simulator's source (``autosim_core.cache.source_fingerprint``): part
+        of the cache key, so that an edited renderer never meets the sets its old code rendered."""
+        if self._simulator_source is None:
+            plugin = self.pm.get_plugin("simulator")
+            functions = [impl.function for caller in (self.pm.get_hookcallers(plugin) or [])
+                         for impl in caller.get_hookimpls() if impl.plugin_name == "simulator"]
+            self._simulator_source = source_fingerprint(plugin, functions)
+        return self._simulator_source
 
     def load_data(self, key: str) -> Batch | None:
         data: Data | None = getattr(self.config, key)
@@ -366,10 +376,11 @@ class Run:
             return self.collate(examples)
         space = self._space(data.preset, data.overrides, key, [])
         settings = self.settings_json()["simulator"]["settings"]
-        # The simulator's distribution and version are part of the key: an upgraded renderer
-        # must not be scored against sets its previous version rendered.
+        # The simulator's distribution, version and source are part of the key: an upgraded
+        # or edited renderer must not be scored against sets its previous code rendered.
         fingerprint = json.dumps({"v": CACHE_VERSION, "simulator": self.config.simulator.name,
                                   "simulator_version": self.simulator_version,
+                                  "simulator_source": self.simulator_source(),
                                   "settings": settings, "space": space.to_dict(),
                                   "count": data.count, "seed": data.seed}, sort_keys=True, default=str)
         digest = hashlib.sha256(fingerprint.encode()).hexdigest()[:20]
