@@ -233,6 +233,38 @@ def diagnose(
     typer.echo(markdown(report), nl=False)
 
 
+cache_app = typer.Typer(help="The cache of rendered validation and test sets.", no_args_is_help=True)
+app.add_typer(cache_app, name="cache")
+
+CacheDir = Annotated[Path | None, typer.Option(
+    "--dir", help="cache folder (default: $AUTOSIM_CACHE, else $XDG_CACHE_HOME/autosim, else ~/.cache/autosim; "
+                  "a config's cache_dir when it sets one)")]
+CacheSimulator = Annotated[str | None, typer.Option("--simulator", help="only the sets of this simulator")]
+
+
+@cache_app.command("list")
+def cache_list(cache_dir: CacheDir = None, simulator: CacheSimulator = None) -> None:
+    """Cached evaluation sets: simulator, set, size and file."""
+    from .cache import cached_sets, default_cache_dir
+
+    folder = cache_dir or default_cache_dir()
+    entries = cached_sets(folder, simulator)
+    for entry in entries:
+        typer.echo(f"{entry.simulator}\t{entry.key}\t{entry.size / 2**20:.1f} MiB\t{entry.path.name}")
+    total = sum(e.size for e in entries)
+    typer.echo(f"{len(entries)} cached set(s), {total / 2**20:.1f} MiB in {folder}", err=True)
+
+
+@cache_app.command("clear")
+def cache_clear(cache_dir: CacheDir = None, simulator: CacheSimulator = None) -> None:
+    """Remove cached evaluation sets (runs render them again when they need them)."""
+    from .cache import clear_cache, default_cache_dir
+
+    folder = cache_dir or default_cache_dir()
+    removed = clear_cache(folder, simulator)
+    typer.echo(f"removed {len(removed)} cached set(s), {sum(e.size for e in removed) / 2**20:.1f} MiB from {folder}")
+
+
 def main() -> None:
     app()
 

@@ -4,7 +4,7 @@ Layout (what segmentation trainers and ``load_dataset`` of the UNet task read):
 
     DIR/images/000000.png        RGB, 8 bit
     DIR/masks/000000.png         single channel, pixel value = class id (when the example has a mask)
-    DIR/annotations.jsonl        one line per example: file names, label, objects (boxes), scene record
+    DIR/annotations.jsonl        one line per example: file names, label, target, objects (boxes), scene record
 """
 
 from __future__ import annotations
@@ -39,6 +39,8 @@ def write_examples(examples: Iterable[Example], out_dir: str | Path, start: int 
             Image.fromarray(image_to_png_array(example.image)).save(out / "images" / name)
             row = {"image": f"images/{name}", "label": example.label, "objects": example.objects,
                    "scene": example.scene}
+            if example.target is not None:
+                row["target"] = example.target.detach().cpu().tolist()
             if example.mask is not None:
                 if int(example.mask.max()) > 255 or int(example.mask.min()) < 0:
                     raise ValueError(f"example {i}: class ids must lie in 0..255 for PNG masks")

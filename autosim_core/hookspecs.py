@@ -44,6 +44,19 @@ def parameter_space(settings: Any) -> ParameterSpace:
 
 
 @hookspec(firstresult=True)
+def labels(settings: Any) -> list[str] | None:
+    """The simulator's object classes, in id order (optional): ``["sphere", "cube", ...]``.
+
+    The convention every task follows: a rendered ``Example.mask`` marks object class
+    ``labels[i]`` with id ``i + 1`` and background with 0 (a segmentation task has
+    ``len(labels) + 1`` classes); an object's ``category`` in ``Example.objects`` is one of
+    these names (a detection task's class ``i`` is ``labels[i]``); an ``Example.label`` is an
+    index ``0 .. len(labels) - 1``. Tasks size their heads and name their metrics from it
+    (``apply_labels``) unless their own settings say otherwise. None: no declared classes.
+    """
+
+
+@hookspec(firstresult=True)
 def presets(settings: Any) -> dict[str, dict[str, dict[str, Any]]] | None:
     """Named variants of the space: ``{"target": {"light": {"mean": 2.0}}, ...}`` (optional).
 
@@ -77,6 +90,18 @@ def render(scenes: list[dict[str, Any]], settings: Any) -> list[Example]:
 @hookspec(firstresult=True)
 def task_settings_model() -> type[BaseModel] | None:
     """The pydantic model of the task's ``[task.settings]`` table (optional)."""
+
+
+@hookspec(firstresult=True)
+def apply_labels(settings: Any, labels: list[str]) -> Any:
+    """The task's settings adapted to the simulator's declared ``labels`` (optional).
+
+    Called once per run, after ``[task.settings]`` is validated and only when the simulator's
+    ``labels`` hook declares classes; the result replaces the settings every other task hook
+    receives. Settings the user gave explicitly win (a pydantic model's ``model_fields_set``
+    says which). Raise ``ValueError`` for labels the settings cannot take; the run reports it
+    as a config error. A task without this hook keeps its settings as they are.
+    """
 
 
 @hookspec(firstresult=True)

@@ -17,6 +17,8 @@ class Example:
              tensor the task's ``collate`` understands is allowed (the toy task uses a 2-vector).
     mask:    per-pixel class ids (H, W), int64, 0 = background (segmentation).
     label:   one class id for the whole example (classification).
+    target:  a regression target for the whole example: a float tensor, a scalar (shape ())
+             or a vector (pose, depth, a count), whatever the task's ``collate`` stacks.
     objects: per-object records for export and detection, e.g.
              ``{"category": "cube", "box": [x0, y0, x1, y1], "colour": "red"}`` (box in pixels).
     scene:   the scene record it was rendered from.
@@ -25,16 +27,18 @@ class Example:
     image: torch.Tensor
     mask: torch.Tensor | None = None
     label: int | None = None
+    target: torch.Tensor | None = None
     objects: list[dict[str, Any]] = field(default_factory=list)
     scene: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Tensors, lists and scalars only, so ``torch.load(weights_only=True)`` reads it back."""
-        return {"image": self.image, "mask": self.mask, "label": self.label,
+        return {"image": self.image, "mask": self.mask, "label": self.label, "target": self.target,
                 "objects": self.objects, "scene": self.scene}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Example:
+        """The inverse of ``to_dict``; dicts written before a field existed get its default."""
         return cls(**data)
 
 

@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from torch.func import functional_call
 
-from .config import ConfigError, Data, RunConfig, validate_settings
+from .cache import default_cache_dir, source_fingerprint
+from .config import ConfigError, Data, RunConfig, format_validation_error, validate_settings
 from .hypergrad import Params, hvp_operator
 from .plugins import Registry, has_impl, load_registry, plugin_manager
 from .records import Batch, Example, SceneBatch
@@ -61,6 +62,17 @@ def _require(pm: Any, hooks: tuple[str, ...], role: str, name: str, errors: list
     for hook in hooks:
         if not has_impl(pm, hook, role):
             errors.append(f"{role}.name: {role} {name!r} implements no {hook!r} hook")
+
+
+def _labels_problem(labels: Any) -> str | None:
+    """What is wrong with a simulator's declared labels, or None."""
+    if not isinstance(labels, list | tuple) or not all(isinstance(n, str) and n for n in labels):
+        return f"expected a list of non-empty class names, got {labels!r}"
+    if not labels:
+        return "an empty list (return None to declare no classes)"
+    if len(set(labels)) != len(labels):
+        return f"names must be distinct, got {list(labels)}"
+    return None
 
 
 def _to_device(batch: Batch, device: torch.device) -> Batch:
@@ -172,6 +184,7 @@ class Run:
                                           config.searcher.settings, "searcher.settings")
         if errors:
             raise ConfigError(errors)
+        self.labels = self._resolve_labels(errors)
 
         self.base_space: ParameterSpace = hook.parameter_space(settings=self.sim_settings)
         self.presets: dict[str, dict[str, dict[str, Any]]] = hook.presets(settings=self.sim_settings) or {}
@@ -208,6 +221,7 @@ class Run:
         self.device = torch.device("cpu")
         self.searcher_cls = searcher_cls
         self.simulator_version = registry.versions["simulators"].get(config.simulator.name, "")
+        self._simulator_source: str | None = None
         self.generator = torch.Generator().manual_seed(config.seed)
         self.images = 0
         self.iteration = 0
@@ -222,6 +236,34 @@ class Run:
         self._open_phases: list[float] = []
 
     # -------------------------------------------------------------------- configuration ---
+    def _resolve_labels(self, errors: list[str]) -> list[str] | None:
+        """The simulator's declared object classes (``labels`` hook), handed to the task's
+        ``apply_labels`` hook, whose answer replaces the task's settings."""
+        name = self.config.simulator.name
+        declared = self.pm.hook.labels(settings=self.sim_settings)
+        if declared is None:
+            return None
+        if self.task_settings is None:  # invalid [task.settings], reported already
+            return list(declared)
+        problem = _labels_problem(declared)
+        if problem:
+            errors.append(f"simulator.name: simulator {name!r} declares bad labels: {problem}")
+            return None
+        labels = list(declared)
+        try:
+            adapted = self.pm.hook.apply_labels(settings=self.task_settings, labels=list(labels))
+        except ValidationError as exc:
+            errors.extend(f"{line} (with the labels simulator {name!r} declares: {labels})"
+                          for line in format_validation_error(exc, "task.settings"))
+            return labels
+        except ValueError as exc:
+            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            errors.append(f"task.settings: {message} (with the labels simulator {name!r} declares: {labels})")
+            return labels
+        if adapted is not None:
+            self.task_settings = adapted
+        return labels
+
     def _space(self, preset: str | None, overrides: dict[str, dict[str, Any]], key: str,
                errors: list[str]) -> ParameterSpace:
         space = self.base_space
@@ -311,9 +353,17 @@ class Run:
     def _cache_dir(self) -> Path:
         if self.config.cache_dir is not None:
             return self.config.cache_dir
-        root = os.environ.get("AUTOSIM_CACHE") or os.path.join(
-            os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "autosim")
-        return Path(root)
+        return default_cache_dir()
+
+    def simulator_source(self) -> str:
+        """A hash of the simulator's source (``autosim_core.cache.source_fingerprint``): part
+        of the cache key, so that an edited renderer never meets the sets its old code rendered."""
+        if self._simulator_source is None:
+            plugin = self.pm.get_plugin("simulator")
+            functions = [impl.function for caller in (self.pm.get_hookcallers(plugin) or [])
+                         for impl in caller.get_hookimpls() if impl.plugin_name == "simulator"]
+            self._simulator_source = source_fingerprint(plugin, functions)
+        return self._simulator_source
 
     def load_data(self, key: str) -> Batch | None:
         data: Data | None = getattr(self.config, key)
@@ -326,10 +376,11 @@ class Run:
             return self.collate(examples)
         space = self._space(data.preset, data.overrides, key, [])
         settings = self.settings_json()["simulator"]["settings"]
-        # The simulator's distribution and version are part of the key: an upgraded renderer
-        # must not be scored against sets its previous version rendered.
+        # The simulator's distribution, version and source are part of the key: an upgraded
+        # or edited renderer must not be scored against sets its previous code rendered.
         fingerprint = json.dumps({"v": CACHE_VERSION, "simulator": self.config.simulator.name,
                                   "simulator_version": self.simulator_version,
+                                  "simulator_source": self.simulator_source(),
                                   "settings": settings, "space": space.to_dict(),
                                   "count": data.count, "seed": data.seed}, sort_keys=True, default=str)
         digest = hashlib.sha256(fingerprint.encode()).hexdigest()[:20]

@@ -41,6 +41,11 @@ class ToySimulator:
         return ToySimulatorSettings
 
     @hookimpl
+    def labels(self) -> list[str]:
+        """The two classes of the points; ``Example.label`` is 0 or 1."""
+        return ["class0", "class1"]
+
+    @hookimpl
     def parameter_space(self) -> ParameterSpace:
         return toy_space()
 

@@ -12,7 +12,7 @@ from pydantic import BaseModel
 from .geometry import projected_box
 from .layout import layout
 from .params import ClevrSettings, clevr_presets, clevr_space
-from .scene import CLASS_ID, Scene3D
+from .scene import CLASS_ID, SHAPES, Scene3D
 
 Backend = Callable[[list[Scene3D]], list[tuple[torch.Tensor, torch.Tensor]]]
 
@@ -123,6 +123,11 @@ class ClevrSimulator:
     @hookimpl
     def simulator_settings_model(self) -> type[BaseModel]:
         return ClevrSettings
+
+    @hookimpl
+    def labels(self) -> list[str]:
+        """Mask ids 1 sphere, 2 cube, 3 cylinder (0 background); objects' ``category``."""
+        return list(SHAPES)
 
     @hookimpl
     def parameter_space(self) -> ParameterSpace:

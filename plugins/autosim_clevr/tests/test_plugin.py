@@ -90,6 +90,17 @@ def test_render_hook_resizes_and_describes_objects() -> None:
             assert obj["material"] in ("rubber", "metal")
 
 
+def test_declared_labels_match_the_rendered_ids_and_categories() -> None:
+    labels = clevr_simulator.labels()
+    assert labels == ["sphere", "cube", "cylinder"]
+    examples = clevr_simulator.render(_records("target", 3, 0, size="96x96"), {"output_size": [24, 32],
+                                                                              "max_samples": 2})
+    for ex in examples:
+        assert 0 <= int(ex.mask.min()) and int(ex.mask.max()) <= len(labels)
+        for obj in ex.objects:
+            assert bool((ex.mask == labels.index(obj["category"]) + 1).any())
+
+
 def test_resize_keeps_class_ids() -> None:
     mask = torch.zeros(60, 90, dtype=torch.long)
     mask[10:30, 10:40] = 1

@@ -21,10 +21,11 @@ class UNetSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    num_classes: int = Field(4, ge=2, description="classes including background (id 0)")
+    num_classes: int = Field(4, ge=2, description="classes including background (id 0) (default: the number of "
+                                                  "class_names, else 1 + the simulator's declared labels, else 4)")
     class_names: list[str] | None = Field(
-        None, description="one name per class id, for per-class IoU keys "
-                          "(default: background, sphere, cube, cylinder for 4 classes)")
+        None, description="one name per class id, for per-class IoU keys (default: background and the "
+                          "simulator's declared labels; else background, sphere, cube, cylinder for 4 classes)")
     in_channels: int = Field(3, ge=1, description="image channels")
     depth: int = Field(1, ge=1, le=6, description="2x down-samplings; 5*depth+3 conv layers (8 by default)")
     width: int = Field(16, ge=1, description="channels of the first level (doubled at each level)")
@@ -36,9 +37,16 @@ class UNetSettings(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> UNetSettings:
+        if self.class_names is not None and "num_classes" not in self.model_fields_set:
+            self.num_classes = len(self.class_names)
+            self.__pydantic_fields_set__.discard("num_classes")
+            if self.num_classes < 2:
+                raise ValueError("class_names must name at least 2 classes (background and one more)")
         if self.class_names is None:
             self.class_names = (list(CLEVR_CLASSES) if self.num_classes == len(CLEVR_CLASSES)
                                 else ["background"] + [f"class{i}" for i in range(1, self.num_classes)])
+            # model_fields_set keeps saying what the user gave (apply_labels reads it).
+            self.__pydantic_fields_set__.discard("class_names")
         if len(self.class_names) != self.num_classes:
             raise ValueError(f"class_names has {len(self.class_names)} names for num_classes = {self.num_classes}")
         if len(set(self.class_names)) != len(self.class_names):
@@ -70,6 +78,22 @@ def _settings(settings: Any) -> UNetSettings:
     return UNetSettings.model_validate(settings or {})
 
 
+def settings_for_labels(settings: UNetSettings, labels: list[str]) -> UNetSettings:
+    """The settings with the simulator's object classes: class 0 = background, class i =
+    ``labels[i - 1]`` (the mask ids the simulator renders). ``num_classes`` and ``class_names``
+    given in ``[task.settings]`` win; ``num_classes`` alone keeps the task's generic names
+    unless it matches the labels."""
+    given = settings.model_dump(include=set(settings.model_fields_set))
+    names = ["background", *labels]
+    if "class_names" in given:
+        given.setdefault("num_classes", len(given["class_names"]))
+    elif given.get("num_classes", len(names)) == len(names):
+        given.update(num_classes=len(names), class_names=names)
+    else:
+        return settings
+    return UNetSettings.model_validate(given)
+
+
 def build_model(settings: UNetSettings) -> UNet:
     model = UNet(settings.in_channels, settings.num_classes, settings.depth, settings.width)
     model.freeze(settings.freeze)
@@ -94,10 +118,29 @@ def collate_examples(examples: list[Example], settings: UNetSettings) -> Batch:
         if image.shape != examples[0].image.shape:
             raise ValueError(f"example {where!r}: image {tuple(image.shape)} differs from the first "
                              f"example's {tuple(examples[0].image.shape)}; all images of a batch need one size")
+        _check_mask_ids(ex.mask, where, settings)
         # uint8 images are accepted and scaled like the float images renderers return.
         images.append(image.float() / 255.0 if image.dtype == torch.uint8 else image.float())
         masks.append(ex.mask)
     return Batch(torch.stack(images), torch.stack(masks).long())
+
+
+def _check_mask_ids(mask: torch.Tensor, where: Any, settings: UNetSettings) -> None:
+    """A one-line error for class ids the model has no output for (cross-entropy would fail
+    deep inside training otherwise)."""
+    n = settings.num_classes
+    if mask.numel() == 0 or (int(mask.min()) >= 0 and int(mask.max()) < n):
+        return
+    bad = (mask < 0) | (mask >= n)
+    if settings.ignore_index is not None:
+        bad &= mask != settings.ignore_index
+    if not bool(bad.any()):
+        return
+    ids = sorted({int(v) for v in mask[bad].unique()[:5]})
+    void = "" if settings.ignore_index is None else f" or {settings.ignore_index} (ignore_index)"
+    raise ValueError(f"example {where!r}: mask class id {ids[0] if len(ids) == 1 else ids} outside the valid "
+                     f"range 0..{n - 1}{void} of num_classes = {n} ({', '.join(settings.names)}); the simulator's "
+                     "labels hook or task.settings num_classes set the classes")
 
 
 class UNetTask:
@@ -106,6 +149,10 @@ class UNetTask:
     @hookimpl
     def task_settings_model(self) -> type[BaseModel]:
         return UNetSettings
+
+    @hookimpl
+    def apply_labels(self, settings: Any, labels: list[str]) -> UNetSettings:
+        return settings_for_labels(_settings(settings), labels)
 
     @hookimpl
     def create_model(self, settings: Any) -> torch.nn.Module:

@@ -54,6 +54,15 @@ class _DetectionTask:
         return self.settings_model
 
     @hookimpl
+    def apply_labels(self, settings: Any, labels: list[str]) -> DetectionSettings:
+        """``classes`` = the simulator's labels (class i = labels[i]) unless the config sets them."""
+        s = self._settings(settings)
+        if "classes" in s.model_fields_set:
+            return s
+        return self.settings_model.model_validate({**s.model_dump(include=set(s.model_fields_set)),
+                                                   "classes": list(labels)})
+
+    @hookimpl
     def collate(self, examples: list[Example], settings: Any) -> Batch:
         return collate_detection(examples, self._settings(settings))
 

@@ -21,7 +21,9 @@ class DetectionSettings(BaseModel):
 
     classes: list[str] = Field(default_factory=lambda: list(SHAPE_CLASSES),
                                description="object class names; class id = position in the list. Objects "
-                                           "carry their class name in Example.objects[i]['category']")
+                                           "carry their class name in Example.objects[i]['category'] "
+                                           "(default: the simulator's declared labels, else circle, square, "
+                                           "triangle)")
     input_size: int = Field(160, ge=32, le=2048, description="images are letterboxed to input_size x input_size "
                                                              "(a multiple of 32)")
     weights: str | None = Field(None, description="a local file of pretrained weights: a torch state dict "

@@ -300,6 +300,11 @@ class ShapesSimulator:
         return ShapesSettings
 
     @hookimpl
+    def labels(self) -> list[str]:
+        """Mask id i + 1 and object category ``SHAPE_CLASSES[i]``."""
+        return list(SHAPE_CLASSES)
+
+    @hookimpl
     def parameter_space(self) -> ParameterSpace:
         return shapes_space()
 
