@@ -67,13 +67,17 @@ class Data(_Strict):
     preset: str | None = Field("target", description="preset the simulator renders this set from")
     overrides: dict[str, dict[str, Any]] = Field(default_factory=dict)
     count: int = Field(100, ge=1)
-    seed: int = Field(ge=0)
+    seed: int | None = Field(None, ge=0, description="seed of the rendered scenes (required for "
+                             "source = 'simulator'; unused by folders)")
     path: Path | None = None
 
     @model_validator(mode="after")
     def _folder_needs_path(self) -> Data:
         if self.source == "folder" and self.path is None:
             raise ValueError("source = 'folder' needs path")
+        if self.source == "simulator" and self.seed is None:
+            raise ValueError("source = 'simulator' needs seed (the seed its scenes are rendered from; "
+                             "it must differ from the training seed)")
         return self
 
 

@@ -236,3 +236,20 @@ def test_cli_invalid_toml_in_a_real_process(tmp_path: Path) -> None:
     lines = proc.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {config}: not valid TOML"), proc.stderr
     assert "Traceback" not in proc.stderr and proc.stdout == ""
+
+
+# ------------------------------------------------------------------ evaluation-set seeds ---
+def test_folder_sets_need_no_seed(toy_example: dict[str, Any], tmp_path: Path) -> None:
+    data = copy.deepcopy(toy_example)
+    data["test"] = {"source": "folder", "path": str(tmp_path)}
+    config = parse_config(data)
+    assert config.test is not None and config.test.seed is None
+
+
+def test_rendered_sets_need_a_seed(toy_example: dict[str, Any]) -> None:
+    data = copy.deepcopy(toy_example)
+    del data["test"]["seed"]
+    with pytest.raises(ConfigError) as info:
+        parse_config(data)
+    (line,) = info.value.lines
+    assert line.startswith("test: source = 'simulator' needs seed"), line
