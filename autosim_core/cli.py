@@ -35,15 +35,14 @@ def run(
     resume: Annotated[bool, typer.Option("--resume", help="continue from the folder's last checkpoint")] = False,
 ) -> None:
     """Run one searcher; writes history.jsonl, checkpoints, psi.json, summary.json, curves.png."""
-    from .config import ConfigError, load_config
+    from .config import ConfigError
 
     try:
-        cfg = load_config(config)
         from .observers import ConsoleProgress, PlotCurves
-        from .run import Run
+        from .run import open_run
 
-        runner = Run(cfg, out or Path("runs") / config.stem, observers=(ConsoleProgress(), PlotCurves()),
-                     config_text=config.read_text())
+        runner = open_run(config, out or Path("runs") / config.stem, observers=(ConsoleProgress(), PlotCurves()))
+        runner.config_text = config.read_text(encoding="utf-8")
     except ConfigError as exc:
         for line in exc.lines:
             typer.echo(f"error: {line}" if line.startswith(str(config)) else f"error: {config}: {line}", err=True)
@@ -82,7 +81,7 @@ def compare(
     and initial weights; validation and test sets stay the same).
     """
     from .compare import seeded_config_text, write_comparison
-    from .config import ConfigError, load_config, parse_config
+    from .config import ConfigError, parse_config
 
     def fail(message: str) -> typer.Exit:
         typer.echo(f"error: {message}", err=True)
@@ -106,15 +105,15 @@ def compare(
 
     from .observers import ConsoleProgress, PlotCurves
     from .plugins import load_registry
-    from .run import Run
+    from .run import Run, open_run
 
     registry = load_registry()
     runners: dict[str, dict[int, Run]] = {}
     errors: list[str] = []
     for path in configs:
         try:
-            base = load_config(path)
-            text = path.read_text()
+            base = open_run(path, out / path.stem / "seed-0", registry=registry).config
+            text = path.read_text(encoding="utf-8")
             collisions = [f"{path}: seed {base.seed + i} (seed + {i}, from --seeds {seeds}) equals {key}.seed; "
                           f"move {key}.seed outside {base.seed}..{base.seed + seeds - 1} or run fewer seeds"
                           for i in range(seeds) for key in ("validation", "test")

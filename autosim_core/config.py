@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -12,9 +13,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 class ConfigError(Exception):
     """A config that cannot run; each line names a key path and what is allowed."""
 
-    def __init__(self, lines: list[str]):
+    def __init__(self, lines: list[str], partial: RunConfig | None = None, dropped: tuple[str, ...] = ()):
         super().__init__("\n".join(lines))
         self.lines = lines
+        self.partial = partial
+        """For a config that fails validation: the config with its invalid keys left at their
+        defaults, so that the checks which need a whole config (plugins, presets, folders) can
+        still run and report in the same pass; None where no such config exists."""
+        self.dropped = dropped
+        """Tables of the original config that ``partial`` leaves out (their checks are moot)."""
 
 
 class _Strict(BaseModel):
@@ -128,19 +135,58 @@ def format_validation_error(error: ValidationError, prefix: str = "") -> list[st
     return lines
 
 
+_STAND_INS: dict[str, Any] = {"budget": {"iterations": 1}}
+"""Required tables replaced by a valid stand-in when building a partial config."""
+
+
+def _partial_config(data: dict[str, Any]) -> tuple[RunConfig | None, tuple[str, ...]]:
+    """``data`` with every invalid key removed (a default takes its place) or, where that is not
+    enough, its whole top-level table dropped; None when a required table cannot be repaired."""
+    data = copy.deepcopy(data)
+    dropped: list[str] = []
+    for _ in range(50):
+        try:
+            return RunConfig.model_validate(data), tuple(dropped)
+        except ValidationError as exc:
+            errors = exc.errors()
+        for err in errors:
+            loc = [p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-"))]
+            if not loc:
+                return None, ()
+            parent: Any = data
+            for part in loc[:-1]:
+                parent = parent.get(part) if isinstance(parent, dict) else None
+            if err["type"] != "missing" and len(loc) > 1 and isinstance(parent, dict) and loc[-1] in parent:
+                del parent[loc[-1]]
+                continue
+            top = str(loc[0])
+            if top in _STAND_INS and data.get(top) != _STAND_INS[top]:
+                data[top] = copy.deepcopy(_STAND_INS[top])
+            elif top in data and top not in ("simulator", "task"):
+                data.pop(top)
+                dropped.append(top)
+            else:
+                return None, ()
+    return None, ()
+
+
 def parse_config(data: dict[str, Any]) -> RunConfig:
     try:
         return RunConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc)) from None
+        partial, dropped = _partial_config(data) if isinstance(data, dict) else (None, ())
+        raise ConfigError(format_validation_error(exc), partial, dropped) from None
 
 
 def load_config(path: str | Path) -> RunConfig:
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_bytes().decode("utf-8")
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read ({exc.strerror})"]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}); "
+                           "save the config as UTF-8"]) from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -148,8 +194,14 @@ def load_config(path: str | Path) -> RunConfig:
     try:
         config = parse_config(data)
     except ConfigError as exc:
-        raise ConfigError([f"{path}: {line}" for line in exc.lines]) from None
-    base = path.parent
+        if exc.partial is not None:
+            _resolve_paths(exc.partial, path.parent)
+        raise ConfigError([f"{path}: {line}" for line in exc.lines], exc.partial, exc.dropped) from None
+    return _resolve_paths(config, path.parent)
+
+
+def _resolve_paths(config: RunConfig, base: Path) -> RunConfig:
+    """Folder paths of evaluation sets are relative to the config file."""
     for data_cfg in (config.validation, config.test):
         if data_cfg is not None and data_cfg.path is not None and not data_cfg.path.is_absolute():
             data_cfg.path = (base / data_cfg.path).resolve()

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ValidationError
 from torch.func import functional_call
 
 from .cache import default_cache_dir, source_fingerprint
-from .config import ConfigError, Data, RunConfig, format_validation_error, validate_settings
+from .config import ConfigError, Data, RunConfig, format_validation_error, load_config, parse_config, validate_settings
 from .hypergrad import Params, hvp_operator
 from .plugins import Registry, has_impl, load_registry, plugin_manager
 from .records import Batch, Example, SceneBatch
@@ -73,6 +73,16 @@ def _labels_problem(labels: Any) -> str | None:
     if len(set(labels)) != len(labels):
         return f"names must be distinct, got {list(labels)}"
     return None
+
+
+def _default_settings(model: type[BaseModel] | None) -> Any:
+    """A settings model's defaults (a dict where there is no model), None if it has required keys."""
+    if model is None:
+        return {}
+    try:
+        return model()
+    except Exception:
+        return None
 
 
 def _to_device(batch: Batch, device: torch.device) -> Batch:
@@ -136,6 +146,33 @@ def validation_pass(model: torch.nn.Module, batch: Batch, loss_fn: Callable[[Any
     return ValidationPass(loss, {k: float(v) for k, v in metrics.items()}, dict(zip(names, total, strict=True)))
 
 
+def open_run(config: str | Path | dict[str, Any], out_dir: str | Path, **kwargs: Any) -> Run:
+    """A config (a TOML file or its data) parsed and checked as a :class:`Run`, in one pass.
+
+    Every problem is reported in one :class:`ConfigError`: those of the config's own keys and,
+    from the same config with its invalid keys at their defaults, those that need the installed
+    plugins (unknown names, plugin settings, presets, overrides, folders). Lines of a file start
+    with its path.
+    """
+    prefix = "" if isinstance(config, dict) else f"{config}: "
+    try:
+        cfg = parse_config(config) if isinstance(config, dict) else load_config(config)
+    except ConfigError as exc:
+        if exc.partial is None:
+            raise
+        try:
+            Run(exc.partial, out_dir, **kwargs)
+        except ConfigError as more:
+            extra = [f"{prefix}{line}" for line in more.lines
+                     if not any(line.split(":")[0].split(".")[0] == key for key in exc.dropped)]
+            raise ConfigError(exc.lines + extra) from None
+        raise
+    try:
+        return Run(cfg, out_dir, **kwargs)
+    except ConfigError as exc:
+        raise ConfigError([f"{prefix}{line}" for line in exc.lines]) from None
+
+
 class Run:
     """Everything one ``autosim run`` needs, checked before any work starts."""
 
@@ -154,56 +191,73 @@ class Run:
                 errors.append(f"{key}.name: {exc}")
                 return None
 
+        # Every check runs even when an earlier one failed, so that one pass reports every
+        # problem of a config; a check that needs a plugin or settings that failed is skipped.
         sim = lookup("simulators", "simulator", config.simulator.name)
         task = lookup("tasks", "task", config.task.name)
         est = lookup("estimators", "estimator", config.estimator.name)
         searcher_cls = lookup("searchers", "searcher", config.searcher.name)
-        if errors:
-            raise ConfigError(errors)
 
-        self.pm = plugin_manager(("simulator", sim), ("task", task), ("estimator", est),
+        self.pm = plugin_manager(*((role, p) for role, p in (("simulator", sim), ("task", task), ("estimator", est))
+                                   if p is not None),
                                  *((f"observer-{i}", o) for i, o in enumerate(observers)))
-        _require(self.pm, ("parameter_space", "render"), "simulator", config.simulator.name, errors)
-        _require(self.pm, ("create_model", "collate", "loss", "evaluate"), "task", config.task.name, errors)
-        _require(self.pm, ("estimate_hypergrad",), "estimator", config.estimator.name, errors)
-        if errors:
-            raise ConfigError(errors)
+        if sim is not None:
+            _require(self.pm, ("parameter_space", "render"), "simulator", config.simulator.name, errors)
+        if task is not None:
+            _require(self.pm, ("create_model", "collate", "loss", "evaluate"), "task", config.task.name, errors)
+        if est is not None:
+            _require(self.pm, ("estimate_hypergrad",), "estimator", config.estimator.name, errors)
         hook = self.pm.hook
 
-        def settings(model: type[BaseModel] | None, table: dict[str, Any], prefix: str) -> Any:
+        def settings(found: Any, model: type[BaseModel] | None, table: dict[str, Any], prefix: str) -> Any:
+            if found is None:
+                return None
             try:
                 return validate_settings(model, table, prefix)
             except ConfigError as exc:
                 errors.extend(exc.lines)
                 return None
 
-        self.sim_settings = settings(hook.simulator_settings_model(), config.simulator.settings, "simulator.settings")
-        self.task_settings = settings(hook.task_settings_model(), config.task.settings, "task.settings")
-        self.est_settings = settings(hook.estimator_settings_model(), config.estimator.settings, "estimator.settings")
-        self.searcher_settings = settings(getattr(searcher_cls, "settings_model", None),
+        self.sim_settings = settings(sim, hook.simulator_settings_model(), config.simulator.settings,
+                                     "simulator.settings")
+        self.task_settings = settings(task, hook.task_settings_model(), config.task.settings, "task.settings")
+        self.est_settings = settings(est, hook.estimator_settings_model(), config.estimator.settings,
+                                     "estimator.settings")
+        self.searcher_settings = settings(searcher_cls, getattr(searcher_cls, "settings_model", None),
                                           config.searcher.settings, "searcher.settings")
-        if errors:
-            raise ConfigError(errors)
-        self.labels = self._resolve_labels(errors)
+        # The labels need the simulator and its settings (the task's are checked against them).
+        self.labels = self._resolve_labels(errors) if sim is not None and self.sim_settings is not None else None
 
-        self.base_space: ParameterSpace = hook.parameter_space(settings=self.sim_settings)
-        self.presets: dict[str, dict[str, dict[str, Any]]] = hook.presets(settings=self.sim_settings) or {}
-        self.space = self._space(config.simulator.start, config.simulator.overrides, "simulator", errors)
+        self.presets: dict[str, dict[str, dict[str, Any]]] = {}
+        sim_usable = sim is not None and has_impl(self.pm, "parameter_space", "simulator")
+        sim_settings = self.sim_settings
+        if sim_usable and sim_settings is None:
+            # Invalid settings (reported above): the space under the defaults still lets the
+            # presets and overrides be checked, where the settings model has defaults.
+            sim_settings = _default_settings(hook.simulator_settings_model())
+            sim_usable = sim_settings is not None
+        if sim_usable:
+            self.base_space: ParameterSpace = hook.parameter_space(settings=sim_settings)
+            self.presets = hook.presets(settings=sim_settings) or {}
+            self.space = self._space(config.simulator.start, config.simulator.overrides, "simulator", errors)
         for key in ("validation", "test"):
             data: Data | None = getattr(config, key)
             if data is None:
                 continue
             if data.source == "simulator":
-                self._space(data.preset, data.overrides, key, errors)
-            elif not has_impl(self.pm, "load_dataset", "task"):
+                if sim_usable:
+                    self._space(data.preset, data.overrides, key, errors)
+                continue
+            if task is not None and not has_impl(self.pm, "load_dataset", "task"):
                 errors.append(f"{key}.source: task {config.task.name!r} cannot load folders "
                               "(no 'load_dataset' hook); allowed: 'simulator'")
-            elif data.path is not None and not data.path.is_dir():
+            if data.path is not None and not data.path.is_dir():
                 errors.append(f"{key}.path: {str(data.path)!r} is not a folder")
         self.uses_estimator = bool(getattr(searcher_cls, "uses_estimator", True))
         searcher_needs_validation = bool(getattr(searcher_cls, "requires_validation", False))
-        self.needs_validation = searcher_needs_validation or (
-            self.uses_estimator and bool(hook.needs_validation(settings=self.est_settings)))
+        estimator_needs_validation = est is not None and self.est_settings is not None and bool(
+            hook.needs_validation(settings=self.est_settings))
+        self.needs_validation = searcher_needs_validation or (self.uses_estimator and estimator_needs_validation)
         if self.needs_validation and config.validation is None:
             if searcher_needs_validation:
                 errors.append(f"validation: required by the {config.searcher.name!r} searcher "

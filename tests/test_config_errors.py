@@ -11,9 +11,10 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
+from autosim_core import hookimpl
 from autosim_core.cli import app
 from autosim_core.config import ConfigError, load_config, parse_config
-from autosim_core.run import Run
+from autosim_core.run import Run, open_run
 
 Mutation = Callable[[dict[str, Any]], Any]
 
@@ -236,6 +237,81 @@ def test_cli_invalid_toml_in_a_real_process(tmp_path: Path) -> None:
     lines = proc.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {config}: not valid TOML"), proc.stderr
     assert "Traceback" not in proc.stderr and proc.stdout == ""
+
+
+# ------------------------------------------------------------------ all errors in one pass ---
+def test_every_error_of_a_config_in_one_pass(toy_example: dict[str, Any], tmp_path: Path) -> None:
+    """An unknown estimator, a bad preset, a negative epoch count, a bad task setting and a
+    missing folder: five lines from one try, each starting with its key path."""
+    from autosim_core.plugins import load_registry
+    from autosim_core.toy import ToyTask
+
+    class FolderTask(ToyTask):
+        @hookimpl
+        def load_dataset(self, path: str) -> list[Any]:
+            return []
+
+    registry = load_registry()
+    registry.plugins["tasks"]["toy-logistic"] = FolderTask()
+    data = copy.deepcopy(toy_example)
+    data["estimator"] = {"name": "quadratik"}
+    data["validation"]["preset"] = "tagret"
+    data["training"]["epochs"] = -2
+    data["task"]["settings"] = {"hidden": -1}
+    data["test"] = {"source": "folder", "path": str(tmp_path / "absent")}
+    with pytest.raises(ConfigError) as info:
+        open_run(data, tmp_path / "out", registry=registry)
+    paths = sorted(line.split(":")[0] for line in info.value.lines)
+    assert paths == ["estimator.name", "task.settings.hidden", "test.path", "training.epochs",
+                     "validation.preset"], info.value.lines
+
+    config = tmp_path / "five.toml"
+    config.write_text('seed = 0\n[simulator]\nname = "toy-gaussians"\n'
+                      '[task]\nname = "toy-logistic"\nsettings = { hidden = -1 }\n'
+                      '[estimator]\nname = "quadratik"\n[training]\nepochs = -2\n[budget]\niterations = 1\n'
+                      '[validation]\npreset = "tagret"\nseed = 1\n[test]\nsource = "folder"\npath = "absent"\n')
+    with pytest.raises(ConfigError) as info:
+        open_run(config, tmp_path / "out", registry=registry)
+    assert len(info.value.lines) == 5 and all(line.startswith(f"{config}: ") for line in info.value.lines)
+    assert not (tmp_path / "out").exists()
+
+
+def test_errors_of_a_dropped_table_are_not_reported_twice(toy_example: dict[str, Any], tmp_path: Path) -> None:
+    data = copy.deepcopy(toy_example)
+    data["validation"]["source"] = "folder"  # no path: the table is invalid as a whole
+    data["searcher"]["settings"] = {"lrate": 1}
+    with pytest.raises(ConfigError) as info:
+        open_run(data, tmp_path / "out")
+    assert sorted(line.split(":")[0] for line in info.value.lines) == ["searcher.settings.lrate", "validation"]
+
+
+def test_cli_reports_errors_of_every_stage_at_once(tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text(BASE + "[budget]\niterations = 1\n[training]\nepochs = -1\n"
+                      "[searcher]\nsettings = { lrate = 1 }\n[estimator]\nname = 'nope'\n")
+    result = CliRunner().invoke(app, ["run", str(config), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    lines = result.stderr.splitlines()
+    assert sorted(line.split(": ")[2].split(":")[0] for line in lines) == [
+        "estimator.name", "searcher.settings.lrate", "training.epochs"], lines
+
+
+def test_cli_non_utf8_config_is_one_line(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    config = tmp_path / "latin1.toml"
+    config.write_bytes('# caf\u00e9\nseed = 0\n'.encode("latin-1"))
+    with pytest.raises(ConfigError) as info:
+        load_config(config)
+    (line,) = info.value.lines
+    assert line.startswith(f"{config}: not UTF-8 text"), line
+    proc = subprocess.run([sys.executable, "-m", "autosim_core.cli", "run", str(config), "--out", str(tmp_path / "o")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {config}: not UTF-8 text"), proc.stderr
+    assert "Traceback" not in proc.stderr and "UnicodeDecodeError" not in proc.stderr
 
 
 # ------------------------------------------------------------------ evaluation-set seeds ---
