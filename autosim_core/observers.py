@@ -47,21 +47,38 @@ class ConsoleProgress:
             self.console.print(psi_table(summary, learned))
 
 
+def _number(x: float) -> str:
+    return f"{x:.3g}"
+
+
 def _readable(value: dict[str, Any]) -> str:
+    """One parameter of a described psi, in the parameter's own units: the centre and the
+    10-90 % range of the values rendered; a categorical's probabilities (the 3 likeliest of
+    more than 4 choices)."""
     if "probs" in value:
-        best = max(value["probs"], key=value["probs"].get)
-        return f"{best} ({value['probs'][best]:.2f})"
-    key = next(k for k in ("mean", "median", "p") if k in value)
-    text = f"{value[key]:.3g}"
-    return text + (f" ± {value['std']:.2g}" if "std" in value else "")
+        probs = sorted(value["probs"].items(), key=lambda kv: -kv[1]) if len(value["probs"]) > 4 else \
+            list(value["probs"].items())
+        shown = ", ".join(f"{choice} {p:.2f}" for choice, p in probs[:3 if len(probs) > 4 else 4])
+        return shown + (f", … ({len(probs) - 3} more)" if len(probs) > 4 else "")
+    if "p" in value:
+        return f"p(True) {value['p']:.2f}"
+    text = _number(value["mean"] if "mean" in value else value["median"])
+    if "p10" in value and "p90" in value:
+        text += f" [{_number(value['p10'])}, {_number(value['p90'])}]"
+    return text
 
 
 def psi_table(summary: dict[str, Any], names: list[str]) -> Any:
-    """Learned parameters: where they started, where they are, where the validation data are."""
+    """Learned parameters: where they started, where they are, where the validation data are.
+
+    Values are in the parameters' units: the mean (median for log-normals) and, in brackets,
+    the 10-90 % range of the rendered values; categoricals show their probabilities.
+    """
     from rich.table import Table
 
     target = summary.get("psi_validation")
-    table = Table("parameter", "start", "learned", *(["validation data"] if target else []), box=None)
+    table = Table("parameter", "start", "learned", *(["validation data"] if target else []), box=None,
+                  caption="mean or median [10 %, 90 % of rendered values]; categoricals: probabilities")
     for name in names:
         row = [name, _readable(summary["psi_start"][name]), _readable(summary["psi"][name])]
         if target:

@@ -137,6 +137,10 @@ class _Family(BaseModel):
         return out
 
 
+_Z90 = 1.2815515655446004
+"""The standard normal's 90 % quantile."""
+
+
 def _std_bounds(min_std: float, max_std: float | None) -> tuple[float, float]:
     return (math.log(min_std), math.log(max_std) if max_std is not None else math.inf)
 
@@ -158,6 +162,16 @@ class _GaussianLatent(_Family):
 
     def psi_bounds(self) -> dict[str, tuple[float, float]]:
         return {"log_std": _std_bounds(self.min_std, self.max_std)}
+
+    def _range(self, psi: Psi) -> dict[str, float]:
+        """The 10 % and 90 % quantiles of the value the renderer gets, in the parameter's units
+        (``std`` is the spread of the latent u, which for bounded and log-normal families is not)."""
+        import torch
+
+        loc, std = float(psi["loc"]), float(psi["log_std"].exp())
+        # to_value is monotone in the latent, so it maps the latent's quantiles to the value's.
+        return {f"p{q}": float(self.to_value(torch.tensor(loc + z * std)))
+                for q, z in ((10, -_Z90), (90, _Z90))}
 
     def distribution(self, psi: Psi) -> torch.distributions.Distribution:
         import torch
@@ -239,7 +253,7 @@ class Normal(_GaussianLatent):
         return round(x) if self.integer else x
 
     def describe(self, psi: Psi) -> dict[str, Any]:
-        return {"mean": float(psi["loc"]), "std": float(psi["log_std"].exp())}
+        return {"mean": float(psi["loc"]), "std": float(psi["log_std"].exp()), **self._range(psi)}
 
 
 class LogNormal(_GaussianLatent):
@@ -268,7 +282,7 @@ class LogNormal(_GaussianLatent):
         return round(x) if self.integer else x
 
     def describe(self, psi: Psi) -> dict[str, Any]:
-        return {"median": math.exp(float(psi["loc"])), "std": float(psi["log_std"].exp())}
+        return {"median": math.exp(float(psi["loc"])), "std": float(psi["log_std"].exp()), **self._range(psi)}
 
 
 class Bounded(_GaussianLatent):
@@ -303,7 +317,7 @@ class Bounded(_GaussianLatent):
 
     def describe(self, psi: Psi) -> dict[str, Any]:
         centre = self.low + (self.high - self.low) * (1 / (1 + math.exp(-float(psi["loc"]))))
-        return {"mean": centre, "std": float(psi["log_std"].exp())}
+        return {"mean": centre, "std": float(psi["log_std"].exp()), **self._range(psi)}
 
 
 Choice = str | int | float | bool

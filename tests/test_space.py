@@ -255,7 +255,9 @@ def test_box_covers_learnable_coordinates() -> None:
 def test_describe_is_human_readable() -> None:
     space = full_space()
     d = space.describe(space.init_psi())
-    assert d["x"] == {"mean": pytest.approx(0.5), "std": pytest.approx(0.2)}
+    assert d["x"] == {"mean": pytest.approx(0.5), "std": pytest.approx(0.2),
+                      "p10": pytest.approx(0.5 - 1.2816 * 0.2, abs=1e-4),
+                      "p90": pytest.approx(0.5 + 1.2816 * 0.2, abs=1e-4)}
     assert d["light"]["median"] == pytest.approx(2.0)
     assert d["floor"]["probs"] == {"wood": pytest.approx(0.5), "tile": pytest.approx(0.3),
                                    "carpet": pytest.approx(0.2)}
