@@ -20,10 +20,12 @@ from .space import Floors, ParameterSpace, Psi
 
 
 class AutoSimulateSettings(BaseModel):
+    """AutoSimulate (Algorithm 1): K scenes per iteration, fine-tune, hypergradient step on psi."""
+
     model_config = ConfigDict(extra="forbid")
 
     scenes_per_iteration: int = Field(32, ge=2, description="K: scenes rendered per iteration")
-    optimizer: Literal["adam", "sgd"] = "adam"
+    optimizer: Literal["adam", "sgd"] = Field("adam", description="optimiser of psi (the step on the hypergradient)")
     lr: float = Field(0.05, gt=0, description="step size of the psi optimiser")
     max_grad_norm: float | None = Field(None, gt=0, description="clip the hypergradient's norm")
     # -- variance of the hypergradient --------------------------------------------------------

@@ -141,6 +141,16 @@ def test_example_config_validation_loss_falls(tmp_path: Path, cache_dir: Path, t
     assert "test" in summary and 0.0 <= summary["test"]["metric"] <= 1.0
 
 
+def test_default_training_learns_the_toy(tmp_path: Path, cache_dir: Path, make_toy_data) -> None:
+    """[training] left out: its defaults train the model enough for psi to be learned (one
+    epoch of Adam at 1e-3, the old defaults, ended near 0.06 accuracy here)."""
+    data = make_toy_data(cache_dir, iterations=20)
+    data.pop("training")
+    data["searcher"] = {"name": "autosimulate"}
+    summary = Run(parse_config(data), tmp_path / "run").execute()
+    assert summary["val"]["metric"] > 0.85, summary["val"]
+
+
 # ---------------------------------------------------------------------------- resume ---
 class Interrupted(Exception):
     pass

@@ -27,7 +27,8 @@ class ClevrSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    backend: Literal["fast", "cycles"] = "fast"
+    backend: Literal["fast", "cycles"] = Field(
+        "fast", description="'fast': the built-in torch renderer; 'cycles': Blender/Cycles through bpy")
     output_size: tuple[int, int] = Field((64, 64), description="(H, W) every example is resized to")
     batch_size: int = Field(8, ge=1, description="scenes of one size rendered together by the fast backend")
     max_samples: int = Field(
