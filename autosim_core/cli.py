@@ -13,11 +13,35 @@ app = typer.Typer(help="Learn the sampling distribution of a simulator (AutoSimu
 
 
 @app.command("list")
-def list_plugins(as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False) -> None:
+def list_plugins(
+    name: Annotated[str | None, typer.Argument(help="with --settings: one plugin or config table (e.g. training)")
+                    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+    settings: Annotated[bool, typer.Option("--settings", help="the settings reference (markdown, as in "
+                                           "docs/settings.md): every config table and plugin, or NAME's")] = False,
+) -> None:
     """Installed simulators, tasks, estimators and searchers, and plugins that failed to load."""
     from .plugins import load_registry
 
     registry = load_registry()
+    if name is not None and not settings:
+        typer.echo(f"error: NAME ({name!r}) goes with --settings: autosim list --settings {name}", err=True)
+        raise typer.Exit(2)
+    if settings:
+        from .settings_doc import find_sections, sections, settings_markdown
+
+        if name is None:
+            typer.echo(settings_markdown(registry), nl=False)
+            return
+        matches = find_sections(name, registry)
+        if not matches:
+            known = ", ".join(sorted({s.name for s in sections(registry)}))
+            typer.echo(f"error: {name!r} is no installed plugin or config table; known: {known}", err=True)
+            raise typer.Exit(2)
+        for section in matches:
+            kind = "config table" if section.kind == "table" else section.kind[:-1]
+            typer.echo(f"{kind} {name}\n{section.text.split(chr(10), 1)[1]}", nl=False)
+        return
     if as_json:
         typer.echo(json.dumps(registry.as_json(), indent=2))
         return
