@@ -91,7 +91,8 @@ def check_history(rows: list[dict[str, Any]], iterations: int, estimator: str) -
         assert all(row[f"seconds_{p}"] >= 0 for p in ("render", "train", "hypergrad", "eval"))
         assert split <= row["seconds"] + 1e-6
         assert set(row["psi"]) == {"label", "x0", "y0", "x1", "y1"}
-        assert set(row["psi"]["x1"]) == {"mean", "std"}
+        assert set(row["psi"]["x1"]) == {"mean", "std", "p10", "p90"}
+        assert row["psi"]["x1"]["p10"] < row["psi"]["x1"]["mean"] < row["psi"]["x1"]["p90"]
         assert row["estimator"]["name"] == estimator
         assert math.isfinite(row["estimator"]["grad_norm"])
         if estimator == "no-val":
@@ -107,7 +108,8 @@ def check_history(rows: list[dict[str, Any]], iterations: int, estimator: str) -
         assert {"cg_iterations", "cg_residual", "negative_curvature"} <= set(diag)
         assert 1 <= diag["cg_iterations"] <= 10  # examples/toy.toml: max_iter = 10
     # learn=False parameters stay where they were declared
-    assert rows[-1]["psi"]["x0"] == {"mean": -1.0, "std": pytest.approx(0.7)}
+    x0 = rows[-1]["psi"]["x0"]
+    assert (x0["mean"], x0["std"]) == (-1.0, pytest.approx(0.7))
     assert rows[-1]["psi"]["label"] == {"p": 0.5}
 
 
