@@ -1,0 +1,28 @@
+"""A regression task: the disc's position, size and brightness from its image."""
+
+import torch
+
+from autosim_core import Batch, Example, hookimpl
+
+
+class PoseRegression:                          # entry point: autosim.tasks: disc-pose
+    @hookimpl
+    def create_model(self) -> torch.nn.Module:
+        return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 3))  # 32 x 32 RGB
+
+    @hookimpl
+    def collate(self, examples: list[Example]) -> Batch:
+        return Batch(torch.stack([e.image for e in examples]),
+                     torch.stack([e.target for e in examples]))    # (K, 3)
+
+    @hookimpl
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return ((outputs - targets) ** 2).sum(-1)                  # (K,): one loss per example
+
+    @hookimpl
+    def evaluate(self, outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+        rmse = float(((outputs - targets) ** 2).sum(-1).mean().sqrt())
+        return {"metric": -rmse, "rmse": rmse}                     # higher is better
+
+
+task = PoseRegression()
