@@ -19,6 +19,8 @@ nox.options.sessions = ["lint", "core", "clevr", "unet", "yolo", "clevr_unet", "
 
 CONSTRAINTS = ("-c", "constraints.txt")
 CORE = ("-e", ".[test,baselines]")
+# tests/test_guide.py builds and installs the guide's example plugin (docs/examples/my-renderer).
+GUIDE = ("pip", "hatchling>=1.18")
 CLEVR = ("-e", "plugins/autosim_clevr")
 UNET = ("-e", "plugins/autosim_unet")
 YOLO = ("-e", "plugins/autosim_yolo")
@@ -73,8 +75,8 @@ def lint(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def core(session: nox.Session) -> None:
-    """The core alone."""
-    _install(session, CORE)
+    """The core alone (and what installs the guide's example plugin)."""
+    _install(session, CORE, GUIDE)
     _pytest(session, "tests")
 
 
