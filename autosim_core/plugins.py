@@ -66,6 +66,9 @@ def load_registry(kinds: tuple[str, ...] = tuple(GROUPS)) -> Registry:
             registry.failures.append(LoadFailure(kind, entry_point.name, entry_point.value,
                                                  f"{type(error).__name__}: {error}"))
 
+        # stevedore keeps a group's entry points for the life of the process; a registry must
+        # also see plugins installed (or put on sys.path) since the last one was loaded.
+        getattr(ExtensionManager, "ENTRY_POINT_CACHE", {}).pop(group, None)
         manager = ExtensionManager(group, invoke_on_load=False, on_load_failure_callback=on_failure)
         for ext in manager:
             registry.plugins[kind][ext.name] = ext.plugin
