@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -44,7 +45,12 @@ def collate_detection(examples: list[Example], settings: DetectionSettings) -> B
 
 
 class _DetectionTask:
+    """The hooks both detectors share; a subclass names its settings and its three functions."""
+
     settings_model: type[DetectionSettings] = DetectionSettings
+    build: Callable[[Any], torch.nn.Module]
+    losses: Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]
+    detections: Callable[[torch.Tensor, Any], list[dict[str, torch.Tensor]]]
 
     def _settings(self, settings: Any) -> Any:
         return coerce(settings, self.settings_model)
@@ -63,8 +69,21 @@ class _DetectionTask:
                                                    "classes": list(labels)})
 
     @hookimpl
+    def create_model(self, settings: Any) -> torch.nn.Module:
+        return self.build(self._settings(settings))
+
+    @hookimpl
     def collate(self, examples: list[Example], settings: Any) -> Batch:
         return collate_detection(examples, self._settings(settings))
+
+    @hookimpl
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor, settings: Any) -> torch.Tensor:
+        return self.losses(outputs, targets, self._settings(settings))
+
+    @hookimpl
+    def evaluate(self, outputs: torch.Tensor, targets: torch.Tensor, settings: Any) -> dict[str, float]:
+        s = self._settings(settings)
+        return detection_metrics(self.detections(outputs, s), targets, s.classes)
 
     @hookimpl
     def load_dataset(self, path: str, settings: Any) -> list[Example]:
@@ -77,38 +96,18 @@ class YoloTask(_DetectionTask):
     """``autosim.tasks: yolo``: YOLOv3-tiny / YOLOv3-spp scored by COCO mAP@0.5."""
 
     settings_model = YoloSettings
-
-    @hookimpl
-    def create_model(self, settings: Any) -> torch.nn.Module:
-        return build_yolo(self._settings(settings))
-
-    @hookimpl
-    def loss(self, outputs: torch.Tensor, targets: torch.Tensor, settings: Any) -> torch.Tensor:
-        return yolo_losses(outputs, targets, self._settings(settings))
-
-    @hookimpl
-    def evaluate(self, outputs: torch.Tensor, targets: torch.Tensor, settings: Any) -> dict[str, float]:
-        s = self._settings(settings)
-        return detection_metrics(yolo_detections(outputs, s), targets, s.classes)
+    build = staticmethod(build_yolo)
+    losses = staticmethod(yolo_losses)
+    detections = staticmethod(yolo_detections)
 
 
 class FasterRCNNTask(_DetectionTask):
     """``autosim.tasks: faster-rcnn``: torchvision's MobileNetV3-FPN Faster R-CNN, per-image losses."""
 
     settings_model = FasterRCNNSettings
-
-    @hookimpl
-    def create_model(self, settings: Any) -> torch.nn.Module:
-        return build_faster_rcnn(self._settings(settings))
-
-    @hookimpl
-    def loss(self, outputs: torch.Tensor, targets: torch.Tensor, settings: Any) -> torch.Tensor:
-        return faster_rcnn_losses(outputs, targets, self._settings(settings))
-
-    @hookimpl
-    def evaluate(self, outputs: torch.Tensor, targets: torch.Tensor, settings: Any) -> dict[str, float]:
-        s = self._settings(settings)
-        return detection_metrics(faster_rcnn_detections(outputs, s), targets, s.classes)
+    build = staticmethod(build_faster_rcnn)
+    losses = staticmethod(faster_rcnn_losses)
+    detections = staticmethod(faster_rcnn_detections)
 
 
 yolo_task = YoloTask()
