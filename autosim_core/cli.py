@@ -71,9 +71,11 @@ def run(
         for line in exc.lines:
             typer.echo(f"error: {line}" if line.startswith(str(config)) else f"error: {config}: {line}", err=True)
         raise typer.Exit(2) from None
+    from .run import DamagedHistoryError, NonFiniteError
+
     try:
         summary = runner.execute(resume=resume)
-    except (FileExistsError, FileNotFoundError) as exc:
+    except (FileExistsError, FileNotFoundError, NonFiniteError, DamagedHistoryError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     typer.echo(json.dumps({k: summary[k] for k in ("iterations", "images", "seconds") if k in summary}))

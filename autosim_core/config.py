@@ -127,6 +127,9 @@ class RunConfig(_Strict):
     estimator: EstimatorChoice = Field(default_factory=EstimatorChoice, description="the hypergradient estimator")
     training: Training = Field(default_factory=Training, description="fine-tuning of the task's model")
     budget: Budget = Field(description="when the run stops")
+    max_nonfinite: int = Field(3, ge=1, description="steps in a row whose loss, hypergradient or psi is NaN or "
+                               "inf before the run stops with an error (each such step is undone and logged "
+                               "in its history row)")
     validation: Data | None = Field(None, description="the set psi is tuned for (required by every estimator "
                                     "but no-val and by the baselines)")
     test: Data | None = Field(None, description="a held-out set scored once at the end")

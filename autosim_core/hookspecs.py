@@ -10,7 +10,7 @@ use (pluggy passes arguments by name).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pluggy
 
@@ -133,6 +133,28 @@ def loss(outputs: Any, targets: Any, settings: Any) -> torch.Tensor:
 def evaluate(outputs: Any, targets: Any, settings: Any) -> dict[str, float]:
     """Metrics of a whole evaluation set (required). Must contain ``"metric"``, the number
     searchers maximise (e.g. mean IoU); other keys (per-class scores) are reported as well."""
+
+
+class MetricAccumulator(Protocol):
+    """Metrics of an evaluation set gathered chunk by chunk (see ``metric_accumulator``)."""
+
+    def update(self, outputs: Any, targets: Any) -> None:
+        """Take in one chunk: the model's outputs and the chunk's targets."""
+
+    def compute(self) -> dict[str, float]:
+        """The metrics of every chunk taken in so far, as ``evaluate`` would report them."""
+
+
+@hookspec(firstresult=True)
+def metric_accumulator(settings: Any) -> MetricAccumulator:
+    """A fresh, empty accumulator of the task's metrics (optional).
+
+    The core evaluates a set in chunks of ``training.eval_batch_size`` examples and hands each
+    chunk's outputs to ``update``; ``compute`` must then give what ``evaluate`` gives on the
+    concatenated outputs. Only what the metric needs is kept (a confusion matrix, a list of
+    detections), so large evaluation sets never hold every output at once. Without it, the
+    core concatenates the outputs and calls ``evaluate``.
+    """
 
 
 @hookspec(firstresult=True)

@@ -9,12 +9,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 import torch
 from pydantic import BaseModel, ValidationError
@@ -22,6 +23,7 @@ from torch.func import functional_call
 
 from .cache import default_cache_dir, source_fingerprint
 from .config import ConfigError, Data, RunConfig, format_validation_error, load_config, parse_config, validate_settings
+from .hookspecs import MetricAccumulator
 from .hypergrad import Params, hvp_operator
 from .plugins import Registry, has_impl, load_registry, plugin_manager
 from .records import Batch, Example, SceneBatch
@@ -31,6 +33,8 @@ PHASES = ("render", "train", "hypergrad", "eval")
 CHECKPOINT = "checkpoint.pt"
 HISTORY = "history.jsonl"
 CACHE_VERSION = 1
+TMP_SUFFIX = ".tmp"
+"""Ending of the temporary file ``atomic_write`` writes before renaming it into place."""
 
 Sampler = Callable[[ParameterSpace, Psi, int, torch.Generator], SceneBatch]
 """(space, psi, count, generator) -> scenes: a sampler used instead of the ``sample`` hook."""
@@ -56,6 +60,32 @@ class Searcher(Protocol):
     def state_dict(self) -> dict[str, Any]: ...
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class NonFiniteError(RuntimeError):
+    """``max_nonfinite`` steps in a row produced NaN or inf; the run stopped at its checkpoint."""
+
+
+class DamagedHistoryError(ValueError):
+    """A run folder's history.jsonl cannot be matched with its checkpoint."""
+
+
+def atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> None:
+    """Write ``path`` whole or not at all: into a temporary file beside it, flushed to disk,
+    then renamed over ``path`` (a rename within a folder is atomic), and the folder synced so
+    the rename itself survives a crash. A process killed mid-way leaves the old file intact
+    and at most a ``.NAME.tmp`` file, which a resumed run removes."""
+    tmp = path.with_name(f".{path.name}{TMP_SUFFIX}")
+    with open(tmp, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
 
 
 def _require(pm: Any, hooks: tuple[str, ...], role: str, name: str, errors: list[str]) -> None:
@@ -96,6 +126,17 @@ def _cat(parts: list[Any]) -> Any:
     return [x for part in parts for x in part]
 
 
+def _detach(outputs: Any) -> Any:
+    """A model's outputs cut from the graph: a tensor, or a list/tuple/dict of them."""
+    if isinstance(outputs, torch.Tensor):
+        return outputs.detach()
+    if isinstance(outputs, list | tuple):
+        return type(outputs)(_detach(o) for o in outputs)
+    if isinstance(outputs, dict):
+        return {k: _detach(v) for k, v in outputs.items()}
+    return outputs
+
+
 def _state_versions(model: torch.nn.Module) -> tuple[int, ...]:
     """Changes whenever a parameter or buffer of ``model`` is written in place (an optimiser
     step, load_state_dict): the key under which a validation pass stays valid."""
@@ -112,36 +153,57 @@ class ValidationPass:
     gradient: Params
 
 
+class ConcatenatingAccumulator:
+    """The default ``MetricAccumulator``: keeps every chunk's outputs and targets and calls the
+    task's whole-set ``metrics_fn`` on their concatenation."""
+
+    def __init__(self, metrics_fn: Callable[[Any, Any], dict[str, Any]]):
+        self.metrics_fn = metrics_fn
+        self.outputs: list[Any] = []
+        self.targets: list[Any] = []
+
+    def update(self, outputs: Any, targets: Any) -> None:
+        self.outputs.append(outputs)
+        self.targets.append(targets)
+
+    def compute(self) -> dict[str, Any]:
+        return self.metrics_fn(_cat(self.outputs), _cat(self.targets))
+
+
 def validation_pass(model: torch.nn.Module, batch: Batch, loss_fn: Callable[[Any, Any], torch.Tensor],
                     metrics_fn: Callable[[Any, Any], dict[str, Any]], chunk_size: int,
-                    evaluation: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext
-                    ) -> ValidationPass:
+                    evaluation: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
+                    accumulator: MetricAccumulator | None = None) -> ValidationPass:
     """Mean loss, metrics and grad_theta of the mean loss over ``batch`` in one forward pass.
 
     theta are the model's trainable parameters (frozen ones get no gradient). The metrics come
-    from the detached outputs, so they equal a no-grad evaluation's. ``evaluation`` wraps the
-    work a no-grad evaluation would do as well (forward, losses, metrics): a run books it as
-    evaluation time, and only the backward passes as the gradient's own cost.
+    from the detached outputs, so they equal a no-grad evaluation's: chunk by chunk through
+    ``accumulator`` where the task has one, else ``metrics_fn`` on the concatenated outputs.
+    ``evaluation`` wraps the work a no-grad evaluation would do as well (forward, losses,
+    metrics): a run books it as evaluation time, and only the backward passes as the gradient's
+    own cost.
     """
     model.eval()
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     params = [p for p in model.parameters() if p.requires_grad]
     total = [torch.zeros_like(p) for p in params]
     n = len(batch)
-    outputs, losses = [], []
+    metrics_acc = accumulator if accumulator is not None else ConcatenatingAccumulator(metrics_fn)
+    losses = []
     for chunk in batch.chunks(chunk_size):
         with torch.enable_grad():
             with evaluation():
                 out = model(chunk.inputs)
                 chunk_losses = loss_fn(out, chunk.targets)
+                with torch.no_grad():
+                    metrics_acc.update(_detach(out), chunk.targets)
             grads = torch.autograd.grad(chunk_losses.sum() / n, params, allow_unused=True)
         for acc, g in zip(total, grads, strict=True):
             if g is not None:
                 acc += g
-        outputs.append(out.detach())
         losses.append(chunk_losses.detach())
     with evaluation(), torch.no_grad():
-        metrics = metrics_fn(_cat(outputs), batch.targets)
+        metrics = metrics_acc.compute()
         loss = float(torch.cat(losses).mean())
     return ValidationPass(loss, {k: float(v) for k, v in metrics.items()}, dict(zip(names, total, strict=True)))
 
@@ -524,7 +586,7 @@ class Run:
         if cached is not None and cached[0] is model and cached[1] == _state_versions(model):
             return cached[2]
         result = validation_pass(model, self.val, self.losses, self._metrics, self.config.training.eval_batch_size,
-                                 lambda: self.timed("eval"))
+                                 lambda: self.timed("eval"), self.metric_accumulator())
         if "metric" not in result.metrics:
             raise KeyError(f"task {self.config.task.name!r}: evaluate() returned no 'metric' key")
         self._val_pass = (model, _state_versions(model), result)
@@ -537,17 +599,23 @@ class Run:
     def _metrics(self, outputs: Any, targets: Any) -> dict[str, Any]:
         return self.pm.hook.evaluate(outputs=outputs, targets=targets, settings=self.task_settings)
 
+    def metric_accumulator(self) -> MetricAccumulator:
+        """An empty accumulator of the task's metrics: the task's own (``metric_accumulator``
+        hook), which keeps only what its metric needs, or the core's, which concatenates."""
+        own = self.pm.hook.metric_accumulator(settings=self.task_settings)
+        return own if own is not None else ConcatenatingAccumulator(self._metrics)
+
     def evaluate(self, model: torch.nn.Module, batch: Batch) -> tuple[float, dict[str, float]]:
-        """Mean loss and the task's metrics on a whole evaluation set."""
+        """Mean loss and the task's metrics on a whole evaluation set, chunk by chunk."""
         model.eval()
-        outputs, losses = [], []
+        accumulator = self.metric_accumulator()
+        losses = []
         with torch.no_grad():
             for chunk in batch.chunks(self.config.training.eval_batch_size):
                 out = model(chunk.inputs)
                 losses.append(self.losses(out, chunk.targets))
-                outputs.append(out)
-            metrics = self.pm.hook.evaluate(outputs=_cat(outputs), targets=batch.targets,
-                                            settings=self.task_settings)
+                accumulator.update(out, chunk.targets)
+            metrics = accumulator.compute()
         if "metric" not in metrics:
             raise KeyError(f"task {self.config.task.name!r}: evaluate() returned no 'metric' key")
         return float(torch.cat(losses).mean()), {k: float(v) for k, v in metrics.items()}
@@ -575,17 +643,62 @@ class Run:
         return not (b.seconds is not None and self.elapsed >= b.seconds)
 
     def _prepare_folder(self, resume: bool) -> dict[str, Any] | None:
+        """The checkpoint to resume from (None: start from scratch), with the folder made ready.
+
+        A run that has written ``config.json`` but no checkpoint yet (it died during set-up)
+        resumes from scratch, which gives the same run. Resuming also drops the history rows
+        past the checkpoint (and a row torn by a kill), so that the iterations redone from the
+        checkpoint are logged once.
+        """
         ckpt = self.out_dir / CHECKPOINT
         if resume:
-            if not ckpt.exists():
-                raise FileNotFoundError(f"--resume: no {CHECKPOINT} in {self.out_dir}")
+            if not ckpt.exists() and not (self.out_dir / "config.json").exists():
+                raise FileNotFoundError(f"--resume: no run to resume in {self.out_dir} (no {CHECKPOINT}, "
+                                        "no config.json); start it without --resume")
             self._check_same_config()
-            return torch.load(ckpt, weights_only=True)
+            for leftover in self.out_dir.glob(f".*{TMP_SUFFIX}"):  # files a kill left half-written
+                leftover.unlink()
+            state = torch.load(ckpt, weights_only=True) if ckpt.exists() else None
+            self._truncate_history(int(state["iteration"]) if state is not None else 0)
+            return state
         if (self.out_dir / HISTORY).exists() or ckpt.exists():
             raise FileExistsError(f"{self.out_dir} already holds a run; pass --resume to continue it "
                                   "or choose another --out")
         self.out_dir.mkdir(parents=True, exist_ok=True)
         return None
+
+    def _truncate_history(self, iteration: int) -> None:
+        """Keep the history rows of iterations 1..``iteration`` (those the checkpoint includes).
+
+        Rows are written before their checkpoint, so every checkpointed iteration has its row;
+        the rows after it belong to iterations the resumed run does again. A kill during a
+        write can leave the last line torn: it is dropped like any row past the checkpoint.
+        """
+        path = self.out_dir / HISTORY
+        if not path.exists():
+            return
+        text = path.read_text()
+        lines = text.split("\n")
+        kept: list[str] = []
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError:
+                if number == len(lines):  # the last line, without its newline: torn by a kill
+                    break
+                raise DamagedHistoryError(f"{path}: line {number} is not a JSON row; the history is damaged"
+                                          ) from None
+            if int(row["iteration"]) <= iteration:
+                kept.append(line)
+        found = [json.loads(line)["iteration"] for line in kept]
+        if found != list(range(1, iteration + 1)):
+            raise DamagedHistoryError(f"{path}: rows of iterations {found} do not match the checkpoint's "
+                                      f"1..{iteration}; the history is damaged")
+        new_text = "".join(line + "\n" for line in kept)
+        if new_text != text:
+            atomic_write(path, lambda f: f.write(new_text.encode()))
 
     def _check_same_config(self) -> None:
         """A run resumes only under the config it started with; its budget may grow."""
@@ -601,9 +714,8 @@ class Run:
                                   f"(in: {', '.join(changed)}); only [budget] may change")
 
     def _write_json(self, name: str, data: Any) -> None:
-        tmp = self.out_dir / f".{name}.tmp"
-        tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-        os.replace(tmp, self.out_dir / name)
+        text = json.dumps(data, indent=2, default=str) + "\n"
+        atomic_write(self.out_dir / name, lambda f: f.write(text.encode()))
 
     def _checkpoint(self, searcher: Searcher, optimizer: torch.optim.Optimizer, best: dict[str, Any]) -> None:
         assert self.model is not None
@@ -612,39 +724,71 @@ class Run:
             "elapsed": self.elapsed, "psi": {k: v.detach().clone() for k, v in self.psi.items()},
             "model": self.model.state_dict(), "model_optimizer": optimizer.state_dict(),
             "searcher": searcher.state_dict(), "generator": self.generator.get_state(),
-            "torch_rng": torch.get_rng_state(), "best": best,
+            "torch_rng": torch.get_rng_state(), "best": best, "nonfinite_in_row": self.nonfinite_in_row,
         }
-        tmp = self.out_dir / f".{CHECKPOINT}.tmp"
-        torch.save(state, tmp)
-        os.replace(tmp, self.out_dir / CHECKPOINT)
+        atomic_write(self.out_dir / CHECKPOINT, lambda f: torch.save(state, f))
 
-    def _restore(self, state: dict[str, Any], searcher: Searcher, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    def _load_step_state(self, state: dict[str, Any], searcher: Searcher, optimizer: torch.optim.Optimizer) -> None:
+        """psi, the model, its optimiser and the searcher as a checkpoint holds them."""
         assert self.model is not None
-        self.iteration = int(state["iteration"])
-        self.images = int(state["images"])
-        self.seconds = {k: float(v) for k, v in state["seconds"].items()}
-        self.seconds_before = float(state["elapsed"])
         with torch.no_grad():
             for k, v in state["psi"].items():
                 self.psi[k].copy_(v)
         self.model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["model_optimizer"])
         searcher.load_state_dict(state["searcher"])
+
+    def _restore(self, state: dict[str, Any], searcher: Searcher, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+        self.iteration = int(state["iteration"])
+        self.images = int(state["images"])
+        self.seconds = {k: float(v) for k, v in state["seconds"].items()}
+        self.seconds_before = float(state["elapsed"])
+        self.nonfinite_in_row = int(state.get("nonfinite_in_row", 0))
+        self._load_step_state(state, searcher, optimizer)
         self.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
-        history = self.out_dir / HISTORY
-        if history.exists():
-            rows = [line for line in history.read_text().splitlines()
-                    if line.strip() and json.loads(line)["iteration"] <= self.iteration]
-            history.write_text("".join(r + "\n" for r in rows))
         return dict(state["best"])
 
+    def _nonfinite(self, row: dict[str, Any]) -> str | None:
+        """Why the step that produced ``row`` left a NaN or inf behind (None if it did not):
+        in a loss, the validation scores, the hypergradient, psi or the model's parameters."""
+        assert self.model is not None
+        for key in ("train_loss", "val_loss", "val_metric"):
+            value = row.get(key)
+            if isinstance(value, int | float) and not math.isfinite(value):
+                return f"{key} is {value}"
+        estimator = row.get("estimator")
+        grad_norm = estimator.get("grad_norm") if isinstance(estimator, dict) else None
+        if isinstance(grad_norm, int | float) and not math.isfinite(grad_norm):
+            return f"the hypergradient's norm is {grad_norm}"
+        for name, value in self.psi.items():
+            if not bool(torch.isfinite(value).all()):
+                return f"psi {name!r} is not finite"
+        for name, param in self.model.named_parameters():
+            if not bool(torch.isfinite(param).all()):
+                return f"model parameter {name!r} is not finite"
+        return None
+
+    def _skip_step(self, searcher: Searcher, optimizer: torch.optim.Optimizer) -> None:
+        """Undo a step that produced a NaN or inf: psi, the model, its optimiser and the searcher
+        go back to the last checkpoint (the state before the step); the counters and random
+        streams move on, so that the next step draws new scenes."""
+        state = torch.load(self.out_dir / CHECKPOINT, weights_only=True)
+        self._load_step_state(state, searcher, optimizer)
+        self.nonfinite_in_row += 1
+
     def execute(self, resume: bool = False) -> dict[str, Any]:
-        """Run the searcher until the budget is spent; returns the summary it writes."""
+        """Run the searcher until the budget is spent; returns the summary it writes.
+
+        Each iteration appends its history row (flushed to disk) and then replaces the
+        checkpoint; every file is written whole or not at all (``atomic_write``), so a run
+        killed at any moment resumes from its last checkpoint to the same result.
+        """
         state = self._prepare_folder(resume)
-        if self.config_text is not None and not resume:
-            (self.out_dir / "config.toml").write_text(self.config_text)
         self._write_json("config.json", self.settings_json())
+        if self.config_text is not None and not resume:
+            text = self.config_text
+            atomic_write(self.out_dir / "config.toml", lambda f: f.write(text.encode()))
 
         setup_start = time.perf_counter()
         self.val = self.load_data("validation")
@@ -656,27 +800,44 @@ class Run:
         self.model_optimizer = self.create_model_optimizer(self.model)
         searcher: Searcher = self.searcher_cls(self, self.searcher_settings)
         best: dict[str, Any] = {}
+        self.nonfinite_in_row = 0
         if state is not None:
             best = self._restore(state, searcher, self.model_optimizer)
         self._clock_start = time.perf_counter()
+        if state is None:
+            # The state before the first step: what a step with a NaN goes back to.
+            self._checkpoint(searcher, self.model_optimizer, best)
 
+        max_nonfinite = self.config.max_nonfinite
         self.pm.hook.on_run_start(run=self)
         history = (self.out_dir / HISTORY).open("a")
         try:
             while self._budget_left():
                 self.iteration += 1
                 row = {"iteration": self.iteration, **searcher.step(self.iteration)}
+                reason = self._nonfinite(row)
+                if reason is not None:
+                    self._skip_step(searcher, self.model_optimizer)
+                    row.update(skipped=f"non-finite: {reason}", psi=self.space.describe(self.psi))
+                else:
+                    self.nonfinite_in_row = 0
                 row.update(images=self.images, seconds=self.elapsed,
                            **{f"seconds_{p}": s for p, s in self.seconds.items()})
                 metric = row.get("val_metric")
-                if metric is not None and (not best or metric > best["val_metric"]):
+                if reason is None and metric is not None and (not best or metric > best["val_metric"]):
                     best = {k: row[k] for k in ("iteration", "images", "seconds", "val_metric", "psi") if k in row}
                 # The row goes to disk before the checkpoint: resuming drops rows past the
                 # checkpoint, so a crash between the two never loses an iteration's row.
                 history.write(json.dumps(row, default=float) + "\n")
                 history.flush()
+                os.fsync(history.fileno())
                 self._checkpoint(searcher, self.model_optimizer, best)
                 self.pm.hook.on_iteration(run=self, row=row)
+                if reason is not None and self.nonfinite_in_row >= max_nonfinite:
+                    raise NonFiniteError(
+                        f"{self.nonfinite_in_row} steps in a row produced NaN or inf, the last at iteration "
+                        f"{self.iteration} ({reason}); psi and the model in {self.out_dir / CHECKPOINT} are "
+                        f"those of the last good step (max_nonfinite = {max_nonfinite})")
         finally:
             history.close()
 

@@ -177,9 +177,30 @@ class UNetTask:
         return segmentation_metrics(cm, s.names, background=0)
 
     @hookimpl
+    def metric_accumulator(self, settings: Any) -> ConfusionAccumulator:
+        return ConfusionAccumulator(_settings(settings))
+
+    @hookimpl
     def load_dataset(self, path: str, settings: Any) -> list[Example]:
         s = _settings(settings)
         return load_folder(path, s.num_classes, ignore_index=s.ignore_index)
+
+
+class ConfusionAccumulator:
+    """The ``unet`` task's metrics chunk by chunk: pixel counts add up, so the sum of the
+    chunks' confusion matrices is the whole set's, and the metrics from it are exactly
+    ``evaluate``'s on the concatenated outputs, with one C x C matrix kept in memory."""
+
+    def __init__(self, settings: UNetSettings):
+        self.settings = settings
+        self.cm = torch.zeros(settings.num_classes, settings.num_classes, dtype=torch.long)
+
+    def update(self, outputs: torch.Tensor, targets: torch.Tensor) -> None:
+        s = self.settings
+        self.cm += confusion_matrix(outputs.argmax(1), targets, s.num_classes, ignore_index=s.ignore_index).cpu()
+
+    def compute(self) -> dict[str, float]:
+        return segmentation_metrics(self.cm, self.settings.names, background=0)
 
 
 unet_task = UNetTask()

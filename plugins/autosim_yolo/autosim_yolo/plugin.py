@@ -18,7 +18,7 @@ from .metrics import detection_metrics
 from .model import build_yolo
 from .settings import DetectionSettings, FasterRCNNSettings, YoloSettings, coerce
 from .shapes import shapes_simulator
-from .targets import letterbox, object_rows, pack_targets
+from .targets import PAD, letterbox, object_rows, pack_targets
 
 __all__ = ["collate_detection", "faster_rcnn_task", "shapes_simulator", "yolo_task"]
 
@@ -42,6 +42,33 @@ def collate_detection(examples: list[Example], settings: DetectionSettings) -> B
         rows.append(object_rows(example.objects, settings.classes, scale, offset, where,
                                 settings.min_visible_fraction))
     return Batch(torch.stack(images), pack_targets(rows))
+
+
+class DetectionAccumulator:
+    """Detection metrics chunk by chunk: each chunk's raw outputs are decoded to its images'
+    detections at once (boxes, scores, labels: a few hundred numbers per image) and only those
+    are kept; AP needs every image's detections ranked together, so it is computed at the end."""
+
+    def __init__(self, decode: Callable[[Any], list[dict[str, torch.Tensor]]], classes: list[str]):
+        self.decode = decode
+        self.classes = classes
+        self.detections: list[dict[str, torch.Tensor]] = []
+        self.targets: list[torch.Tensor] = []
+
+    def update(self, outputs: Any, targets: torch.Tensor) -> None:
+        self.detections.extend({k: v.detach().cpu() for k, v in d.items()} for d in self.decode(outputs))
+        self.targets.append(targets.detach().cpu())
+
+    def compute(self) -> dict[str, float]:
+        # Chunks of one padded batch share its width, but chunks padded apart need not.
+        width = max(t.shape[1] for t in self.targets)
+        targets = torch.zeros(sum(t.shape[0] for t in self.targets), width, 5)
+        targets[:, :, 4] = PAD
+        start = 0
+        for t in self.targets:
+            targets[start:start + t.shape[0], : t.shape[1]] = t
+            start += t.shape[0]
+        return detection_metrics(self.detections, targets, self.classes)
 
 
 class _DetectionTask:
@@ -84,6 +111,11 @@ class _DetectionTask:
     def evaluate(self, outputs: torch.Tensor, targets: torch.Tensor, settings: Any) -> dict[str, float]:
         s = self._settings(settings)
         return detection_metrics(self.detections(outputs, s), targets, s.classes)
+
+    @hookimpl
+    def metric_accumulator(self, settings: Any) -> DetectionAccumulator:
+        s = self._settings(settings)
+        return DetectionAccumulator(lambda outputs: self.detections(outputs, s), s.classes)
 
     @hookimpl
     def load_dataset(self, path: str, settings: Any) -> list[Example]:
