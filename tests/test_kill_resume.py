@@ -1,0 +1,54 @@
+"""``autosim run`` killed with SIGKILL ten times at random moments and resumed each time ends
+as the uninterrupted run: the same psi, model and history, no row lost or logged twice."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from autosim_core.run import CHECKPOINT, HISTORY
+
+HARNESS = Path(__file__).with_name("kill_harness.py")
+COMPARED = ("iteration", "images", "train_loss", "val_loss", "val_metric", "psi", "estimator")
+
+
+def rows(folder: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (folder / HISTORY).read_text().splitlines()]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="the harness forks the killed runs")
+def test_ten_sigkills_at_random_moments_leave_the_run_unchanged(tmp_path: Path, cache_dir: Path) -> None:
+    env = dict(os.environ, OMP_NUM_THREADS="1", MPLBACKEND="Agg")
+    done = subprocess.run([sys.executable, str(HARNESS), str(tmp_path), "--kills", "10", "--seed", "0",
+                           "--cache", str(cache_dir)], env=env, capture_output=True, text=True, timeout=300)
+    print(done.stdout)
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert len(report["kills"]) == 10
+    # The harness checks that each start died by the kill; most must have died in the loop.
+    assert sum(k["checkpoint"] is not None and k["checkpoint"] < report["iterations"] for k in report["kills"]) >= 5
+
+    killed, reference = tmp_path / "killed", tmp_path / "reference"
+    a = torch.load(killed / CHECKPOINT, weights_only=True)
+    b = torch.load(reference / CHECKPOINT, weights_only=True)
+    assert a["iteration"] == b["iteration"] == report["iterations"]
+    for key in ("psi", "model"):
+        for name in b[key]:
+            assert torch.equal(a[key][name], b[key][name]), (key, name)
+    for k, state in b["model_optimizer"]["state"].items():
+        for name, value in state.items():
+            assert torch.equal(a["model_optimizer"]["state"][k][name], value), (k, name)
+    rows_a, rows_b = rows(killed), rows(reference)
+    assert [r["iteration"] for r in rows_a] == list(range(1, report["iterations"] + 1))
+    for ra, rb in zip(rows_a, rows_b, strict=True):
+        for key in COMPARED:
+            assert ra[key] == rb[key], (ra["iteration"], key)
+    assert json.loads((killed / "psi.json").read_text()) == json.loads((reference / "psi.json").read_text())
+    assert not list(killed.glob(".*.tmp"))
