@@ -92,3 +92,25 @@ def test_per_class_iou_matches_torchmetrics():
     expected = sum(float(reference[c]) for c in (1, 2, 3)) / 3
     metric = segmentation_metrics(confusion_matrix(preds, targets, 5), [str(i) for i in range(5)])["metric"]
     assert math.isclose(metric, expected, rel_tol=1e-6)
+
+
+@pytest.mark.parametrize("ignore_index", [None, 255])
+def test_streaming_confusion_equals_evaluate_on_the_whole_set(ignore_index):
+    """Metrics added up over uneven chunks equal ``evaluate`` on the concatenated outputs."""
+    from autosim_unet.plugin import ConfusionAccumulator, UNetSettings
+
+    gen = torch.Generator().manual_seed(3)
+    logits = torch.randn(11, 4, 6, 5, generator=gen)
+    masks = torch.randint(0, 4, (11, 6, 5), generator=gen)
+    masks[masks == 3] = 2  # cylinder absent from the targets, present in some predictions
+    if ignore_index is not None:
+        masks[torch.rand(masks.shape, generator=gen) < 0.2] = ignore_index
+    settings = UNetSettings(num_classes=4, ignore_index=ignore_index)
+    whole = UNetTask().evaluate(outputs=logits, targets=masks, settings=settings)
+    accumulator = UNetTask().metric_accumulator(settings=settings)
+    assert isinstance(accumulator, ConfusionAccumulator)
+    for start in range(0, 11, 4):
+        accumulator.update(logits[start:start + 4], masks[start:start + 4])
+    assert accumulator.compute() == whole
+    keep = masks != (ignore_index if ignore_index is not None else -1)
+    assert int(accumulator.cm.sum()) == int(keep.sum())  # every labelled pixel counted once

@@ -156,3 +156,24 @@ def test_shape_errors():
         detection_metrics([det([], [], [])], targets[0], CLASSES)
     with pytest.raises(ValueError, match="class id 0 but only 0 classes"):
         detection_metrics([det([], [], [])], targets, [])
+
+
+def test_streaming_detections_equal_the_metrics_of_the_whole_set():
+    """Chunks decoded one at a time, their targets padded to different widths, score as the
+    whole set's detections against its targets; and only detections are kept."""
+    from autosim_yolo.plugin import DetectionAccumulator
+
+    per_image = [det([[0, 0, 10, 10], [20, 20, 30, 30]], [0.9, 0.4], [0, 1]), det([[5, 5, 15, 15]], [0.8], [0]),
+                 det([], [], []), det([[1, 1, 9, 9], [40, 40, 50, 52]], [0.7, 0.6], [0, 2])]
+    gts = [[(0, 0, 10, 10, 0), (20, 20, 31, 30, 1)], [(30, 30, 40, 40, 0)], [(0, 0, 4, 4, 2)],
+           [(0, 0, 10, 10, 0), (40, 40, 50, 50, 2), (60, 60, 70, 70, 1)]]
+    whole = detection_metrics(per_image, truth(*gts), CLASSES)
+    chunks = [(0, 1), (1, 3), (3, 4)]  # their padded targets are 2, 1 and 3 rows wide
+    raw = [object() for _ in per_image]  # what the decoder receives stands for raw network outputs
+    decoded = dict(zip(map(id, raw), per_image, strict=True))
+    accumulator = DetectionAccumulator(lambda outputs: [decoded[id(o)] for o in outputs], CLASSES)
+    for a, b in chunks:
+        accumulator.update(raw[a:b], truth(*gts[a:b]))
+    assert [t.shape[1] for t in accumulator.targets] == [2, 1, 3]
+    assert accumulator.compute() == whole
+    assert 0 < whole["metric"] < 1
