@@ -137,6 +137,24 @@ def _detach(outputs: Any) -> Any:
     return outputs
 
 
+def _strict_json(value: Any) -> Any:
+    """``value`` with every NaN or infinite float replaced by None: JSON has no NaN, and a
+    history row must read back in any JSON reader."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _strict_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_strict_json(v) for v in value]
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    try:  # a tensor or numpy scalar: a float, as json.dumps(default=float) would write it
+        number = float(value)
+    except (TypeError, ValueError):
+        return value
+    return number if math.isfinite(number) else None
+
+
 def _state_versions(model: torch.nn.Module) -> tuple[int, ...]:
     """Changes whenever a parameter or buffer of ``model`` is written in place (an optimiser
     step, load_state_dict): the key under which a validation pass stays valid."""
@@ -818,6 +836,10 @@ class Run:
                 reason = self._nonfinite(row)
                 if reason is not None:
                     self._skip_step(searcher, self.model_optimizer)
+                    # The undone step's scores are those of a discarded model (and NaN, which is not
+                    # JSON): null, as in a row without scores.
+                    row.update({k: None for k in ("train_loss", "val_loss", "val_metric") if k in row})
+                    row.pop("val_details", None)
                     row.update(skipped=f"non-finite: {reason}", psi=self.space.describe(self.psi))
                 else:
                     self.nonfinite_in_row = 0
@@ -828,7 +850,7 @@ class Run:
                     best = {k: row[k] for k in ("iteration", "images", "seconds", "val_metric", "psi") if k in row}
                 # The row goes to disk before the checkpoint: resuming drops rows past the
                 # checkpoint, so a crash between the two never loses an iteration's row.
-                history.write(json.dumps(row, default=float) + "\n")
+                history.write(json.dumps(_strict_json(row), default=float, allow_nan=False) + "\n")
                 history.flush()
                 os.fsync(history.fileno())
                 self._checkpoint(searcher, self.model_optimizer, best)

@@ -11,8 +11,10 @@ from typing import Any
 
 import pytest
 import torch
+from typer.testing import CliRunner
 
 from autosim_core import hookimpl
+from autosim_core.cli import app
 from autosim_core.config import parse_config
 from autosim_core.run import CHECKPOINT, HISTORY, NonFiniteError, Run
 
@@ -245,7 +247,7 @@ def test_a_nan_loss_skips_the_step_and_the_run_goes_on(tmp_path: Path, cache_dir
     assert [r["iteration"] for r in rows] == [1, 2, 3, 4, 5]
     assert summary["iterations"] == 5 and (tmp_path / "run" / "summary.json").is_file()
     assert rows[1]["skipped"] == "non-finite: train_loss is nan"
-    assert math.isnan(rows[1]["train_loss"])
+    assert rows[1]["train_loss"] is None  # null, not NaN: the history stays strict JSON
     assert all("skipped" not in r for i, r in enumerate(rows) if i != 1)
     # The skipped step left psi and the model as the step before left them...
     assert rows[1]["psi"] == rows[0]["psi"]
@@ -294,3 +296,17 @@ def test_too_many_nan_steps_in_a_row_stop_the_run(tmp_path: Path, cache_dir: Pat
     assert_states_equal(state["model"], log.model[3])
     assert_states_equal(state["psi"], log.psi[3])
     assert not (folder / "summary.json").exists()
+
+
+def test_the_cli_reports_the_stop_in_one_line(tmp_path: Path, cache_dir: Path) -> None:
+    text = (Path(__file__).resolve().parents[1] / "examples" / "toy.toml").read_text()
+    text = text.replace("iterations = 40", "iterations = 6").replace("count = 500", "count = 50")
+    config = tmp_path / "toy.toml"
+    config.write_text(f'cache_dir = "{cache_dir}"\nmax_nonfinite = 2\n' + text)
+    with nan_training_loss({1, 2, 3, 4, 5, 6}):
+        result = CliRunner().invoke(app, ["run", str(config), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.splitlines()[-1].startswith(
+        "error: 2 steps in a row produced NaN or inf, the last at iteration 2 (train_loss is nan)")
+    for line in (tmp_path / "run" / HISTORY).read_text().splitlines():
+        json.loads(line, parse_constant=lambda c: pytest.fail(f"{c} in history.jsonl"))
