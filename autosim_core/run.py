@@ -804,7 +804,8 @@ class Run:
         """
         state = self._prepare_folder(resume)
         self._write_json("config.json", self.settings_json())
-        if self.config_text is not None and not resume:
+        # On resume too if the first start died before writing it (``generate`` reads it).
+        if self.config_text is not None and (not resume or not (self.out_dir / "config.toml").exists()):
             text = self.config_text
             atomic_write(self.out_dir / "config.toml", lambda f: f.write(text.encode()))
 
