@@ -224,20 +224,25 @@ def test_resume_after_interrupt_equals_uninterrupted_run(stop_at: int, tmp_path:
 def test_resume_after_a_crash_between_checkpoint_and_history(tmp_path: Path, cache_dir: Path,
                                                              uninterrupted: Path, make_toy_data,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    """The process dies right after iteration 3's checkpoint is written (before its history row)."""
+    """The process dies after iteration 3's history row is on disk and before its checkpoint is
+    written: the resumed run redoes iteration 3 from iteration 2's checkpoint and must not leave
+    iteration 3's row twice."""
     config = parse_config(make_toy_data(cache_dir, iterations=RESUME_ITERATIONS))
     folder = tmp_path / "run"
     original = Run._checkpoint
 
-    def checkpoint_then_die(self: Run, *args: Any, **kwargs: Any) -> None:
-        original(self, *args, **kwargs)
+    def die_before_checkpoint(self: Run, *args: Any, **kwargs: Any) -> None:
         if self.iteration == 3:
-            raise Interrupted("killed after the checkpoint")
+            raise Interrupted("killed between the history row and the checkpoint")
+        original(self, *args, **kwargs)
 
     with monkeypatch.context() as m:
-        m.setattr(Run, "_checkpoint", checkpoint_then_die)
+        m.setattr(Run, "_checkpoint", die_before_checkpoint)
         with pytest.raises(Interrupted):
             Run(config, folder).execute()
+    # Where it died: three rows on disk, the checkpoint still at iteration 2.
+    assert [row["iteration"] for row in read_history(folder)] == [1, 2, 3]
+    assert torch.load(folder / CHECKPOINT, weights_only=True)["iteration"] == 2
     Run(config, folder).execute(resume=True)
     assert_same_run(folder, uninterrupted)
 
