@@ -135,3 +135,109 @@ def test_the_baseline_removes_the_variance_of_a_constant_offset() -> None:
     assert float(none.mean()) == pytest.approx(1.0, abs=4 * math.sqrt((c**2 + 2) / k / DRAWS))
     assert float(loo.mean()) == pytest.approx(1.0, abs=4 * math.sqrt(2 / (k - 1) / DRAWS))
     assert float(mean.mean()) == pytest.approx((k - 1) / k, abs=4 * math.sqrt(2 * (k - 1) / k**2 / DRAWS))
+
+
+# ------------------------------------------ each estimator on a problem solved by hand ---
+# theta in R^2 at 0; l_k(theta) = A[k] . theta + |theta|^2 / 2, so grad l_k = A[k] at theta = 0;
+# H = diag(2, 1) stands for the Hessian; g_val = (1, 1). Then c_k = A[k] . v with
+#   linear:            v = g_val                      = (1, 1)
+#   approx-quadratic:  v = (H + lam I) g_val          = (2 + lam, 1 + lam)
+#   quadratic:         v = (H + lam I)^-1 g_val       = (1 / (2 + lam), 1 / (1 + lam))
+# and the hypergradient is the score-function sum over f_k = -c_k (mean baseline).
+A = torch.tensor([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]], dtype=torch.float64)
+H_DIAG = torch.tensor([2.0, 1.0], dtype=torch.float64)
+G_VAL = torch.tensor([1.0, 1.0], dtype=torch.float64)
+
+
+def quadratic_problem(with_val: bool = True) -> HypergradProblem:
+    psi, _ = psi_and_log_prob()
+    return HypergradProblem(
+        params={"t": torch.zeros(2, dtype=torch.float64)},
+        train_losses=lambda th: A @ th["t"] + 0.5 * (th["t"] ** 2).sum(),
+        hvp=lambda v: {"t": H_DIAG * v["t"]},
+        val_gradient=(lambda: {"t": G_VAL.clone()}) if with_val else None,
+        log_prob=lambda psi=psi: SCORES @ psi["a"], psi=psi, baseline="mean")
+
+
+def expected_from_direction(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    c = A @ v
+    terms = (-(c - c.mean()))[:, None] * SCORES
+    return terms.mean(0), terms.std(0) / math.sqrt(3)
+
+
+def check_hypergrad(got, v: torch.Tensor) -> None:
+    grad, stderr = expected_from_direction(v)
+    torch.testing.assert_close(got.grad["a"], grad, rtol=1e-9, atol=1e-12)
+    assert got.stderr is not None
+    torch.testing.assert_close(got.stderr["a"], stderr, rtol=1e-9, atol=1e-12)
+    c = A @ v
+    assert got.diagnostics["v_norm"] == pytest.approx(float(v.norm()), rel=1e-9)
+    assert got.diagnostics["c_mean"] == pytest.approx(float(c.mean()), rel=1e-9)
+    assert got.diagnostics["c_std"] == pytest.approx(float(c.std()), rel=1e-9)
+    assert got.diagnostics["g_val_norm"] == pytest.approx(math.sqrt(2), rel=1e-12)
+
+
+@pytest.mark.parametrize("damping", [0.0, 0.5])
+def test_estimators_by_hand(damping: float) -> None:
+    from autosim_core.estimators import (
+        ApproxQuadraticSettings,
+        QuadraticSettings,
+        approx_quadratic_plugin,
+        linear_plugin,
+        quadratic_plugin,
+    )
+
+    check_hypergrad(linear_plugin.estimate_hypergrad(problem=quadratic_problem()), G_VAL)
+    got = approx_quadratic_plugin.estimate_hypergrad(problem=quadratic_problem(),
+                                                     settings=ApproxQuadraticSettings(damping=damping))
+    check_hypergrad(got, (H_DIAG + damping) * G_VAL)
+    got = quadratic_plugin.estimate_hypergrad(problem=quadratic_problem(),
+                                              settings=QuadraticSettings(damping=damping, tol=1e-10))
+    check_hypergrad(got, G_VAL / (H_DIAG + damping))
+    # CG on a 2 x 2 system: two steps, to a residual below the tolerance, positive curvature.
+    assert got.diagnostics["cg_iterations"] == 2 and got.diagnostics["cg_residual"] < 1e-10
+    assert got.diagnostics["negative_curvature"] is False
+
+
+def test_quadratic_passes_its_iteration_cap_and_tolerance_to_cg() -> None:
+    from autosim_core.estimators import quadratic
+
+    one_step = quadratic(quadratic_problem(), max_iter=1)
+    assert one_step.diagnostics["cg_iterations"] == 1 and one_step.diagnostics["cg_residual"] > 0.01
+    loose = quadratic(quadratic_problem(), tol=0.9)
+    assert loose.diagnostics["cg_iterations"] == 1
+
+
+def test_estimator_function_defaults_are_the_settings_defaults() -> None:
+    """quadratic() and approx_quadratic() called bare behave as the plugins with default settings."""
+    import inspect
+
+    from autosim_core.estimators import ApproxQuadraticSettings, QuadraticSettings, approx_quadratic, quadratic
+
+    for fn, model in ((quadratic, QuadraticSettings), (approx_quadratic, ApproxQuadraticSettings)):
+        defaults = {k: p.default for k, p in inspect.signature(fn).parameters.items() if k != "problem"}
+        assert defaults == model().model_dump(), fn.__name__
+    check_hypergrad(approx_quadratic(quadratic_problem()), H_DIAG * G_VAL)
+    check_hypergrad(quadratic(quadratic_problem()), G_VAL / (H_DIAG + 0.01))
+
+
+@pytest.mark.parametrize("name", ["quadratic", "approx-quadratic", "linear"])
+def test_estimators_without_a_validation_set_name_themselves(name: str) -> None:
+    from autosim_core import estimators
+
+    fn = {"quadratic": estimators.quadratic, "approx-quadratic": estimators.approx_quadratic,
+          "linear": estimators.linear}[name]
+    with pytest.raises(ValueError) as info:
+        fn(quadratic_problem(with_val=False))
+    assert str(info.value) == f"the {name!r} estimator needs a validation set"
+
+
+def test_no_val_reports_the_standard_error_of_its_terms() -> None:
+    psi, _ = psi_and_log_prob()
+    problem = HypergradProblem(
+        params={"w": torch.zeros(1, dtype=torch.float64)}, train_losses=lambda th: VALUES + th["w"],
+        hvp=lambda v: v, val_gradient=None, log_prob=lambda: SCORES @ psi["a"], psi=psi, baseline="mean")
+    got = no_val(problem)
+    hand_terms = torch.tensor([-3.0, 0.0, 3.0], dtype=torch.float64)[:, None] * SCORES
+    assert got.stderr is not None
+    torch.testing.assert_close(got.stderr["a"], hand_terms.std(0) / math.sqrt(3), rtol=0, atol=1e-12)
