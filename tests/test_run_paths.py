@@ -279,3 +279,28 @@ def test_generate_refuses_a_folder_that_is_not_empty(tmp_path: Path) -> None:
     assert result.stderr.strip() == f"error: {out} is not empty"
     assert sorted(p.name for p in out.iterdir()) == ["keep.txt"] and (out / "keep.txt").read_text() == "mine"
 
+
+
+def test_training_renders_draw_from_the_runs_generator_and_sampler(tmp_path: Path, cache_dir: Path,
+                                                                  make_toy_data) -> None:
+    from autosim_core.searchers import sobol_sampler
+
+    data = small_toy(make_toy_data, cache_dir, budget={"iterations": 1}, searcher="fixed")
+    latents = []
+    for global_seed in (1, 2):
+        run = Run(parse_config(data), tmp_path / f"run{global_seed}")
+        torch.manual_seed(global_seed)  # the scenes must not depend on torch's global state
+        scenes, _ = run.render_training(run.space.init_psi(), 5)
+        latents.append(scenes.latents)
+        assert [r["id"] for r in scenes.records] == [0, 1, 2, 3, 4] and run.images == 5
+    assert all(torch.equal(latents[0][k], latents[1][k]) for k in latents[0])
+
+    used = []
+
+    def sampler(space: Any, psi: Any, count: int, generator: torch.Generator) -> Any:
+        used.append(generator)
+        return sobol_sampler(space, psi, count, generator)
+
+    scenes, batch = run.render_training(run.space.init_psi(), 3, sampler=sampler)
+    assert used == [run.generator] and [r["id"] for r in scenes.records] == [5, 6, 7] and run.images == 8
+    assert batch.inputs.shape[0] == 3
