@@ -336,6 +336,7 @@ def test_quasi_random_draws_give_each_parameter_its_own_dimension() -> None:
     space = ParameterSpace(x=Normal(mean=0.0), y=Normal(mean=0.0), z=Normal(mean=0.0))
     latents = space.sample_quasi(space.init_psi(), 64, torch.Generator().manual_seed(0))
     assert not torch.equal(latents["y"], latents["z"]) and not torch.equal(latents["x"], latents["y"])
+    assert all(v.dtype == torch.float32 for v in latents.values())  # psi's dtype, as from sample()
     # Scrambled Sobol in 64 points: each coordinate has one point in each 1/64 of (0, 1).
     for k in "xyz":
         u = torch.special.ndtr(latents[k].double().reshape(-1))
@@ -396,3 +397,18 @@ def test_family_errors_name_the_setting_and_what_is_allowed() -> None:
     # Naming another family replaces the parameter: none of the Normal's settings carry over.
     replaced = space.override({"x": {"family": "bernoulli", "p": 0.25}})["x"]
     assert isinstance(replaced, Bernoulli) and replaced.p == 0.25
+
+
+def test_with_psi_at_the_lower_bounds_and_beyond_the_bounded_range() -> None:
+    space = ParameterSpace(a=Normal(mean=0.05, std=0.5, low=-0.3, high=0.1, min_std=0.05),
+                           d=Bounded(low=0.0, high=1.0, mean=0.5), e=Bounded(low=2.0, high=4.0, mean=3.0))
+    psi = space.init_psi()
+    with torch.no_grad():
+        psi["a.loc"].fill_(-10.0)
+        psi["a.log_std"].fill_(-50.0)
+        psi["d.loc"].fill_(-50.0)  # sigmoid rounds to the range's ends: kept 1e-9 of the range inside
+        psi["e.loc"].fill_(50.0)
+    learned = space.with_psi(psi)
+    assert learned["a"].mean == -0.3 and learned["a"].std == 0.05
+    assert learned["d"].mean == pytest.approx(1e-9, rel=1e-6)
+    assert learned["e"].mean == pytest.approx(4.0 - 2e-9, abs=1e-15) and learned["e"].mean < 4.0
