@@ -115,6 +115,25 @@ def clevr_unet(session: nox.Session) -> None:
     _pytest(session, "integration")
 
 
+# The mutants `nox -s mutants` runs by default: the hypergradient maths, the parameter space and
+# the budget path of the loop (docs/mutation.md). Pass other mutmut name patterns after `--`.
+MUTANTS = ("autosim_core.estimators.*", "autosim_core.hypergrad.*", "autosim_core.space.*",
+           "autosim_core.run.xǁRunǁ_budget_left__mutmut_*", "autosim_core.run.xǁRunǁrender_training__mutmut_*")
+
+
+@nox.session(python=PYTHON)
+def mutants(session: nox.Session) -> None:
+    """Mutation testing with mutmut ([tool.mutmut] in pyproject.toml); not a default session.
+
+    Prints the killed / survived counts; `mutmut results` and `mutmut show NAME` in the same
+    environment list and show the survivors."""
+    _install(session, CORE, ("mutmut>=3.3",))
+    env = {"AUTOSIM_CACHE": str(session.create_tmp() + "/autosim-cache"), "MPLBACKEND": "Agg",
+           "OMP_NUM_THREADS": "1"}
+    session.run("mutmut", "run", *(session.posargs or MUTANTS), env=env)
+    session.run("mutmut", "results", env=env)
+
+
 @nox.session(python=PYTHON, name="bench-clevr")
 def bench_clevr(session: nox.Session) -> None:
     """The paper's Table 2 analog: every searcher on CLEVR + UNet over 3 seeds (docs/results.md)."""

@@ -164,5 +164,21 @@ def test_iteration_cap_is_reported() -> None:
 def test_zero_right_hand_side() -> None:
     b = {"w": torch.zeros(3, 4), "b": torch.zeros(5)}
     res = conjugate_gradient(lambda v: v, b)
-    assert res.iterations == 0 and not res.negative_curvature
+    assert res.iterations == 0 and res.negative_curvature is False and res.residual == 0.0
     assert all(torch.equal(res.solution[k], b[k]) for k in b)
+
+
+def test_defaults_are_ten_iterations_and_a_relative_residual_of_1e_6() -> None:
+    """A 12 x 12 SPD system with spread eigenvalues: CG needs all 12 steps in exact arithmetic,
+    so the default cap of 10 is reached; a 2 x 2 one is solved to 1e-6 in its 2 steps."""
+    eig = torch.logspace(0, 3, 12, dtype=torch.float64)
+    q, _ = torch.linalg.qr(torch.randn(12, 12, generator=torch.Generator().manual_seed(0), dtype=torch.float64))
+    a = q @ torch.diag(eig) @ q.T
+    b = {"x": torch.ones(12, dtype=torch.float64)}
+    capped = conjugate_gradient(lambda v: {"x": a @ v["x"]}, b)
+    assert capped.iterations == 10 and capped.residual > 1e-6 and capped.negative_curvature is False
+    small = torch.tensor([[4.0, 1.0], [1.0, 3.0]], dtype=torch.float64)
+    rhs = torch.tensor([1.0, 2.0], dtype=torch.float64)
+    solved = conjugate_gradient(lambda v: {"x": small @ v["x"]}, {"x": rhs})
+    assert solved.iterations == 2 and solved.residual < 1e-6
+    torch.testing.assert_close(solved.solution["x"], torch.linalg.solve(small, rhs), rtol=0, atol=1e-12)

@@ -200,5 +200,16 @@ def test_central_difference_step_scales_with_direction_and_dtype() -> None:
     assert h == pytest.approx(torch.finfo(torch.float64).eps ** 0.5 / 2)
     assert central_difference_step(params, {"w": 2 * v["w"]}) == pytest.approx(h / 2)
     assert central_difference_step({"w": params["w"].float()}, {"w": v["w"].float()}) > 10000 * h
+    assert central_difference_step({"w": params["w"].float()}, {"w": v["w"].float()}) == pytest.approx(
+        torch.finfo(torch.float32).eps ** 0.5 / 2)
+    assert central_difference_step(params, {"w": torch.zeros(4, dtype=torch.float64)}) == 0.0
     zero = directional_derivatives_fd(lambda p: p["w"] * 3, params, {"w": torch.zeros(4, dtype=torch.float64)})
     torch.testing.assert_close(zero, torch.zeros(4, dtype=torch.float64))
+
+
+def test_central_difference_uses_the_step_it_is_given() -> None:
+    """For l(t) = t^3 the central difference along v = 1 is 3 t^2 + h^2 exactly: the step shows."""
+    params = {"t": torch.tensor([0.5, 2.0], dtype=torch.float64)}
+    v = {"t": torch.ones(2, dtype=torch.float64)}
+    got = directional_derivatives_fd(lambda p: p["t"] ** 3, params, v, step=0.1)
+    torch.testing.assert_close(got, 3 * params["t"] ** 2 + 0.01, rtol=0, atol=1e-12)

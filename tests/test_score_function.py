@@ -262,4 +262,8 @@ def test_score_function_gives_zero_for_unused_psi() -> None:
     lp = space["a"].log_prob({"loc": psi["a.loc"], "log_std": psi["a.log_std"]}, latents["a"])
     g = score_function_gradient(latents["a"][:, 0], lp, psi)
     assert torch.equal(g["b.loc"], torch.zeros(())) and torch.equal(g["b.log_std"], torch.zeros(()))
-    assert float(g["a.loc"].abs()) > 0
+    # d/dloc log N(x; loc, sigma) = (x - loc) / sigma^2, centred by the batch mean of f = x
+    x, loc, sigma = latents["a"][:, 0].double(), float(psi["a.loc"]), math.exp(float(psi["a.log_std"]))
+    expected = ((x - x.mean()) * (x - loc) / sigma**2).mean()
+    assert float(g["a.loc"]) == pytest.approx(float(expected), rel=1e-5)
+    assert float(expected) == pytest.approx(1.0, abs=0.3)  # E[(x - x_bar) x] = Var x = 1

@@ -302,3 +302,113 @@ def test_with_psi_round_trip_at_saturated_logits() -> None:
     again = space.with_psi(psi).init_psi()
     torch.testing.assert_close(again["b.logit"].detach(), torch.tensor(-10.0), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(again["d.loc"].detach(), torch.tensor(12.0), rtol=1e-5, atol=1e-5)
+
+
+# -------------------------------------------------- exact values of the small helpers ---
+def test_sampling_follows_the_generator_not_the_global_seed() -> None:
+    space = ParameterSpace(c=Categorical(choices=["a", "b", "c"]), b=Bernoulli(p=0.4, repeat=2), x=Normal(mean=1.0))
+    psi = space.init_psi()
+    torch.manual_seed(1)
+    first = space.sample(psi, 50, torch.Generator().manual_seed(7))
+    torch.manual_seed(2)
+    second = space.sample(psi, 50, torch.Generator().manual_seed(7))
+    assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_inverse_cdf_sampling_by_hand() -> None:
+    """sample_uniform maps u through each family's inverse CDF."""
+    normal = Normal(mean=1.0, std=2.0)
+    u = torch.tensor([[0.975], [0.5], [0.025]], dtype=torch.float64)
+    got = normal.sample_uniform(normal.psi_init(), u)
+    torch.testing.assert_close(got.double().reshape(-1), torch.tensor([1 + 2 * 1.959964, 1.0, 1 - 2 * 1.959964],
+                                                                      dtype=torch.float64), rtol=0, atol=1e-4)
+    cat = Categorical(choices=["a", "b", "c"], probs=[0.25, 0.25, 0.5])
+    # cdf (0.25, 0.5, 1): u on a step goes to the next choice; u near 1 stays on the last
+    u = torch.tensor([[0.1], [0.25], [0.4], [0.5], [0.999999]], dtype=torch.float64)
+    assert cat.sample_uniform(cat.psi_init(), u).reshape(-1).tolist() == [0, 1, 1, 2, 2]
+    bern = Bernoulli(p=0.3)
+    u = torch.tensor([[0.1], [0.29], [0.31], [0.9]])
+    assert bern.sample_uniform(bern.psi_init(), u).reshape(-1).tolist() == [1.0, 1.0, 0.0, 0.0]
+
+
+def test_quasi_random_draws_give_each_parameter_its_own_dimension() -> None:
+    """Three one-draw parameters from the same Sobol point: three different coordinates."""
+    space = ParameterSpace(x=Normal(mean=0.0), y=Normal(mean=0.0), z=Normal(mean=0.0))
+    latents = space.sample_quasi(space.init_psi(), 64, torch.Generator().manual_seed(0))
+    assert not torch.equal(latents["y"], latents["z"]) and not torch.equal(latents["x"], latents["y"])
+    assert all(v.dtype == torch.float32 for v in latents.values())  # psi's dtype, as from sample()
+    # Scrambled Sobol in 64 points: each coordinate has one point in each 1/64 of (0, 1).
+    for k in "xyz":
+        u = torch.special.ndtr(latents[k].double().reshape(-1))
+        assert sorted((u * 64).floor().long().tolist()) == list(range(64)), k
+
+
+def test_natural_gradients_by_hand() -> None:
+    bern = Bernoulli(p=0.2, repeat=3)  # Fisher of the logit: repeat * p (1 - p) = 0.48
+    got = bern.natural_gradient(bern.psi_init(), {"logit": torch.tensor(0.24)})
+    assert float(got["logit"]) == pytest.approx(0.5, rel=1e-6)
+    cat = Categorical(choices=["a", "b"], probs=[0.25, 0.75], repeat=2)
+    # A logits gradient that is not centred: only its centred part (-0.5, 0.5) has a natural
+    # gradient; g / p = (-2, 2/3), centred (-4/3, 4/3), over repeat 2.
+    got = cat.natural_gradient(cat.psi_init(), {"logits": torch.tensor([1.0, 2.0])})
+    torch.testing.assert_close(got["logits"].double(), torch.tensor([-2 / 3, 2 / 3], dtype=torch.float64),
+                               rtol=1e-6, atol=1e-6)
+    # The space passes each parameter's block, skipping parameters without a gradient.
+    space = ParameterSpace(a=Normal(mean=0.0, std=2.0), b=Bernoulli(p=0.2, repeat=3))
+    out = space.natural_gradient(space.init_psi(), {"b.logit": torch.tensor(0.24), "a.loc": torch.tensor(1.0)})
+    assert set(out) == {"a.loc", "b.logit"} and float(out["b.logit"]) == pytest.approx(0.5, rel=1e-6)
+    assert float(out["a.loc"]) == pytest.approx(4.0, rel=1e-6)  # Fisher of a Gaussian's loc: 1 / std^2
+
+
+def test_describe_and_values_of_the_bounded_and_lognormal_families() -> None:
+    bounded = Bounded(low=0.0, high=10.0, mean=2.5, std=0.5, integer=True)
+    described = bounded.describe(bounded.psi_init())
+    assert described["mean"] == pytest.approx(2.5) and described["std"] == pytest.approx(0.5)
+    assert bounded.to_value(torch.tensor(0.0)) == 5 and isinstance(bounded.to_value(torch.tensor(0.1)), int)
+    assert bounded.to_value(torch.tensor(-1000.0)) == 0
+    lognormal = LogNormal(median=3.0, std=0.2)
+    described = lognormal.describe(lognormal.psi_init())
+    assert described["median"] == pytest.approx(3.0) and described["std"] == pytest.approx(0.2)
+
+
+def test_box_skips_fixed_parameters_wherever_they_are() -> None:
+    space = ParameterSpace(fixed=Normal(mean=0.0, learn=False), x=Normal(mean=1.0, std=1.0),
+                           b=Bounded(low=0.0, high=1.0, mean=0.5))
+    box = space.box()
+    assert set(box) == {"x.loc", "x.log_std", "b.loc", "b.log_std"}
+    assert box["x.loc"] == (-2.0, 4.0) and box["x.log_std"] == (-1.0, 1.0)
+
+
+def test_family_errors_name_the_setting_and_what_is_allowed() -> None:
+    space = ParameterSpace(x=Normal(mean=0.0, std=1.0), b=Bernoulli(p=0.5))
+    cases = [({"x": {"meen": 1.0}}, "x.meen: unknown key; allowed: learn, repeat, std, min_std, max_std, family, "
+                                    "mean, low, high, integer"),
+             ({"x": {"std": -1.0}}, "x.std: Input should be greater than 0 (got -1.0)"),
+             ({"x": {"family": "bernoulli"}}, "x.p: required key is missing"),
+             ({"x": {"std": -1.0, "mean": "a"}}, None)]
+    for change, expected in cases:
+        with pytest.raises(ValueError) as info:
+            space.override(change)
+        message = str(info.value)
+        if expected is not None:
+            assert message == expected
+        else:  # two problems, one line, joined by "; "
+            assert message.count("; ") == 1 and message.startswith("x.") and "\n" not in message
+    # Naming another family replaces the parameter: none of the Normal's settings carry over.
+    replaced = space.override({"x": {"family": "bernoulli", "p": 0.25}})["x"]
+    assert isinstance(replaced, Bernoulli) and replaced.p == 0.25
+
+
+def test_with_psi_at_the_lower_bounds_and_beyond_the_bounded_range() -> None:
+    space = ParameterSpace(a=Normal(mean=0.05, std=0.5, low=-0.3, high=0.1, min_std=0.05),
+                           d=Bounded(low=0.0, high=1.0, mean=0.5), e=Bounded(low=2.0, high=4.0, mean=3.0))
+    psi = space.init_psi()
+    with torch.no_grad():
+        psi["a.loc"].fill_(-10.0)
+        psi["a.log_std"].fill_(-50.0)
+        psi["d.loc"].fill_(-50.0)  # sigmoid rounds to the range's ends: kept 1e-9 of the range inside
+        psi["e.loc"].fill_(50.0)
+    learned = space.with_psi(psi)
+    assert learned["a"].mean == -0.3 and learned["a"].std == 0.05
+    assert learned["d"].mean == pytest.approx(1e-9, rel=1e-6)
+    assert learned["e"].mean == pytest.approx(4.0 - 2e-9, abs=1e-15) and learned["e"].mean < 4.0

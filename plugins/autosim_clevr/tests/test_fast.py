@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import make_scene
+from clevr_scenes import make_scene
 
 from autosim_clevr.fast import render_batch
 from autosim_clevr.scene import CLASS_ID, Camera, SceneObject
