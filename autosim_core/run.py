@@ -725,6 +725,12 @@ class Run:
             return
         stored = json.loads(stored_path.read_text())
         current = json.loads(json.dumps(self.settings_json(), default=str))
+        # A top-level key added to the config since the run started is the same when the run
+        # uses its default (a folder written before ``max_nonfinite`` existed resumes with 3).
+        for key, field in RunConfig.model_fields.items():
+            if key not in stored and key in current and not field.is_required() and \
+                    current[key] == json.loads(json.dumps(field.get_default(call_default_factory=True), default=str)):
+                stored[key] = current[key]
         changed = sorted(k for k in set(stored) | set(current)
                          if k != "budget" and stored.get(k) != current.get(k))
         if changed:

@@ -310,3 +310,16 @@ def test_the_cli_reports_the_stop_in_one_line(tmp_path: Path, cache_dir: Path) -
         "error: 2 steps in a row produced NaN or inf, the last at iteration 2 (train_loss is nan)")
     for line in (tmp_path / "run" / HISTORY).read_text().splitlines():
         json.loads(line, parse_constant=lambda c: pytest.fail(f"{c} in history.jsonl"))
+
+
+def test_a_folder_from_before_max_nonfinite_resumes_under_its_default(tmp_path: Path, cache_dir: Path,
+                                                                     make_toy_data) -> None:
+    data = make_toy_data(cache_dir, iterations=2)
+    folder = tmp_path / "run"
+    Run(parse_config(dict(data, budget={"iterations": 1})), folder).execute()
+    stored = json.loads((folder / "config.json").read_text())
+    del stored["max_nonfinite"]  # as written before the key existed
+    (folder / "config.json").write_text(json.dumps(stored))
+    with pytest.raises(FileExistsError, match=r"\(in: max_nonfinite\)"):
+        Run(parse_config(dict(data, max_nonfinite=5)), folder).execute(resume=True)
+    assert Run(parse_config(data), folder).execute(resume=True)["iterations"] == 2
