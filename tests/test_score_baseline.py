@@ -247,13 +247,18 @@ def test_one_scene_has_no_spread_of_c() -> None:
     """With K = 1 the standard deviation of c_k is reported as 0, not as torch's NaN."""
     from autosim_core.estimators import linear
 
-    psi = {"a": torch.tensor([0.3, -0.2], dtype=torch.float64, requires_grad=True)}
+    psi = {"a": torch.tensor([0.3, -0.2], dtype=torch.float64, requires_grad=True),
+           "unused": torch.zeros(2, 2, dtype=torch.float64, requires_grad=True)}
     problem = HypergradProblem(
         params={"t": torch.zeros(2, dtype=torch.float64)}, train_losses=lambda th: A[:1] @ th["t"],
         hvp=lambda v: v, val_gradient=lambda: {"t": G_VAL.clone()},
         log_prob=lambda: SCORES[:1] @ psi["a"], psi=psi, baseline="none")
     got = linear(problem)
     assert got.diagnostics["c_std"] == 0.0 and got.diagnostics["c_mean"] == pytest.approx(1.0)
+    # one term: its standard error is 0; psi that log q does not use gets zero gradient and terms
+    assert got.stderr is not None and torch.equal(got.stderr["a"], torch.zeros(2, dtype=torch.float64))
+    torch.testing.assert_close(got.grad["a"], -1.0 * SCORES[0], rtol=0, atol=1e-12)
+    assert torch.equal(got.grad["unused"], torch.zeros(2, 2, dtype=torch.float64))
 
 
 def test_importance_weights_by_hand() -> None:
