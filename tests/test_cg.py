@@ -182,3 +182,19 @@ def test_defaults_are_ten_iterations_and_a_relative_residual_of_1e_6() -> None:
     solved = conjugate_gradient(lambda v: {"x": small @ v["x"]}, {"x": rhs})
     assert solved.iterations == 2 and solved.residual < 1e-6
     torch.testing.assert_close(solved.solution["x"], torch.linalg.solve(small, rhs), rtol=0, atol=1e-12)
+
+
+def test_zero_curvature_stops_like_negative_curvature() -> None:
+    res = conjugate_gradient(lambda v: {"x": torch.zeros_like(v["x"])}, {"x": torch.ones(3)})
+    assert res.negative_curvature is True and res.iterations == 0
+    assert torch.equal(res.solution["x"], torch.ones(3))
+
+
+def test_the_tolerance_is_relative_to_the_right_hand_side() -> None:
+    """A tiny b needs as many steps as a unit one: the stop is on ||r|| / ||b||."""
+    eig = torch.logspace(0, 2, 8, dtype=torch.float64)
+    q, _ = torch.linalg.qr(torch.randn(8, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64))
+    a = q @ torch.diag(eig) @ q.T
+    steps = [conjugate_gradient(lambda v: {"x": a @ v["x"]}, {"x": scale * torch.ones(8, dtype=torch.float64)},
+                                tol=1e-3, max_iter=20).iterations for scale in (1.0, 1e-9)]
+    assert steps[0] == steps[1] > 2

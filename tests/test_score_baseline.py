@@ -241,3 +241,31 @@ def test_no_val_reports_the_standard_error_of_its_terms() -> None:
     hand_terms = torch.tensor([-3.0, 0.0, 3.0], dtype=torch.float64)[:, None] * SCORES
     assert got.stderr is not None
     torch.testing.assert_close(got.stderr["a"], hand_terms.std(0) / math.sqrt(3), rtol=0, atol=1e-12)
+
+
+def test_one_scene_has_no_spread_of_c() -> None:
+    """With K = 1 the standard deviation of c_k is reported as 0, not as torch's NaN."""
+    from autosim_core.estimators import linear
+
+    psi = {"a": torch.tensor([0.3, -0.2], dtype=torch.float64, requires_grad=True),
+           "unused": torch.zeros(2, 2, dtype=torch.float64, requires_grad=True)}
+    problem = HypergradProblem(
+        params={"t": torch.zeros(2, dtype=torch.float64)}, train_losses=lambda th: A[:1] @ th["t"],
+        hvp=lambda v: v, val_gradient=lambda: {"t": G_VAL.clone()},
+        log_prob=lambda: SCORES[:1] @ psi["a"], psi=psi, baseline="none")
+    got = linear(problem)
+    assert got.diagnostics["c_std"] == 0.0 and got.diagnostics["c_mean"] == pytest.approx(1.0)
+    # one term: its standard error is 0; psi that log q does not use gets zero gradient and terms
+    assert got.stderr is not None and torch.equal(got.stderr["a"], torch.zeros(2, dtype=torch.float64))
+    torch.testing.assert_close(got.grad["a"], -1.0 * SCORES[0], rtol=0, atol=1e-12)
+    assert torch.equal(got.grad["unused"], torch.zeros(2, 2, dtype=torch.float64))
+
+
+def test_importance_weights_by_hand() -> None:
+    from autosim_core.hypergrad import importance_weights
+
+    log_old = torch.zeros(3, dtype=torch.float64)
+    log_new = torch.log(torch.tensor([0.5, 1.0, 8.0], dtype=torch.float64))
+    # ratios (0.5, 1, 8) clipped at 5 -> (0.5, 1, 5), mean 6.5 / 3
+    got = importance_weights(log_new, log_old, clip=5.0)
+    torch.testing.assert_close(got, torch.tensor([0.5, 1.0, 5.0], dtype=torch.float64) * 3 / 6.5, rtol=1e-12, atol=0)
