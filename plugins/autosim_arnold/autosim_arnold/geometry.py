@@ -42,23 +42,29 @@ def silhouette(vertices: np.ndarray, faces: np.ndarray, camera: Camera, width: i
     mask = np.zeros((height, width), dtype=bool)
     if (depth <= 0).any():
         raise ValueError("an object reaches behind the camera")
-    x0 = max(math.floor(xy[:, 0].min()), 0)
-    x1 = min(math.ceil(xy[:, 0].max()) + 1, width)
-    y0 = max(math.floor(xy[:, 1].min()), 0)
-    y1 = min(math.ceil(xy[:, 1].max()) + 1, height)
-    if x0 >= x1 or y0 >= y1:
+    tri = xy[faces]  # (T, 3, 2)
+    # Each triangle is tested only against the pixel centres inside its own bounding box: at the
+    # image sizes used, most triangles cover a pixel or two, so this is a few candidates each.
+    lo = np.clip(np.ceil(tri.min(axis=1) - 0.5), 0, [width, height]).astype(np.int64)
+    hi = np.clip(np.floor(tri.max(axis=1) - 0.5) + 1, 0, [width, height]).astype(np.int64)
+    span = np.maximum(hi - lo, 0)
+    counts = span[:, 0] * span[:, 1]
+    if counts.sum() == 0:
         return mask
-    px, py = np.meshgrid(np.arange(x0, x1) + 0.5, np.arange(y0, y1) + 0.5)
-    px, py = px.reshape(-1, 1), py.reshape(-1, 1)
-    a, b, c = xy[faces[:, 0]], xy[faces[:, 1]], xy[faces[:, 2]]
+    t = np.repeat(np.arange(len(tri)), counts)
+    k = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+    cols = lo[t, 0] + k % np.maximum(span[t, 0], 1)
+    rows = lo[t, 1] + k // np.maximum(span[t, 0], 1)
+    px, py = cols + 0.5, rows + 0.5
+    a, b, c = tri[t, 0], tri[t, 1], tri[t, 2]
 
-    def edge(p: np.ndarray, q: np.ndarray) -> np.ndarray:  # (P, T): which side of p->q each pixel is on
+    def edge(p: np.ndarray, q: np.ndarray) -> np.ndarray:  # which side of p->q each candidate lies on
         return (q[:, 0] - p[:, 0]) * (py - p[:, 1]) - (q[:, 1] - p[:, 1]) * (px - p[:, 0])
 
     e0, e1, e2 = edge(a, b), edge(b, c), edge(c, a)
     inside = ((e0 >= 0) & (e1 >= 0) & (e2 >= 0)) | ((e0 <= 0) & (e1 <= 0) & (e2 <= 0))
     inside &= np.abs(e0 + e1 + e2) > 0  # degenerate (edge-on) triangles cover nothing
-    mask[y0:y1, x0:x1] = inside.any(axis=1).reshape(y1 - y0, x1 - x0)
+    mask[rows[inside], cols[inside]] = True
     return mask
 
 

@@ -99,3 +99,23 @@ def test_not_a_ply_is_refused(tmp_path: Path) -> None:
     (tmp_path / "x.ply").write_text("hello")
     with pytest.raises(ValueError, match="not a PLY"):
         read_ply(tmp_path / "x.ply")
+
+
+def test_silhouette_matches_testing_every_pixel_against_every_triangle() -> None:
+    for seed in range(4):
+        spec = layout(record(f"office:{2 * seed}:low", seed=seed, n_objects=5), MESHES, 48)
+        for obj in spec.objects:
+            vertices = obj.world_vertices()
+            xy, _ = project(vertices, spec.camera, 48, 48)
+            px, py = (g.reshape(-1, 1) for g in np.meshgrid(np.arange(48) + 0.5, np.arange(48) + 0.5))
+            a, b, c = (xy[obj.mesh.faces[:, k]] for k in range(3))
+
+            def side(p: np.ndarray, q: np.ndarray, px: np.ndarray = px, py: np.ndarray = py) -> np.ndarray:
+                return (q[:, 0] - p[:, 0]) * (py - p[:, 1]) - (q[:, 1] - p[:, 1]) * (px - p[:, 0])
+
+            e0, e1, e2 = side(a, b), side(b, c), side(c, a)
+            inside = (((e0 >= 0) & (e1 >= 0) & (e2 >= 0)) | ((e0 <= 0) & (e1 <= 0) & (e2 <= 0))) \
+                & (np.abs(e0 + e1 + e2) > 0)
+            brute = inside.any(axis=1).reshape(48, 48)
+            assert brute.any()
+            assert (silhouette(vertices, obj.mesh.faces, spec.camera, 48, 48) == brute).all()
