@@ -34,11 +34,11 @@ def _records(quality: str, count: int) -> list[dict[str, Any]]:
              "light": 1.0, "camera_distance": 1.0} for i in range(count)]
 
 
-def backend_seconds(size: int, count: int) -> dict[str, Any]:
+def backend_seconds(size: int, count: int, threads: int) -> dict[str, Any]:
     from autosim_arnold.params import ArnoldSettings
     from autosim_arnold.plugin import render_records
 
-    settings = ArnoldSettings(image_size=size)
+    settings = ArnoldSettings(image_size=size, threads=threads)
     render_records([RECORD], settings)  # builds the Blender stage
     out: dict[str, Any] = {}
     for quality in ("low", "high"):
@@ -55,7 +55,7 @@ def backend_seconds(size: int, count: int) -> dict[str, Any]:
     return out
 
 
-def bare(size: int, count: int) -> float:
+def bare(size: int, count: int, threads: int) -> float:
     """The bare script: the scene of RECORD built once with plain bpy, rendered ``count`` times."""
     import bpy
     from mathutils import Vector
@@ -68,6 +68,7 @@ def bare(size: int, count: int) -> float:
     scene = bpy.context.scene
     scene.render.engine = "CYCLES"
     scene.cycles.device = "CPU"
+    scene.render.threads_mode, scene.render.threads = "FIXED", threads
     scene.cycles.samples = spec.samples
     scene.cycles.use_adaptive_sampling = False
     scene.cycles.use_light_tree = False
@@ -137,11 +138,11 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--size", type=int, default=64, help="image side (the experiment's)")
     ap.add_argument("--count", type=int, default=8, help="images per measurement")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2, help="Cycles' and torch's CPU threads")
     ap.add_argument("--bare", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.bare:
-        seconds = bare(args.size, args.count)
+        seconds = bare(args.size, args.count, args.threads)
         print(json.dumps({"bare": seconds}))
         return
     import importlib.util
@@ -154,10 +155,10 @@ def main() -> None:
     if importlib.util.find_spec("bpy") is None:
         result["skipped"] = "bpy is not installed"
     else:
-        measured = backend_seconds(args.size, args.count)
+        measured = backend_seconds(args.size, args.count, args.threads)
         result["seconds_per_image"] = {"low": measured["low"], "high": measured["high"]}
         out = subprocess.run([sys.executable, __file__, "--out", "-", "--bare", "--size", str(args.size),
-                              "--count", str(args.count)], capture_output=True, text=True, check=True)
+                              "--count", str(args.count), "--threads", str(args.threads)], capture_output=True, text=True, check=True)
         bare_seconds = json.loads(out.stdout.strip().splitlines()[-1])["bare"]
         result["bare_bpy"] = {"backend": measured["fixed_scene"], "bare": bare_seconds,
                               "ratio": measured["fixed_scene"] / bare_seconds}

@@ -257,10 +257,16 @@ def apply(spec: SceneSpec) -> _Stage:
     return st
 
 
-def render(spec: SceneSpec) -> tuple[np.ndarray, np.ndarray]:
-    """Scene-linear RGB (H, W, 3) float32 and the object-index map (H, W) int64, row 0 at the top."""
+def render(spec: SceneSpec, threads: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Scene-linear RGB (H, W, 3) float32 and the object-index map (H, W) int64, row 0 at the top.
+
+    ``threads`` = 0 lets Cycles use every core; a number fixes it (parallel runs share a machine).
+    """
     bpy = _bpy()
     st = apply(spec)
+    st.scene.render.threads_mode = "FIXED" if threads else "AUTO"
+    if threads:
+        st.scene.render.threads = threads
     for old in st.outdir.iterdir():
         old.unlink()
     with _silenced():

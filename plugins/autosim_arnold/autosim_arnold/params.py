@@ -18,15 +18,16 @@ class ArnoldSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    backend: Literal["cycles", "arnold"] = Field(
-        "cycles", description="'cycles': Blender Cycles through bpy (pip install 'autosim-arnold[blender]'); "
-                              "'arnold': the Arnold SDK's Python module (see the plugin's README)")
+    backend: Literal["cycles"] = Field(
+        "cycles", description="'cycles': Blender Cycles through bpy (pip install 'autosim-arnold[blender]'), the "
+                              "only backend so far (the plugin's README says where an Arnold one would go)")
     image_size: int = Field(96, ge=16, le=2048, description="side of the square images, in pixels")
     rooms: list[str] = Field(default_factory=lambda: list(ROOMS),
                              description=f"training rooms of the categorical, from {list(ROOMS)}")
     locations: int = Field(9, ge=1, le=9, description="locations per room in the categorical (the first N)")
     qualities: list[Literal["low", "high"]] = Field(default_factory=lambda: list(QUALITIES),
                                                     description="render qualities in the categorical")
+    threads: int = Field(0, ge=0, description="CPU threads Cycles renders with (0: all of the machine's)")
     models_path: str | None = Field(None, description="a BOP models/ folder (obj_*.ply, millimetres) whose "
                                                       "objects replace the shipped procedural ones")
     min_visible_fraction: float = Field(0.1, ge=0, le=1, description="objects less visible than this are "

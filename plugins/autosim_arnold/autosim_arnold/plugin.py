@@ -33,13 +33,10 @@ def meshes_for(settings: ArnoldSettings) -> dict[str, Mesh]:
 
 
 def backend_for(settings: ArnoldSettings) -> Backend:
-    if settings.backend == "arnold":
-        from .arnold_backend import render as arnold_render
-
-        return arnold_render
+    """The render function of the settings' backend: a SceneSpec in, linear RGB and the index pass out."""
     from .cycles import render as cycles_render
 
-    return cycles_render
+    return functools.partial(cycles_render, threads=settings.threads)
 
 
 def linear_to_srgb(x: np.ndarray) -> np.ndarray:

@@ -34,7 +34,7 @@ RGB = tuple[float, float, float]
 QUALITIES: dict[str, dict[str, Any]] = {
     # samples per pixel, bounces (every kind), OpenImageDenoise
     "low": {"samples": 4, "bounces": 1, "denoise": False},
-    "high": {"samples": 32, "bounces": 4, "denoise": True},
+    "high": {"samples": 16, "bounces": 3, "denoise": True},
 }
 ELEVATIONS = (20.0, 45.0, 70.0)  # degrees, by region within a surface
 DISTANCES = (1.6, 1.1, 0.75)  # metres from the location's centre, by surface
