@@ -158,7 +158,8 @@ def main() -> None:
         measured = backend_seconds(args.size, args.count, args.threads)
         result["seconds_per_image"] = {"low": measured["low"], "high": measured["high"]}
         out = subprocess.run([sys.executable, __file__, "--out", "-", "--bare", "--size", str(args.size),
-                              "--count", str(args.count), "--threads", str(args.threads)], capture_output=True, text=True, check=True)
+                              "--count", str(args.count), "--threads", str(args.threads)],
+                             capture_output=True, text=True, check=True)
         bare_seconds = json.loads(out.stdout.strip().splitlines()[-1])["bare"]
         result["bare_bpy"] = {"backend": measured["fixed_scene"], "bare": bare_seconds,
                               "ratio": measured["fixed_scene"] / bare_seconds}
