@@ -226,18 +226,26 @@ def _read_binary(path: Path, data: bytes, pos: int,
             if name == "vertex":
                 vertices = np.column_stack([rows["x"], rows["y"], rows["z"]]).astype(np.float64)
             continue
-        if name != "face" or len(props) != 1:
-            raise ValueError(f"{path}: unsupported binary element {name!r}")
-        _, count_type, index_type, _ = props[0]
-        cfmt, ifmt = "<" + _PLY_TYPES[count_type], _PLY_TYPES[index_type]
-        csize, isize = struct.calcsize(cfmt), struct.calcsize("<" + ifmt)
+        # Elements with list properties are read row by row; of a face, the vertex index list is
+        # kept and anything else (texture coordinates, flags) skipped.
         out = []
         for _ in range(count):
-            (n,) = struct.unpack_from(cfmt, data, pos)
-            idx = struct.unpack_from(f"<{n}{ifmt}", data, pos + csize)
-            pos += csize + n * isize
-            out += [(idx[0], idx[k], idx[k + 1]) for k in range(1, n - 1)]
-        faces = np.array(out, dtype=np.int64)
+            indices: tuple[int, ...] = ()
+            for prop in props:
+                if prop[0] == "list":
+                    cfmt, ifmt = "<" + _PLY_TYPES[prop[1]], _PLY_TYPES[prop[2]]
+                    (n,) = struct.unpack_from(cfmt, data, pos)
+                    pos += struct.calcsize(cfmt)
+                    values = struct.unpack_from(f"<{n}{ifmt}", data, pos)
+                    pos += n * struct.calcsize("<" + ifmt)
+                    if prop[-1] in ("vertex_indices", "vertex_index"):
+                        indices = values
+                else:
+                    pos += struct.calcsize("<" + _PLY_TYPES[prop[0]])
+            if name == "face":
+                out += [(indices[0], indices[k], indices[k + 1]) for k in range(1, len(indices) - 1)]
+        if name == "face":
+            faces = np.array(out, dtype=np.int64)
     if vertices is None or faces is None:
         raise ValueError(f"{path}: no vertex or face element")
     return vertices, faces

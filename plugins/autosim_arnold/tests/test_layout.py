@@ -77,13 +77,15 @@ def _write_ply(path: Path, binary: bool) -> None:
     header = ["ply", f"format {'binary_little_endian' if binary else 'ascii'} 1.0",
               f"element vertex {len(cube.vertices)}", "property float x", "property float y", "property float z",
               "property uchar red", f"element face {len(cube.faces)}", "property list uchar int vertex_indices",
-              "end_header"]
+              *(["property list uchar float texcoord"] if binary else []), "end_header"]
     with path.open("wb") as f:
         f.write(("\n".join(header) + "\n").encode())
         for v in cube.vertices:
             f.write(struct.pack("<fffB", *v, 7) if binary else f"{v[0]} {v[1]} {v[2]} 7\n".encode())
         for face in cube.faces:
-            f.write(struct.pack("<Biii", 3, *face) if binary else f"3 {face[0]} {face[1]} {face[2]}\n".encode())
+            # binary faces also carry texture coordinates, as BOP's textured models do
+            f.write(struct.pack("<BiiiB6f", 3, *face, 6, *range(6)) if binary
+                    else f"3 {face[0]} {face[1]} {face[2]}\n".encode())
 
 
 @pytest.mark.parametrize("binary", [False, True])
