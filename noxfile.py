@@ -97,8 +97,9 @@ def cycles(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def arnold(session: nox.Session) -> None:
-    """autosim-arnold with Blender (the bpy wheel): layouts, the cell categorical, Cycles renders."""
-    _install(session, CORE, ARNOLD)
+    """autosim-arnold with Blender (the bpy wheel): layouts, the cell categorical, Cycles renders, and
+    its examples fed to autosim-yolo's detection task."""
+    _install(session, CORE, ARNOLD, YOLO)
     _pytest(session, "plugins/autosim_arnold/tests")
 
 
