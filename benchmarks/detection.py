@@ -150,12 +150,14 @@ def render_evaluation_sets(config: dict[str, Any], folder: Path) -> None:
 
 def useful_mass(run_dir: Path) -> float | None:
     """Probability the run's final psi puts on the cells most like the target domain."""
-    from autosim_arnold.params import ArnoldSettings, useful_cells
+    from autosim_arnold.params import ArnoldSettings, cells, useful_cells
 
     psi_file = run_dir / "psi.json"
     if not psi_file.exists():
         return None
     probs = json.loads(psi_file.read_text())["psi"]["cell"]["probs"]
+    if not set(probs) & set(cells(ArnoldSettings())):
+        return None  # the oracle draws from the target room, outside the 54 cells
     useful = set(useful_cells(ArnoldSettings()))
     return sum(p for cell, p in probs.items() if cell in useful)
 
