@@ -6,10 +6,11 @@ slots, each with its own material, whose mesh data is swapped per image. Per ima
 changes is set: render settings, the visible room, camera, lamp, sky, and each slot's mesh,
 transform and material values; so the cost per image is Cycles' own plus a few milliseconds.
 
-Passes come back through the compositor: a File Output node writes the combined pass and the
-object-index pass (slot ``i`` has pass index ``i + 1``, the room 0) as uncompressed float
-OpenEXR into a private temporary folder, read back with ``bpy.data.images.load`` (bpy 5.0's
-``Render Result`` has no readable pixels). ``bpy`` is imported only here, lazily.
+Passes come back through a file, as from a plain ``render(write_still=True)``: the combined pass
+and the object-index pass (slot ``i`` has pass index ``i + 1``, the room 0) in one uncompressed
+multi-part float OpenEXR in a private temporary folder, parsed with numpy (:mod:`.exr`); bpy
+5.0's ``Render Result`` has no readable pixels, and neither a compositor nor loading the file
+as a Blender image is needed. ``bpy`` is imported only here, lazily.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from .exr import read_exr
 from .meshes import Mesh
 from .params import MAX_OBJECTS
 from .scene import ALL_ROOMS, Material, SceneSpec
@@ -115,7 +117,7 @@ def _build_stage(bpy: Any) -> _Stage:
     cycles.denoiser = "OPENIMAGEDENOISE"
     cycles.use_light_tree = False  # one lamp and a sky: the tree only costs time
     scene.render.resolution_percentage = 100
-    scene.render.use_compositing = True
+    scene.render.use_compositing = False
     scene.render.use_sequencer = False
     scene.view_settings.view_transform = "Standard"
     layer = scene.view_layers[0]
@@ -168,7 +170,12 @@ def _build_stage(bpy: Any) -> _Stage:
 
     outdir = Path(tempfile.mkdtemp(prefix="autosim_arnold_"))
     atexit.register(shutil.rmtree, outdir, True)
-    _compositor(bpy, scene, outdir)
+    image = scene.render.image_settings
+    image.media_type = "MULTI_LAYER_IMAGE"
+    image.file_format = "OPEN_EXR_MULTILAYER"
+    image.color_depth = "32"
+    image.exr_codec = "NONE"  # the file lives a few milliseconds; compressing it is waste
+    scene.render.filepath = str(outdir / "render.exr")
     return _Stage(scene, camera, lamp, sky, outdir, rooms, slots, bsdfs)
 
 
@@ -176,24 +183,6 @@ def _box_mesh(size: tuple[float, float, float]) -> Mesh:
     from .meshes import box
 
     return box(*size)
-
-
-def _compositor(bpy: Any, scene: Any, outdir: Path) -> None:
-    tree = bpy.data.node_groups.new("passes", "CompositorNodeTree")
-    scene.compositing_node_group = tree
-    layers = tree.nodes.new("CompositorNodeRLayers")
-    out = tree.nodes.new("CompositorNodeOutputFile")
-    out.directory = str(outdir)
-    out.file_name = "pass_"
-    out.format.media_type = "IMAGE"
-    out.format.file_format = "OPEN_EXR"
-    out.format.color_depth = "32"
-    out.format.exr_codec = "NONE"
-    out.save_as_render = False
-    out.file_output_items.new("RGBA", "rgb")
-    out.file_output_items.new("FLOAT", "index")
-    tree.links.new(layers.outputs["Image"], out.inputs["rgb"])
-    tree.links.new(layers.outputs["Object Index"], out.inputs["index"])
 
 
 def _object_mesh(bpy: Any, st: _Stage, category: str, mesh: Mesh) -> Any:
@@ -267,30 +256,21 @@ def render(spec: SceneSpec, threads: int = 0) -> tuple[np.ndarray, np.ndarray]:
     st.scene.render.threads_mode = "FIXED" if threads else "AUTO"
     if threads:
         st.scene.render.threads = threads
-    for old in st.outdir.iterdir():
-        old.unlink()
+    target = Path(st.scene.render.filepath)
+    target.unlink(missing_ok=True)
     with _silenced():
-        bpy.ops.render.render(write_still=False)
-    rgb = read_pass(bpy, st.outdir, "rgb", spec)[..., :3]
-    index = np.rint(read_pass(bpy, st.outdir, "index", spec)[..., 0]).astype(np.int64)
-    return np.ascontiguousarray(rgb), index
-
-
-def read_pass(bpy: Any, outdir: Path, item: str, spec: SceneSpec) -> np.ndarray:
-    files = sorted(outdir.glob(f"*{item}*.exr"))
-    if not files:
-        raise RuntimeError(f"Cycles wrote no {item!r} pass into {outdir}")
-    img = bpy.data.images.load(str(files[0]), check_existing=False)
+        bpy.ops.render.render(write_still=True)
+    if not target.exists():
+        raise RuntimeError(f"Cycles wrote no image to {target}")
+    channels = read_exr(target)
     try:
-        img.colorspace_settings.is_data = True
-        w, h = img.size
-        if (w, h) != (spec.width, spec.height):
-            raise RuntimeError(f"the {item} pass is {w}x{h}, not {spec.width}x{spec.height}")
-        flat = np.empty(w * h * img.channels, dtype=np.float32)
-        img.pixels.foreach_get(flat)
-    finally:
-        bpy.data.images.remove(img)
-    return flat.reshape(h, w, -1)[::-1]  # Blender's first row is the bottom one
+        rgb = np.stack([channels[f"ViewLayer.Combined.{c}"] for c in "RGB"], axis=-1)
+        index = channels["ViewLayer.Object Index.X"]
+    except KeyError as err:
+        raise RuntimeError(f"Cycles' file lacks the pass {err.args[0]!r}: {sorted(channels)}") from None
+    if rgb.shape[:2] != (spec.height, spec.width):
+        raise RuntimeError(f"Cycles rendered {rgb.shape[1]}x{rgb.shape[0]}, not {spec.width}x{spec.height}")
+    return rgb, np.rint(index).astype(np.int64)
 
 
 @contextlib.contextmanager

@@ -121,3 +121,11 @@ def test_silhouette_matches_testing_every_pixel_against_every_triangle() -> None
             brute = inside.any(axis=1).reshape(48, 48)
             assert brute.any()
             assert (silhouette(vertices, obj.mesh.faces, spec.camera, 48, 48) == brute).all()
+
+
+def test_not_an_exr_is_refused(tmp_path: Path) -> None:
+    from autosim_arnold.exr import read_exr
+
+    (tmp_path / "x.exr").write_bytes(b"P6\n1 1\n255\n\0\0\0")
+    with pytest.raises(ValueError, match="not an OpenEXR"):
+        read_exr(tmp_path / "x.exr")
