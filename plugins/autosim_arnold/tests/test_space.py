@@ -62,7 +62,7 @@ def test_log_prob_matches_the_logits() -> None:
         want += normal(float(latents["light"][k, 0]), 0.3, 0.25)
         want += normal(float(latents["camera_distance"][k, 0]), 0.0, 0.1)
         want += normal(float(latents["n_objects"][k, 0]), 4.0, 1.5)
-        assert float(got[k]) == pytest.approx(want, abs=1e-4)
+        assert float(got[k].detach()) == pytest.approx(want, abs=1e-4)
     # and the gradient of the categorical part is one-hot minus the probabilities
     got[0].backward()
     probs = torch.softmax(psi["cell.logits"].detach(), -1)
