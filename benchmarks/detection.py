@@ -34,8 +34,10 @@ The budget, from costs measured on this two-core machine while other work shared
   trained for 48 epochs (240 steps): 4 x (48 + 24) s ~ 290 s;
 * per seed: 6 x 270 (linear, approx-quadratic, no-val, freeze12, fixed; quadratic 310) + 440 +
   500 + 3 x 290 ~ 3,450 s; 2 seeds = 6,900 s of single-core work, 2 runs at a time: ~58 min,
-  plus the validation (48) and test (64) sets rendered once (~2.5 min): ~60 minutes, leaving a
-  third of the 90-minute limit for a loaded machine. More seeds or images do not fit.
+  plus the validation (48) and test (64) sets rendered once (~2.5 min): ~60 minutes on two
+  otherwise idle cores, a third of the 90-minute limit to spare. More seeds or images do not fit.
+  (The --smoke run took 16 minutes with other work keeping the load average near 9: about four
+  times these costs; the full run needs the machine to itself.)
 
 With this budget the detector stays weak (trained from scratch on 320 images at 64 px; the
 shapes demo's oracle reaches mAP@0.5 0.14 after 1,920 images), so the psi each method ends with
