@@ -15,7 +15,7 @@ import sys
 import nox
 
 nox.options.default_venv_backend = "uv|virtualenv"
-nox.options.sessions = ["lint", "core", "clevr", "unet", "yolo", "clevr_unet", "cycles"]
+nox.options.sessions = ["lint", "core", "clevr", "unet", "yolo", "clevr_unet", "cycles", "arnold"]
 
 CONSTRAINTS = ("-c", "constraints.txt")
 CORE = ("-e", ".[test,baselines]")
@@ -24,6 +24,7 @@ GUIDE = ("pip", "hatchling>=1.18")
 CLEVR = ("-e", "plugins/autosim_clevr")
 UNET = ("-e", "plugins/autosim_unet")
 YOLO = ("-e", "plugins/autosim_yolo")
+ARNOLD = ("-e", "plugins/autosim_arnold[blender,test]")
 PYTHON = "3.11"
 
 
@@ -95,6 +96,14 @@ def cycles(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def arnold(session: nox.Session) -> None:
+    """autosim-arnold with Blender (the bpy wheel): layouts, the cell categorical, Cycles renders, and
+    its examples fed to autosim-yolo's detection task."""
+    _install(session, CORE, ARNOLD, YOLO)
+    _pytest(session, "plugins/autosim_arnold/tests")
+
+
+@nox.session(python=PYTHON)
 def unet(session: nox.Session) -> None:
     """autosim-unet beside the core."""
     _install(session, CORE, UNET)
@@ -142,10 +151,19 @@ def bench_clevr(session: nox.Session) -> None:
                 env={"AUTOSIM_CACHE": os.path.abspath("bench-results/autosim-cache")})
 
 
+@nox.session(python=PYTHON, name="bench-detection")
+def bench_detection(session: nox.Session) -> None:
+    """The paper's Tables 3 and 4 analog: object placement (arnold, Cycles) + YOLO, every method over
+    2 seeds, about an hour on two cores (docs/results.md). ``-- --smoke`` proves it end to end."""
+    _install(session, CORE, ARNOLD, ("-e", "plugins/autosim_yolo"), ("tomli-w",))
+    session.run("python", "benchmarks/detection.py", "--out", "bench-results/detection", *session.posargs,
+                env={"AUTOSIM_CACHE": os.path.abspath("bench-results/autosim-cache")})
+
+
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
     """Benchmarks of the core and of each plugin, as JSON in bench-results/."""
-    _install(session, CORE, ("-e", "plugins/autosim_clevr[blender]"), UNET, YOLO)
+    _install(session, CORE, ("-e", "plugins/autosim_clevr[blender]"), UNET, YOLO, ARNOLD)
     os.makedirs("bench-results", exist_ok=True)
     session.run("python", "benchmarks/core.py", "--out", "bench-results/core.json")
     session.run("python", "plugins/autosim_clevr/bench.py", "--out", "bench-results/clevr.json")
@@ -156,3 +174,6 @@ def bench(session: nox.Session) -> None:
     # The sizes of examples/shapes_yolo.toml for yolo (96 px, K = 64); Faster R-CNN at 160 px.
     session.run("python", "plugins/autosim_yolo/bench.py", "--out", "bench-results/yolo.json", "--size", "96",
                 "--image-size", "96", "--width", "0.25", "--batch", "64", "--val", "64")
+    # The size of examples/placement_yolo.toml and benchmarks/detection.py: 64 x 64, one thread per run.
+    session.run("python", "plugins/autosim_arnold/bench.py", "--out", "bench-results/arnold.json", "--size", "64",
+                "--threads", "1")
