@@ -23,6 +23,7 @@ from torch.func import functional_call
 from .cache import default_cache_dir, source_fingerprint
 from .config import ConfigError, Data, RunConfig, format_validation_error, load_config, parse_config, validate_settings
 from .hypergrad import Params, hvp_operator
+from .observers import configured_observers
 from .plugins import Registry, has_impl, load_registry, plugin_manager
 from .records import Batch, Example, SceneBatch
 from .space import ParameterSpace, Psi
@@ -197,6 +198,7 @@ class Run:
         task = lookup("tasks", "task", config.task.name)
         est = lookup("estimators", "estimator", config.estimator.name)
         searcher_cls = lookup("searchers", "searcher", config.searcher.name)
+        observers = (*observers, *configured_observers(config.observers, registry, errors))
 
         self.pm = plugin_manager(*((role, p) for role, p in (("simulator", sim), ("task", task), ("estimator", est))
                                    if p is not None),
@@ -357,6 +359,7 @@ class Run:
         seconds and the outer one gets the rest, so the phases still add up to the wall time."""
         start = time.perf_counter()
         self._open_phases.append(0.0)
+        self.pm.hook.on_phase(run=self, phase=phase, started=True)
         try:
             yield
         finally:
@@ -365,6 +368,7 @@ class Run:
             self.seconds[phase] += seconds - nested
             if self._open_phases:
                 self._open_phases[-1] += seconds
+            self.pm.hook.on_phase(run=self, phase=phase, started=False)
 
     @property
     def elapsed(self) -> float:
@@ -394,6 +398,7 @@ class Run:
             ids = list(range(self.images, self.images + count))
             scenes, examples = self.render(space or self.space, psi, count, self.generator, ids, sampler)
             self.images += count
+            self.pm.hook.on_render(run=self, examples=examples)
             batch = self.collate(examples)
         return scenes, batch
 
