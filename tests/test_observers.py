@@ -10,6 +10,7 @@ import pytest
 import torch
 from rich.console import Console
 
+from autosim_core import hookimpl
 from autosim_core.config import parse_config
 from autosim_core.observers import (
     PALETTE,
@@ -21,6 +22,7 @@ from autosim_core.observers import (
     render_grid,
     scalars,
 )
+from autosim_core.plugins import load_registry
 from autosim_core.records import Example
 from autosim_core.run import HISTORY, Run
 
@@ -160,3 +162,62 @@ def test_tensorboard_without_the_package_is_a_config_error(monkeypatch, cache_di
     data["observers"] = {"tensorboard": True}
     with pytest.raises(ConfigError, match=r"observers.tensorboard: needs the tensorboard package"):
         Run(parse_config(data), tmp_path / "run")
+
+
+class PhaseRecorder:
+    """An installed observer (entry-point group autosim.observers) that records the hooks it gets."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, bool]] = []
+        self.rendered: list[int] = []
+        self.iterations: list[int] = []
+
+    @hookimpl
+    def on_phase(self, phase: str, started: bool) -> None:
+        self.events.append((phase, started))
+
+    @hookimpl
+    def on_render(self, examples: list) -> None:
+        self.rendered.append(len(examples))
+
+    @hookimpl
+    def on_iteration(self, row: dict) -> None:
+        self.iterations.append(row["iteration"])
+
+
+def test_installed_observers_join_every_run(tmp_path, cache_dir, make_toy_data):
+    made: list[PhaseRecorder] = []
+
+    def factory() -> PhaseRecorder:
+        made.append(PhaseRecorder())
+        return made[-1]
+
+    registry = load_registry()
+    registry.plugins["observers"]["recorder"] = factory
+    data = make_toy_data(cache_dir, iterations=2, val_count=100)
+    Run(parse_config(data), tmp_path / "run", registry=registry).execute()
+    (recorder,) = made
+    assert recorder.iterations == [1, 2]
+    scenes = data["searcher"]["settings"]["scenes_per_iteration"]
+    assert recorder.rendered == [scenes, scenes]
+    # every phase that starts ends, innermost first, and the four phases all occur
+    stack = []
+    for phase, started in recorder.events:
+        if started:
+            stack.append(phase)
+        else:
+            assert stack.pop() == phase
+    assert not stack
+    assert {phase for phase, _ in recorder.events} == {"render", "train", "hypergrad", "eval"}
+
+
+def test_an_observer_that_fails_to_start_is_a_config_error(tmp_path, cache_dir, make_toy_data):
+    from autosim_core.config import ConfigError
+
+    def broken() -> None:
+        raise RuntimeError("no display")
+
+    registry = load_registry()
+    registry.plugins["observers"]["broken"] = broken
+    with pytest.raises(ConfigError, match=r"observers: observer plugin 'broken' failed to start: RuntimeError"):
+        Run(parse_config(make_toy_data(cache_dir, iterations=1)), tmp_path / "run", registry=registry)
