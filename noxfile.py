@@ -77,7 +77,8 @@ def lint(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def core(session: nox.Session) -> None:
     """The core alone (and what installs the guide's example plugin)."""
-    _install(session, CORE, GUIDE)
+    # The tensorboard extra: tests/test_observers.py reads the TensorBoard observer's event files.
+    _install(session, ("-e", ".[test,baselines,tensorboard]"), GUIDE)
     _pytest(session, "tests")
 
 

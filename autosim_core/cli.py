@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -186,22 +186,30 @@ def compare(
 def generate(
     run_dir: Annotated[Path, typer.Argument(help="a run folder (uses its config.toml and final psi.json)")],
     count: Annotated[int, typer.Option("-n", "--count", min=1, help="examples to render")],
-    out: Annotated[Path, typer.Option("-o", "--out", help="dataset folder to create")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="dataset folder to create (new or empty)")],
+    fmt: Annotated[str, typer.Option("--format", help="png (images/, masks/, annotations.jsonl), "
+                                     "coco or bop (detection boxes)")] = "png",
     seed: Annotated[int, typer.Option("--seed", help="seed of the sampled scenes")] = 0,
     batch: Annotated[int, typer.Option("--batch", min=1, help="scenes rendered at a time")] = 64,
 ) -> None:
-    """Render a dataset from a run's learned psi: images/, masks/ (PNG) and annotations.jsonl."""
+    """Render a dataset from a run's learned psi, with manifest.json (psi, seeds, versions)."""
+    import platform
+
     from .config import ConfigError, load_config
-    from .export import write_examples
+    from .export import FORMATS, DatasetWriter, package_versions
     from .run import Run
     from .space import ParameterSpace
 
-    if out.exists() and any(out.iterdir()):
-        typer.echo(f"error: {out} is not empty", err=True)
+    if fmt not in FORMATS:
+        typer.echo(f"error: --format: unknown format {fmt!r}; allowed: {', '.join(FORMATS)}", err=True)
+        raise typer.Exit(2)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        typer.echo(f"error: --out: {out} is not an empty folder; choose a new one", err=True)
         raise typer.Exit(2)
     try:
         psi_file = json.loads((run_dir / "psi.json").read_text())
         runner = Run(load_config(run_dir / "config.toml"), run_dir)
+        writer = DatasetWriter(out, fmt, runner.labels)
     except FileNotFoundError as exc:
         typer.echo(f"error: {run_dir} is not a finished run folder ({exc.filename} is missing)", err=True)
         raise typer.Exit(2) from None
@@ -209,17 +217,36 @@ def generate(
         for line in exc.lines:
             typer.echo(f"error: {line}", err=True)
         raise typer.Exit(2) from None
+    except ValueError as exc:
+        typer.echo(f"error: --format: {exc}", err=True)
+        raise typer.Exit(2) from None
     import torch
 
     space = ParameterSpace.from_dict(psi_file["space"])
     psi = space.init_psi()
     generator = torch.Generator().manual_seed(seed)
-    written = 0
-    while written < count:
-        n = min(batch, count - written)
-        _, examples = runner.render(space, psi, n, generator, list(range(written, written + n)))
-        written += write_examples(examples, out, start=written)
-    typer.echo(json.dumps({"examples": written, "out": str(out)}))
+    seeds: list[Any] = []
+    while writer.count < count:
+        n = min(batch, count - writer.count)
+        _, examples = runner.render(space, psi, n, generator, list(range(writer.count, writer.count + n)))
+        seeds += [(e.scene or {}).get("seed") for e in examples]
+        writer.write(examples)
+    writer.close()
+    simulator_dist = runner.simulator_version.split(" ")[0] if runner.simulator_version else ""
+    manifest = {
+        "format": fmt, "examples": writer.count, "seed": seed, "run": str(run_dir.resolve()),
+        "simulator": {"name": runner.config.simulator.name, "distribution": runner.simulator_version,
+                      "settings": runner.settings_json()["simulator"]["settings"]},
+        "psi": psi_file["psi"], "psi_raw": psi_file.get("raw"), "scene_seeds": seeds,
+        "classes": writer.class_ids() if runner.labels else None,
+        "versions": {"python": platform.python_version(),
+                     **package_versions("autosim-core", *([simulator_dist] if simulator_dist else []),
+                                        "torch", "numpy", "pillow")},
+    }
+    tmp = out / ".manifest.json.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2, default=str) + "\n")
+    tmp.replace(out / "manifest.json")
+    typer.echo(json.dumps({"examples": writer.count, "format": fmt, "out": str(out)}))
 
 
 @app.command()

@@ -117,6 +117,14 @@ class Data(_Strict):
         return self
 
 
+class Observers(_Strict):
+    """What watches a run besides the console and curves.png (plugins in the entry-point group
+    ``autosim.observers`` join every run on their own)."""
+
+    tensorboard: bool = Field(False, description="log the history's numbers, psi and a grid of each iteration's "
+                              "renders to RUN/tensorboard (pip install 'autosim-core[tensorboard]')")
+
+
 class RunConfig(_Strict):
     """A run's config file: the top-level keys and tables."""
 
@@ -134,6 +142,7 @@ class RunConfig(_Strict):
                                     "but no-val and by the baselines)")
     test: Data | None = Field(None, description="a held-out set scored once at the end")
     cache_dir: Path | None = Field(None, description="where rendered validation/test sets are kept")
+    observers: Observers = Field(default_factory=Observers, description="TensorBoard and other observers")
 
     @model_validator(mode="after")
     def _distinct_seeds(self) -> RunConfig:

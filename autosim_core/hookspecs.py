@@ -207,3 +207,15 @@ def on_iteration(run: Any, row: dict[str, Any]) -> None:
 @hookspec
 def on_run_end(run: Any, summary: dict[str, Any]) -> None:
     """A run ended (budget reached); ``summary`` is what was written to summary.json."""
+
+
+@hookspec
+def on_phase(run: Any, phase: str, started: bool) -> None:
+    """A timed phase of the run (``render``, ``train``, ``hypergrad``, ``eval``) started
+    (``started`` True) or ended. Phases nest: an evaluation may run inside a hypergradient."""
+
+
+@hookspec
+def on_render(run: Any, examples: list[Any]) -> None:
+    """An iteration's training examples were rendered (before they are collated). Observers
+    that show them must copy what they need now: the run keeps no reference to the list."""

@@ -15,6 +15,7 @@ GROUPS = {
     "tasks": "autosim.tasks",
     "estimators": "autosim.estimators",
     "searchers": "autosim.searchers",
+    "observers": "autosim.observers",
 }
 
 

@@ -25,6 +25,7 @@ from .cache import default_cache_dir, source_fingerprint
 from .config import ConfigError, Data, RunConfig, format_validation_error, load_config, parse_config, validate_settings
 from .hookspecs import MetricAccumulator
 from .hypergrad import Params, hvp_operator
+from .observers import configured_observers
 from .plugins import Registry, has_impl, load_registry, plugin_manager
 from .records import Batch, Example, SceneBatch
 from .space import ParameterSpace, Psi
@@ -277,6 +278,7 @@ class Run:
         task = lookup("tasks", "task", config.task.name)
         est = lookup("estimators", "estimator", config.estimator.name)
         searcher_cls = lookup("searchers", "searcher", config.searcher.name)
+        observers = (*observers, *configured_observers(config.observers, registry, errors))
 
         self.pm = plugin_manager(*((role, p) for role, p in (("simulator", sim), ("task", task), ("estimator", est))
                                    if p is not None),
@@ -437,6 +439,7 @@ class Run:
         seconds and the outer one gets the rest, so the phases still add up to the wall time."""
         start = time.perf_counter()
         self._open_phases.append(0.0)
+        self.pm.hook.on_phase(run=self, phase=phase, started=True)
         try:
             yield
         finally:
@@ -445,6 +448,7 @@ class Run:
             self.seconds[phase] += seconds - nested
             if self._open_phases:
                 self._open_phases[-1] += seconds
+            self.pm.hook.on_phase(run=self, phase=phase, started=False)
 
     @property
     def elapsed(self) -> float:
@@ -474,6 +478,7 @@ class Run:
             ids = list(range(self.images, self.images + count))
             scenes, examples = self.render(space or self.space, psi, count, self.generator, ids, sampler)
             self.images += count
+            self.pm.hook.on_render(run=self, examples=examples)
             batch = self.collate(examples)
         return scenes, batch
 

@@ -43,6 +43,7 @@ TABLES: list[tuple[str, str, type[BaseModel]]] = [
     ("training", "`[training]`", cfg.Training),
     ("budget", "`[budget]`", cfg.Budget),
     ("validation", "`[validation]` and `[test]`", cfg.Data),
+    ("observers", "`[observers]`", cfg.Observers),
 ]
 
 KINDS: list[tuple[str, str, str]] = [

@@ -74,6 +74,9 @@ def test_generate_writes_a_dataset_the_unet_task_reads_back(tmp_path: Path) -> N
     assert result.exit_code == 0, result.output
     examples = load_folder(tmp_path / "data", num_classes=4)
     assert len(examples) == 5
+    manifest = json.loads((tmp_path / "data" / "manifest.json").read_text())
+    assert manifest["format"] == "png" and len(manifest["scene_seeds"]) == 5
+    assert manifest["psi"] == json.loads((run_dir / "psi.json").read_text())["psi"]
     assert examples[0].image.shape == (3, 32, 32)
     assert examples[0].mask is not None and int(examples[0].mask.max()) <= 3
 

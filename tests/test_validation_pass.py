@@ -10,6 +10,7 @@ import torch
 from torch.func import functional_call
 
 from autosim_core.hypergrad import loss_gradient
+from autosim_core.plugins import plugin_manager
 from autosim_core.records import Batch
 from autosim_core.run import Run, validation_pass
 
@@ -77,6 +78,7 @@ def test_a_phase_timed_inside_another_keeps_its_seconds(monkeypatch: pytest.Monk
     run = Run.__new__(Run)
     run.seconds = {"hypergrad": 0.0, "eval": 0.0}
     run._open_phases = []
+    run.pm = plugin_manager()  # timed() tells the run's observers when a phase starts and ends
     with run.timed("hypergrad"):  # starts at 0
         with run.timed("eval"):  # 1 .. 2
             pass
