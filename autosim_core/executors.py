@@ -431,6 +431,12 @@ def ray_available() -> bool:
     return importlib.util.find_spec("ray") is not None
 
 
+def ray_cpus() -> int:
+    import ray
+
+    return int(ray.cluster_resources().get("CPU", 0))
+
+
 class RenderActor:
     """A Ray actor holding one loaded simulator (Ray's counterpart of a worker process)."""
 
@@ -450,6 +456,7 @@ class _Actor:
     ready: Any
     """The ObjectRef of its ``ready`` call until it answered, then None."""
     key: str
+    created: float = 0.0
     task: Any = None
     chunk: _Chunk | None = None
     sent: float = 0.0
@@ -489,11 +496,11 @@ class RayExecutor(Executor):
         if self._actor_class is None:
             self._actor_class = ray.remote(num_cpus=1, max_restarts=0, max_task_retries=0)(RenderActor)
         if not self._size:
-            self._size = max(1, int(ray.cluster_resources().get("CPU", 1)))
+            self._size = max(1, ray_cpus())
 
     def _new_actor(self, ref: SimulatorRef) -> _Actor:
         handle = self._actor_class.remote(ref)
-        return _Actor(handle, handle.ready.remote(), ref.key)
+        return _Actor(handle, handle.ready.remote(), ref.key, time.monotonic())
 
     def _begin(self, ref: SimulatorRef | None) -> None:
         import ray
@@ -544,7 +551,21 @@ class RayExecutor(Executor):
         ray.kill(actor.handle)
         assert self._ref is not None
         fresh = self._new_actor(self._ref)
-        actor.handle, actor.ready, actor.task, actor.chunk = fresh.handle, fresh.ready, None, None
+        actor.handle, actor.ready, actor.created, actor.task, actor.chunk = (fresh.handle, fresh.ready,
+                                                                             fresh.created, None, None)
+
+    def _check_starting(self) -> float | None:
+        """Seconds left before the oldest actor still starting counts as stuck (None: none is)."""
+        starting = [a.created for a in self._actors if a.ready is not None]
+        if not starting:
+            return None
+        left = min(starting) + STARTUP_SECONDS - time.monotonic()
+        if left <= 0 and not any(a.ready is None for a in self._actors):
+            raise RuntimeError(f"Ray started none of the {len(self._actors)} render worker(s) in "
+                               f"{STARTUP_SECONDS:g} s: each needs 1 CPU of the cluster "
+                               f"({ray_cpus()} CPU(s) there, some may be held by other actors); "
+                               "lower executor.workers or add nodes")
+        return max(left, 0.1)
 
     def _collect(self) -> list[tuple[_Chunk, list[Example] | None, str | None]]:
         import ray
@@ -552,9 +573,10 @@ class RayExecutor(Executor):
         timeout = self.settings.render_timeout
         busy = [a for a in self._actors if a.chunk is not None]
         waiting = [a.task for a in busy] + [a.ready for a in self._actors if a.ready is not None]
-        wait_for: float | None = None
+        wait_for = self._check_starting()
         if timeout is not None and busy:
-            wait_for = max(0.0, min(a.sent + timeout for a in busy) - time.monotonic())
+            left = max(0.0, min(a.sent + timeout for a in busy) - time.monotonic())
+            wait_for = left if wait_for is None else min(wait_for, left)
         ray.wait(waiting, num_returns=1, timeout=wait_for)
         out: list[tuple[_Chunk, list[Example] | None, str | None]] = []
         done, _ = ray.wait([a.task for a in busy], num_returns=len(busy), timeout=0)

@@ -6,13 +6,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from flaky_simulator import flaky_simulator
 
 from autosim_core.config import parse_config
 from autosim_core.plugins import load_registry
 from autosim_core.records import Example
 from autosim_core.run import Run
-
-from flaky_simulator import flaky_simulator
 
 
 def flaky_config(marker_dir: Path, *, executor: dict[str, Any] | None = None, iterations: int = 3,

@@ -7,13 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from executor_helpers import expected_points, flaky_config, flaky_run, render_batch
+from flaky_simulator import flaky_simulator
 
 from autosim_core.config import ConfigError, parse_config
 from autosim_core.executors import RenderError, plugin_target, split_contiguous
 from autosim_core.run import Run
-
-from executor_helpers import expected_points, flaky_config, flaky_run, render_batch
-from flaky_simulator import flaky_simulator
 
 PROCESSES = {"kind": "processes", "workers": 2}
 
