@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -130,3 +131,19 @@ def test_auto_device_follows_cuda(tmp_path: Path) -> None:
     config["simulator"]["settings"] = {}
     run = Run(parse_config(config), tmp_path / "run")
     assert run.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_cuda_run_follows_the_cpu_run(tmp_path: Path, cache_dir: Path, make_toy_data: Any) -> None:
+    """The same toy run on the GPU and on the CPU: same scenes, so psi moves the same way."""
+    found = {}
+    for device in ("cpu", "cuda"):
+        data = make_toy_data(cache_dir, iterations=3)
+        data["training"]["device"] = device
+        run = Run(parse_config(data), tmp_path / device)
+        run.execute()
+        assert run.model is not None
+        assert {p.device.type for p in run.model.parameters()} == {device}
+        found[device] = {k: v.detach().clone() for k, v in run.psi.items()}
+    for name, value in found["cpu"].items():
+        torch.testing.assert_close(found["cuda"][name], value, rtol=1e-3, atol=1e-4)
