@@ -325,7 +325,9 @@ class ProcessExecutor(Executor):
         return self._size
 
     def _spawn(self) -> _Worker:
-        threads = max(1, (os.cpu_count() or 1) // self._size)
+        # The workers share the machine's cores; a thread count the user pinned is kept.
+        pinned = os.environ.get("OMP_NUM_THREADS", "")
+        threads = int(pinned) if pinned.isdigit() and int(pinned) > 0 else max(1, (os.cpu_count() or 1) // self._size)
         parent, child = self._context.Pipe(duplex=True)
         process = self._context.Process(target=_worker_main, args=(child, threads), daemon=True,
                                         name="autosim-render")
