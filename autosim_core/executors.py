@@ -152,6 +152,8 @@ class Executor(ABC):
 
     def __init__(self, settings: ExecutorSettings):
         self.settings = settings
+        self.last_exception: BaseException | None = None
+        """The last exception a render raised in this process (inline), for its traceback."""
 
     @property
     @abstractmethod
@@ -188,7 +190,7 @@ class Executor(ABC):
                              f"scenes {[records[j].get('id') for j in chunk.indices]}")
                     raise RenderError(f"{which} failed to render {chunk.attempt + 1} time(s) "
                                       f"({self.kind} executor; last: {reason}); first scene: {_describe_scene(scene)}",
-                                      scene, chunk.attempt + 1, reason)
+                                      scene, chunk.attempt + 1, reason) from self.last_exception
                 ids = [records[i].get("id") for i in chunk.indices]
                 if on_retry is not None:
                     on_retry({"event": "render_retry", "executor": self.kind, "scenes": ids,
@@ -259,6 +261,7 @@ class InlineExecutor(Executor):
         try:
             self._done.append((chunk, list(inline(records)), None))
         except Exception as exc:
+            self.last_exception = exc
             self._done.append((chunk, None, _error_text(exc)))
 
     def _collect(self) -> list[tuple[_Chunk, list[Example] | None, str | None]]:

@@ -417,7 +417,7 @@ class Run:
             examples = self.executor.render(scenes.records, self.simulator_ref(), self._render_here,
                                             on_retry=self.record_event)
         except RenderError as exc:
-            raise RenderError(f"{exc}; {self._resume_hint()}", exc.scene, exc.attempts, exc.reason) from None
+            raise RenderError(f"{exc}; {self._resume_hint()}", exc.scene, exc.attempts, exc.reason) from exc.__cause__
         return scenes, examples
 
     def _render_here(self, records: list[dict[str, Any]]) -> list[Example]:

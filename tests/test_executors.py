@@ -55,6 +55,16 @@ def test_an_exception_is_retried_inline(tmp_path: Path) -> None:
     assert "chosen to fail" in run.events[0]["reason"]
 
 
+def test_spent_retries_inline_keep_the_simulators_exception(tmp_path: Path) -> None:
+    run = flaky_run(tmp_path, "raise", raise_on=[3], fail_times=9, executor={"retries": 1})
+    with pytest.raises(RenderError, match=r"scene 3 failed to render 2 time\(s\) \(inline executor; last: "
+                                          r"RuntimeError: scene 3: chosen to fail\)") as caught:
+        render_batch(run)
+    assert isinstance(caught.value.__cause__, RuntimeError)
+    # The batch failed once as a whole, then scene 3 alone spent its one retry.
+    assert [(e["scenes"], e["attempt"]) for e in run.events] == [(list(range(10)), 1)]
+
+
 @pytest.mark.parametrize("fault", ["raise_on", "crash_on", "hang_on"])
 def test_a_failing_worker_is_replaced_and_its_scenes_retried(tmp_path: Path, fault: str) -> None:
     run = flaky_run(tmp_path, fault, executor={**PROCESSES, "render_timeout": 1.5, "retries": 2}, **{fault: [7]})
