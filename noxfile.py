@@ -15,7 +15,7 @@ import sys
 import nox
 
 nox.options.default_venv_backend = "uv|virtualenv"
-nox.options.sessions = ["lint", "core", "clevr", "unet", "yolo", "clevr_unet", "cycles", "arnold"]
+nox.options.sessions = ["lint", "core", "ray", "clevr", "unet", "yolo", "clevr_unet", "cycles", "arnold"]
 
 CONSTRAINTS = ("-c", "constraints.txt")
 CORE = ("-e", ".[test,baselines]")
@@ -80,6 +80,17 @@ def core(session: nox.Session) -> None:
     # The tensorboard extra: tests/test_observers.py reads the TensorBoard observer's event files.
     _install(session, ("-e", ".[test,baselines,tensorboard]"), GUIDE)
     _pytest(session, "tests")
+
+
+@nox.session(python=PYTHON)
+def ray(session: nox.Session) -> None:
+    """The Ray executor on a local Ray (started by the tests and shut down after them)."""
+    _install(session, ("-e", ".[ray,test]"))
+    tmp = session.create_tmp()
+    env = {"AUTOSIM_CACHE": f"{tmp}/autosim-cache", "MPLBACKEND": "Agg", "RAY_AUTH_MODE": "disabled",
+           # Ray's socket paths must stay short: a session's own folder under /tmp.
+           "RAY_TMPDIR": f"/tmp/ray-{os.getpid()}"}
+    session.run("pytest", "-q", "tests/test_executors_ray.py", *session.posargs, env=env)
 
 
 @nox.session(python=PYTHON)
@@ -164,9 +175,11 @@ def bench_detection(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
     """Benchmarks of the core and of each plugin, as JSON in bench-results/."""
-    _install(session, CORE, ("-e", "plugins/autosim_clevr[blender]"), UNET, YOLO, ARNOLD)
+    _install(session, ("-e", ".[test,baselines,ray]"), ("-e", "plugins/autosim_clevr[blender]"), UNET, YOLO, ARNOLD)
     os.makedirs("bench-results", exist_ok=True)
     session.run("python", "benchmarks/core.py", "--out", "bench-results/core.json")
+    session.run("python", "benchmarks/executors.py", "--out", "bench-results/executors.json",
+                env={"RAY_AUTH_MODE": "disabled", "RAY_TMPDIR": f"/tmp/ray-{os.getpid()}"})
     session.run("python", "plugins/autosim_clevr/bench.py", "--out", "bench-results/clevr.json")
     # The sizes of examples/clevr_unet.toml: 64x64 images, K = 32, 64 validation images.
     session.run("python", "plugins/autosim_unet/bench.py", "--out", "bench-results/unet.json", "--size", "64",

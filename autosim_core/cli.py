@@ -72,12 +72,18 @@ def run(
             typer.echo(f"error: {line}" if line.startswith(str(config)) else f"error: {config}: {line}", err=True)
         raise typer.Exit(2) from None
     from .run import DamagedHistoryError, NonFiniteError
+    from .executors import RenderError
 
     try:
         summary = runner.execute(resume=resume)
     except (FileExistsError, FileNotFoundError, NonFiniteError, DamagedHistoryError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
+    except RenderError as exc:  # a scene that failed after every retry: the message says how to resume
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    finally:
+        runner.close()
     typer.echo(json.dumps({k: summary[k] for k in ("iterations", "images", "seconds") if k in summary}))
 
 
@@ -129,6 +135,7 @@ def compare(
     if oracle is not None and oracle == initial:
         raise fail(f"--oracle and --initial name the same config {oracle!r}")
 
+    from .executors import RenderError
     from .observers import ConsoleProgress, PlotCurves
     from .plugins import load_registry
     from .run import Run, open_run
@@ -177,6 +184,11 @@ def compare(
                 runner.execute(resume=resume and (runner.out_dir / "checkpoint.pt").exists())
             except (FileExistsError, FileNotFoundError) as exc:
                 raise fail(f"{name} seed {i}: {exc}") from None
+            except RenderError as exc:
+                typer.echo(f"error: {name} seed {i}: {exc} (compare --resume continues the comparison)", err=True)
+                raise typer.Exit(1) from None
+            finally:
+                runner.close()
     write_comparison({name: {i: r.out_dir for i, r in by_seed.items()} for name, by_seed in runners.items()},
                      out, threshold_from=threshold_from, oracle=oracle, initial=initial)
     typer.echo((out / "comparison.md").read_text(), nl=False)

@@ -46,6 +46,7 @@ class RunRecord:
         rows = []
         if history_path.exists():
             rows = [json.loads(line) for line in history_path.read_text().splitlines() if line.strip()]
+            rows = [row for row in rows if "event" not in row]  # render retries are not iterations
         return cls(method, seed_index, run_dir, json.loads((run_dir / "config.json").read_text()),
                    json.loads((run_dir / "summary.json").read_text()), rows)
 

@@ -76,6 +76,41 @@ class Training(_Strict):
     weight_decay: float = Field(0.0, ge=0, description="L2 weight decay of the model's optimiser")
     eval_batch_size: int = Field(64, ge=1, description="examples per forward pass when evaluating validation "
                                  "and test sets (memory only; results do not depend on it)")
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$",
+                        description="where the model is trained, its HVPs and jvps computed and it is evaluated: "
+                        "'auto' (CUDA when available, else the CPU), 'cpu', 'cuda' or 'cuda:N'")
+
+
+class Executor(_Strict):
+    """Where scenes are rendered: in the run's process, in local worker processes, or on Ray.
+
+    The run samples every scene (and its render seed) itself and hands the executor whole
+    records, so the same seeds give the same images whichever executor renders them.
+    """
+
+    kind: Literal["inline", "processes", "ray"] = Field(
+        "inline", description="'inline': in the run's own process; 'processes': a pool of local worker "
+        "processes (started by spawn/forkserver, never fork); 'ray': Ray tasks on a local Ray started on "
+        "demand, or on the cluster at `address` (pip install 'autosim-core[ray]')")
+    workers: int | None = Field(None, ge=1, description="worker processes / concurrent Ray tasks (default: "
+                                "the CPUs of this machine, or of the Ray cluster); the scenes of a batch are "
+                                "split into one contiguous chunk per worker")
+    render_timeout: float | None = Field(None, gt=0, description="seconds a worker may spend on one chunk "
+                                         "before it is killed and the chunk retried (processes and ray; an "
+                                         "inline render cannot be interrupted)")
+    retries: int = Field(2, ge=0, description="times a failed chunk (exception, crashed or hung worker) is "
+                         "rendered again, one scene at a time, before the run stops with an error naming the scene")
+    address: str | None = Field(None, min_length=1, description="Ray cluster to join (`ray://host:10001` or "
+                                "`auto`); default: start a local Ray (kind = 'ray' only)")
+    start_method: Literal["spawn", "forkserver"] = Field(
+        "spawn", description="how worker processes start (kind = 'processes'); renderers such as Blender's "
+        "Cycles refuse a forked process")
+
+    @model_validator(mode="after")
+    def _address_needs_ray(self) -> Executor:
+        if self.address is not None and self.kind != "ray":
+            raise ValueError(f"address is only used by kind = 'ray' (kind is {self.kind!r})")
+        return self
 
 
 class Budget(_Strict):
@@ -138,6 +173,7 @@ class RunConfig(_Strict):
     max_nonfinite: int = Field(3, ge=1, description="steps in a row whose loss, hypergradient or psi is NaN or "
                                "inf before the run stops with an error (each such step is undone and logged "
                                "in its history row)")
+    executor: Executor = Field(default_factory=Executor, description="where scenes are rendered")
     validation: Data | None = Field(None, description="the set psi is tuned for (required by every estimator "
                                     "but no-val and by the baselines)")
     test: Data | None = Field(None, description="a held-out set scored once at the end")

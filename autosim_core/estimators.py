@@ -67,7 +67,9 @@ class HypergradProblem:
 
     def score_function(self, values: torch.Tensor) -> ScoreEstimate:
         """The score-function estimate of grad_psi E[f] from per-scene values f_k."""
-        return score_function_terms(values, self.log_prob(), self.psi, baseline=self.baseline,
+        log_q = self.log_prob()
+        # The model (and so the values) may live on a GPU; psi and log q stay on the CPU.
+        return score_function_terms(values.to(log_q.device), log_q, self.psi, baseline=self.baseline,
                                     weights=self.weights)
 
     def require_val_gradient(self, estimator: str) -> Params:

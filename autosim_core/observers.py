@@ -239,7 +239,9 @@ def curves_figure(rows: list[dict[str, Any]], names: list[str] | None = None,
 
 
 def read_history(history_path: str | Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in Path(history_path).read_text().splitlines() if line.strip()]
+    """The iteration rows of a history.jsonl (event lines such as render retries left out)."""
+    rows = [json.loads(line) for line in Path(history_path).read_text().splitlines() if line.strip()]
+    return [row for row in rows if "event" not in row]
 
 
 def plot_history(history_path: str | Path, out_path: str | Path, title: str = "", names: list[str] | None = None,

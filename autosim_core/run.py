@@ -10,7 +10,9 @@ import contextlib
 import hashlib
 import json
 import math
+import logging
 import os
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -24,6 +26,7 @@ from torch.func import functional_call
 from .cache import default_cache_dir, source_fingerprint
 from .config import ConfigError, Data, RunConfig, format_validation_error, load_config, parse_config, validate_settings
 from .hookspecs import MetricAccumulator
+from .executors import Executor, RenderError, SimulatorRef, make_executor, plugin_target, ray_available
 from .hypergrad import Params, hvp_operator
 from .observers import configured_observers
 from .plugins import Registry, has_impl, load_registry, plugin_manager
@@ -34,6 +37,8 @@ PHASES = ("render", "train", "hypergrad", "eval")
 CHECKPOINT = "checkpoint.pt"
 HISTORY = "history.jsonl"
 CACHE_VERSION = 1
+RESUMABLE_CHANGES = frozenset({"budget", "executor", "observers"})
+"""Top-level config tables a resumed run may change."""
 TMP_SUFFIX = ".tmp"
 """Ending of the temporary file ``atomic_write`` writes before renaming it into place."""
 
@@ -104,6 +109,19 @@ def _labels_problem(labels: Any) -> str | None:
     if len(set(labels)) != len(labels):
         return f"names must be distinct, got {list(labels)}"
     return None
+
+
+def resolve_device(spec: str) -> torch.device:
+    """``training.device`` as a torch device: "auto" is CUDA where torch sees a GPU, else the CPU."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(spec)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{spec!r}: torch sees no CUDA device on this machine; use 'cpu' or 'auto'")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"{spec!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
 
 
 def _default_settings(model: type[BaseModel] | None) -> Any:
@@ -351,10 +369,22 @@ class Run:
         if missing:
             errors.append(f"searcher.name: {config.searcher.name!r} needs {', '.join(missing)} "
                           "(pip install 'autosim-core[baselines]')")
+        try:
+            resolve_device(config.training.device)
+        except ValueError as exc:
+            errors.append(f"training.device: {exc}")
+        if config.executor.kind == "ray" and not ray_available():
+            errors.append("executor.kind: 'ray' needs Ray, which is not installed (pip install 'autosim-core[ray]')")
         if errors:
             raise ConfigError(errors)
 
-        self.device = torch.device("cpu")
+        self.device = resolve_device(config.training.device)
+        self._executor: Executor | None = None
+        self.simulator_target = registry.targets["simulators"].get(config.simulator.name)
+        self.events: list[dict[str, Any]] = []
+        """Faults recovered from (render retries), in order; see ``record_event``."""
+        self.history_events = False
+        """Whether ``record_event`` also appends to history.jsonl (set while the run executes)."""
         self.searcher_cls = searcher_cls
         self.simulator_version = registry.versions["simulators"].get(config.simulator.name, "")
         self._simulator_source: str | None = None
@@ -458,18 +488,71 @@ class Run:
     def render(self, space: ParameterSpace, psi: Psi, count: int, generator: torch.Generator,
                ids: list[Any], sampler: Sampler | None = None) -> tuple[SceneBatch, list[Example]]:
         """Sample ``count`` scenes from q_psi (by the simulator's ``sample`` hook unless a
-        ``sampler`` is given) and render each once."""
+        ``sampler`` is given) and render each once, on the run's executor.
+
+        Scenes and their render seeds are drawn here, in the run's process, so the images do
+        not depend on the executor or on which worker renders which scene.
+        """
         scenes: SceneBatch = (sampler(space, psi, count, generator) if sampler is not None else
                               self.pm.hook.sample(space=space, psi=psi, count=count, generator=generator))
         seeds = torch.randint(0, 2**31 - 1, (len(scenes),), generator=generator).tolist()
         for record, scene_id, seed in zip(scenes.records, ids, seeds, strict=True):
             record["id"] = scene_id
             record["seed"] = seed
-        examples = self.pm.hook.render(scenes=scenes.records, settings=self.sim_settings)
-        if len(examples) != len(scenes):
-            raise RuntimeError(f"simulator {self.config.simulator.name!r} returned {len(examples)} "
-                               f"examples for {len(scenes)} scenes")
+        try:
+            examples = self.executor.render(scenes.records, self.simulator_ref(), self._render_here,
+                                            on_retry=self.record_event)
+        except RenderError as exc:
+            raise RenderError(f"{exc}; {self._resume_hint()}", exc.scene, exc.attempts, exc.reason) from exc.__cause__
         return scenes, examples
+
+    def _render_here(self, records: list[dict[str, Any]]) -> list[Example]:
+        return self.pm.hook.render(scenes=records, settings=self.sim_settings)
+
+    @property
+    def executor(self) -> Executor:
+        """Where scenes are rendered (``[executor]``); started on first use."""
+        if self._executor is None:
+            self._executor = make_executor(self.config.executor)
+        return self._executor
+
+    def simulator_ref(self) -> SimulatorRef | None:
+        """How a worker process imports this run's simulator (None for the inline executor)."""
+        if self.config.executor.kind == "inline":
+            return None
+        name = self.config.simulator.name
+        target = self.simulator_target or plugin_target(self.pm.get_plugin("simulator"))
+        if target is None:
+            raise ValueError(f"executor.kind: simulator {name!r} cannot be imported by worker processes "
+                             "(it is no module-level object); use kind = 'inline'")
+        settings = self.sim_settings
+        data = settings.model_dump(mode="json") if isinstance(settings, BaseModel) else settings
+        return SimulatorRef(name, target, data, tuple(sys.path))
+
+    def _resume_hint(self) -> str:
+        checkpoint = self.out_dir / CHECKPOINT
+        if checkpoint.exists():
+            return (f"the run stopped; its last checkpoint is {checkpoint}: continue it with "
+                    f"`autosim run CONFIG --out {self.out_dir} --resume`")
+        return f"the run stopped before its first checkpoint ({self.out_dir})"
+
+    def record_event(self, event: dict[str, Any]) -> None:
+        """A fault the run recovered from (a render retry): kept in ``events`` and, while the run
+        executes, appended to ``history.jsonl`` as its own line (``event`` names its kind; rows of
+        iterations have no ``event`` key)."""
+        row = {"iteration": self.iteration, **event}
+        self.events.append(row)
+        logging.getLogger("autosim").warning("retrying scenes %s (attempt %s of %s): %s", event.get("scenes"),
+                                             event.get("attempt"), event.get("retries"), event.get("reason"))
+        if self.history_events:
+            with (self.out_dir / HISTORY).open("a") as history:
+                history.write(json.dumps(row, default=str) + "\n")
+
+    def close(self) -> None:
+        """Stops the executor's workers (a later render starts them again)."""
+        if self._executor is not None:
+            self._executor.close()
+            self._executor = None
 
     def render_training(self, psi: Psi, count: int, space: ParameterSpace | None = None,
                         sampler: Sampler | None = None) -> tuple[SceneBatch, Batch]:
@@ -682,7 +765,7 @@ class Run:
             for leftover in self.out_dir.glob(f".*{TMP_SUFFIX}"):  # files a kill left half-written
                 leftover.unlink()
             state = torch.load(ckpt, weights_only=True) if ckpt.exists() else None
-            self._truncate_history(int(state["iteration"]) if state is not None else 0)
+            self._truncate_history(int(state["iteration"]) if state is not None else 0, started=state is not None)
             return state
         if (self.out_dir / HISTORY).exists() or ckpt.exists():
             raise FileExistsError(f"{self.out_dir} already holds a run; pass --resume to continue it "
@@ -690,12 +773,15 @@ class Run:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         return None
 
-    def _truncate_history(self, iteration: int) -> None:
+    def _truncate_history(self, iteration: int, started: bool = True) -> None:
         """Keep the history rows of iterations 1..``iteration`` (those the checkpoint includes).
 
         Rows are written before their checkpoint, so every checkpointed iteration has its row;
         the rows after it belong to iterations the resumed run does again. A kill during a
         write can leave the last line torn: it is dropped like any row past the checkpoint.
+        Event lines (render retries, ``event`` key) carry the iteration they happened in and
+        follow the same rule; those of set-up (iteration 0) go when set-up is done again
+        (``started`` False: no checkpoint yet).
         """
         path = self.out_dir / HISTORY
         if not path.exists():
@@ -713,9 +799,12 @@ class Run:
                     break
                 raise DamagedHistoryError(f"{path}: line {number} is not a JSON row; the history is damaged"
                                           ) from None
-            if int(row["iteration"]) <= iteration:
-                kept.append(line)
-        found = [json.loads(line)["iteration"] for line in kept]
+            if int(row["iteration"]) > iteration:
+                continue
+            if "event" in row and not started:  # a retry during a set-up that is done again
+                continue
+            kept.append(line)
+        found = [row["iteration"] for row in map(json.loads, kept) if "event" not in row]
         if found != list(range(1, iteration + 1)):
             raise DamagedHistoryError(f"{path}: rows of iterations {found} do not match the checkpoint's "
                                       f"1..{iteration}; the history is damaged")
@@ -724,7 +813,8 @@ class Run:
             atomic_write(path, lambda f: f.write(new_text.encode()))
 
     def _check_same_config(self) -> None:
-        """A run resumes only under the config it started with; its budget may grow."""
+        """A run resumes only under the config it started with; its budget may grow, and where it
+        renders and what watches it (``RESUMABLE_CHANGES``) may change, as they change no result."""
         stored_path = self.out_dir / "config.json"
         if not stored_path.exists():
             return
@@ -737,10 +827,10 @@ class Run:
                     current[key] == json.loads(json.dumps(field.get_default(call_default_factory=True), default=str)):
                 stored[key] = current[key]
         changed = sorted(k for k in set(stored) | set(current)
-                         if k != "budget" and stored.get(k) != current.get(k))
+                         if k not in RESUMABLE_CHANGES and stored.get(k) != current.get(k))
         if changed:
             raise FileExistsError(f"--resume: the config differs from the one {self.out_dir} was started with "
-                                  f"(in: {', '.join(changed)}); only [budget] may change")
+                                  f"(in: {', '.join(changed)}); only [budget], [executor] and [observers] may change")
 
     def _write_json(self, name: str, data: Any) -> None:
         text = json.dumps(data, indent=2, default=str) + "\n"
@@ -814,6 +904,7 @@ class Run:
         killed at any moment resumes from its last checkpoint to the same result.
         """
         state = self._prepare_folder(resume)
+        self.history_events = True
         self._write_json("config.json", self.settings_json())
         # On resume too if the first start died before writing it (``generate`` reads it).
         if self.config_text is not None and (not resume or not (self.out_dir / "config.toml").exists()):

@@ -42,6 +42,7 @@ TABLES: list[tuple[str, str, type[BaseModel]]] = [
     ("estimator", "`[estimator]`", cfg.EstimatorChoice),
     ("training", "`[training]`", cfg.Training),
     ("budget", "`[budget]`", cfg.Budget),
+    ("executor", "`[executor]`", cfg.Executor),
     ("validation", "`[validation]` and `[test]`", cfg.Data),
     ("observers", "`[observers]`", cfg.Observers),
 ]

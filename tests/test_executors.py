@@ -1,0 +1,159 @@
+"""Executors: the same images whichever renders them, and renders that survive faults."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from executor_helpers import expected_points, flaky_config, flaky_run, render_batch
+from flaky_simulator import flaky_simulator
+
+from autosim_core.config import ConfigError, parse_config
+from autosim_core.executors import RenderError, plugin_target, split_contiguous
+from autosim_core.run import Run
+
+PROCESSES = {"kind": "processes", "workers": 2}
+
+
+@pytest.mark.parametrize(("count", "parts"), [(10, 2), (10, 3), (3, 8), (1, 1), (64, 7)])
+def test_chunks_are_contiguous_and_cover_every_scene_once(count: int, parts: int) -> None:
+    chunks = split_contiguous(count, parts)
+    assert [i for c in chunks for i in c] == list(range(count))
+    sizes = [len(c) for c in chunks]
+    assert len(chunks) == min(count, parts) and max(sizes) - min(sizes) <= 1
+
+
+def test_the_plugin_is_found_by_its_module_attribute() -> None:
+    assert plugin_target(flaky_simulator) == "flaky_simulator:flaky_simulator"
+    assert plugin_target(object()) is None
+
+
+def test_inline_and_processes_render_the_same_images(tmp_path: Path) -> None:
+    inline = flaky_run(tmp_path, "inline")
+    processes = flaky_run(tmp_path, "processes", executor={**PROCESSES, "workers": 3})
+    try:
+        records, examples = render_batch(inline)
+        records_p, examples_p = render_batch(processes)
+        records_p2, examples_p2 = render_batch(processes)  # the workers kept their simulator
+    finally:
+        processes.close()
+    assert [r["seed"] for r in records] == [r["seed"] for r in records_p] == [r["seed"] for r in records_p2]
+    expected = expected_points(records)
+    for got in (examples, examples_p, examples_p2):
+        assert torch.equal(torch.stack([e.image for e in got]), expected)
+        assert [e.scene["id"] for e in got] == list(range(10))
+
+
+def test_an_exception_is_retried_inline(tmp_path: Path) -> None:
+    run = flaky_run(tmp_path, "raise", raise_on=[4], executor={"retries": 1})
+    records, examples = render_batch(run)
+    assert torch.equal(torch.stack([e.image for e in examples]), expected_points(records))
+    assert [(e["event"], e["scenes"], e["attempt"]) for e in run.events] == [("render_retry", list(range(10)), 1)]
+    assert "chosen to fail" in run.events[0]["reason"]
+
+
+def test_spent_retries_inline_keep_the_simulators_exception(tmp_path: Path) -> None:
+    run = flaky_run(tmp_path, "raise", raise_on=[3], fail_times=9, executor={"retries": 1})
+    with pytest.raises(RenderError, match=r"scene 3 failed to render 2 time\(s\) \(inline executor; last: "
+                                          r"RuntimeError: scene 3: chosen to fail\)") as caught:
+        render_batch(run)
+    assert isinstance(caught.value.__cause__, RuntimeError)
+    # The batch failed once as a whole, then scene 3 alone spent its one retry.
+    assert [(e["scenes"], e["attempt"]) for e in run.events] == [(list(range(10)), 1)]
+
+
+@pytest.mark.parametrize("fault", ["raise_on", "crash_on", "hang_on"])
+def test_a_failing_worker_is_replaced_and_its_scenes_retried(tmp_path: Path, fault: str) -> None:
+    run = flaky_run(tmp_path, fault, executor={**PROCESSES, "render_timeout": 1.5, "retries": 2}, **{fault: [7]})
+    try:
+        records, examples = render_batch(run)
+    finally:
+        run.close()
+    assert torch.equal(torch.stack([e.image for e in examples]), expected_points(records))
+    # Scenes 5..9 were the failing worker's chunk: retried, once, one scene at a time.
+    assert [(e["scenes"], e["attempt"]) for e in run.events] == [([5, 6, 7, 8, 9], 1)]
+    reason = run.events[0]["reason"]
+    assert {"raise_on": "chosen to fail", "crash_on": "exit code 3", "hang_on": "render_timeout"}[fault] in reason
+
+
+def test_spent_retries_stop_with_the_scene_named(tmp_path: Path) -> None:
+    run = flaky_run(tmp_path, "spent", executor={**PROCESSES, "retries": 1}, crash_on=[6], fail_times=5)
+    try:
+        with pytest.raises(RenderError) as caught:
+            render_batch(run)
+    finally:
+        run.close()
+    message = str(caught.value)
+    assert "scene 6 failed to render 2 time(s)" in message and "exit code 3" in message
+    assert caught.value.scene["id"] == 6 and "'x':" in message
+    assert "before its first checkpoint" in message
+    assert [e["scenes"] for e in run.events] == [[5, 6, 7, 8, 9]]
+
+
+def test_a_run_with_a_crashing_worker_equals_an_undisturbed_inline_run(tmp_path: Path) -> None:
+    """Every scene reaches training exactly once: the model equals the inline run's."""
+    calm = flaky_run(tmp_path, "calm")
+    calm.execute()
+    faulty = flaky_run(tmp_path, "faulty", executor=PROCESSES, crash_on=[14], raise_on=[30])
+    try:
+        faulty.execute()
+    finally:
+        faulty.close()
+    rows = [json.loads(line) for line in (faulty.out_dir / "history.jsonl").read_text().splitlines()]
+    events = [r for r in rows if "event" in r]
+    iterations = [r for r in rows if "event" not in r]
+    assert [(e["iteration"], e["scenes"]) for e in events] == [(2, [12, 13, 14, 15, 16, 17]),
+                                                               (3, [30, 31, 32, 33, 34, 35])]
+    assert [r["iteration"] for r in iterations] == [1, 2, 3] and iterations[-1]["images"] == 36
+    assert calm.model is not None and faulty.model is not None
+    for name, value in calm.model.state_dict().items():
+        assert torch.equal(value, faulty.model.state_dict()[name]), name
+
+
+def test_executor_and_device_settings_are_checked(tmp_path: Path) -> None:
+    config = flaky_config(tmp_path, executor={"kind": "processes", "address": "auto", "workers": 0})
+    config["training"]["device"] = "gpu"
+    with pytest.raises(ConfigError) as caught:
+        parse_config(config)
+    lines = "\n".join(caught.value.lines)
+    assert "executor.workers" in lines and "executor: Value error" not in lines
+    assert "training.device: String should match pattern" in lines
+    config = flaky_config(tmp_path, executor={"kind": "inline", "address": "auto"})
+    with pytest.raises(ConfigError, match="address is only used by kind = 'ray'"):
+        parse_config(config)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error of a machine without CUDA")
+def test_cuda_without_a_gpu_is_a_config_error(tmp_path: Path) -> None:
+    config = flaky_config(tmp_path)
+    config["training"]["device"] = "cuda:0"
+    with pytest.raises(ConfigError, match=r"training.device: 'cuda:0': torch sees no CUDA device"):
+        Run(parse_config(config), tmp_path / "run")
+
+
+def test_auto_device_follows_cuda(tmp_path: Path) -> None:
+    config = flaky_config(tmp_path)
+    config["training"]["device"] = "auto"
+    config["simulator"]["name"] = "toy-gaussians"
+    config["simulator"]["settings"] = {}
+    run = Run(parse_config(config), tmp_path / "run")
+    assert run.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_cuda_run_follows_the_cpu_run(tmp_path: Path, cache_dir: Path, make_toy_data: Any) -> None:
+    """The same toy run on the GPU and on the CPU: same scenes, so psi moves the same way."""
+    found = {}
+    for device in ("cpu", "cuda"):
+        data = make_toy_data(cache_dir, iterations=3)
+        data["training"]["device"] = device
+        run = Run(parse_config(data), tmp_path / device)
+        run.execute()
+        assert run.model is not None
+        assert {p.device.type for p in run.model.parameters()} == {device}
+        found[device] = {k: v.detach().clone() for k, v in run.psi.items()}
+    for name, value in found["cpu"].items():
+        torch.testing.assert_close(found["cuda"][name], value, rtol=1e-3, atol=1e-4)

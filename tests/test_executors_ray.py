@@ -1,0 +1,68 @@
+"""The Ray executor on a local Ray (nox session ``ray``): same images as inline, faults retried."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from executor_helpers import expected_points, flaky_run, render_batch
+
+ray = pytest.importorskip("ray")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray() -> Iterator[None]:
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_TMPDIR", "/tmp/ray-t")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def test_ray_renders_the_same_images_as_inline(tmp_path: Path) -> None:
+    records, examples = render_batch(flaky_run(tmp_path, "inline"))
+    found = []
+    for workers in (2, 1):  # each worker holds one of the two CPUs until its executor closes
+        on_ray = flaky_run(tmp_path, f"ray{workers}", executor={"kind": "ray", "workers": workers})
+        try:
+            found.append(render_batch(on_ray))
+        finally:
+            on_ray.close()
+    (records_r, examples_r), (records_1, examples_1) = found
+    assert [r["seed"] for r in records] == [r["seed"] for r in records_r] == [r["seed"] for r in records_1]
+    expected = expected_points(records)
+    for got in (examples, examples_r, examples_1):
+        assert torch.equal(torch.stack([e.image for e in got]), expected)
+    assert ray.is_initialized()  # the executor left the Ray it joined running
+
+
+@pytest.mark.parametrize("fault", ["raise_on", "crash_on", "hang_on"])
+def test_a_failing_ray_worker_is_replaced_and_its_scenes_retried(tmp_path: Path, fault: str) -> None:
+    run = flaky_run(tmp_path, fault, executor={"kind": "ray", "workers": 2, "render_timeout": 2, "retries": 2},
+                    **{fault: [2]})
+    try:
+        records, examples = render_batch(run)
+    finally:
+        run.close()
+    assert torch.equal(torch.stack([e.image for e in examples]), expected_points(records))
+    assert [(e["scenes"], e["attempt"]) for e in run.events] == [([0, 1, 2, 3, 4], 1)]
+    reason = run.events[0]["reason"]
+    assert {"raise_on": "chosen to fail", "crash_on": "died", "hang_on": "render_timeout"}[fault] in reason
+
+
+def test_spent_retries_on_ray_name_the_scene(tmp_path: Path) -> None:
+    from autosim_core.executors import RenderError
+
+    run = flaky_run(tmp_path, "spent", executor={"kind": "ray", "workers": 2, "retries": 1}, raise_on=[8],
+                    fail_times=5)
+    try:
+        with pytest.raises(RenderError, match=r"scene 8 failed to render 2 time\(s\) \(ray executor; last: "
+                                              r"RuntimeError: scene 8: chosen to fail\)"):
+            render_batch(run)
+    finally:
+        run.close()
