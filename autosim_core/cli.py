@@ -71,8 +71,8 @@ def run(
         for line in exc.lines:
             typer.echo(f"error: {line}" if line.startswith(str(config)) else f"error: {config}: {line}", err=True)
         raise typer.Exit(2) from None
-    from .run import DamagedHistoryError, NonFiniteError
     from .executors import RenderError
+    from .run import DamagedHistoryError, NonFiniteError
 
     try:
         summary = runner.execute(resume=resume)

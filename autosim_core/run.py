@@ -9,8 +9,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import math
 import logging
+import math
 import os
 import sys
 import time
@@ -25,8 +25,8 @@ from torch.func import functional_call
 
 from .cache import default_cache_dir, source_fingerprint
 from .config import ConfigError, Data, RunConfig, format_validation_error, load_config, parse_config, validate_settings
-from .hookspecs import MetricAccumulator
 from .executors import Executor, RenderError, SimulatorRef, make_executor, plugin_target, ray_available
+from .hookspecs import MetricAccumulator
 from .hypergrad import Params, hvp_operator
 from .observers import configured_observers
 from .plugins import Registry, has_impl, load_registry, plugin_manager
