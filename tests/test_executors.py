@@ -13,6 +13,7 @@ from flaky_simulator import flaky_simulator
 
 from autosim_core.config import ConfigError, parse_config
 from autosim_core.executors import RenderError, plugin_target, split_contiguous
+from autosim_core.observers import read_history
 from autosim_core.run import Run
 
 PROCESSES = {"kind": "processes", "workers": 2}
@@ -157,3 +158,37 @@ def test_a_cuda_run_follows_the_cpu_run(tmp_path: Path, cache_dir: Path, make_to
         found[device] = {k: v.detach().clone() for k, v in run.psi.items()}
     for name, value in found["cpu"].items():
         torch.testing.assert_close(found["cuda"][name], value, rtol=1e-3, atol=1e-4)
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_retry_lines_survive_a_resume_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A retry line of a checkpointed iteration is kept on resume (once), and the readers of the
+    history (compare's records, the curves) see iteration rows only."""
+    calm = flaky_run(tmp_path, "calm", raise_on=[14], executor={"retries": 1})
+    calm.execute()
+    original = Run.fine_tune
+
+    def die_in_iteration_3(self: Run, *args: Any, **kwargs: Any) -> Any:
+        if self.iteration == 3:
+            raise _Killed
+        return original(self, *args, **kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr(Run, "fine_tune", die_in_iteration_3)
+        with pytest.raises(_Killed):
+            flaky_run(tmp_path, "killed", raise_on=[14], executor={"retries": 1}).execute()
+    resumed = flaky_run(tmp_path, "killed", raise_on=[14], executor={"retries": 1})
+    resumed.execute(resume=True)
+
+    def lines(run: Run) -> list[tuple[int, str | None]]:
+        rows = [json.loads(line) for line in (run.out_dir / "history.jsonl").read_text().splitlines()]
+        return [(r["iteration"], r.get("event")) for r in rows]
+
+    assert lines(resumed) == lines(calm) == [(1, None), (2, "render_retry"), (2, None), (3, None)]
+    assert [r["iteration"] for r in read_history(resumed.out_dir / "history.jsonl")] == [1, 2, 3]
+    assert calm.model is not None and resumed.model is not None
+    for name, value in calm.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[name]), name
