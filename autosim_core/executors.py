@@ -45,6 +45,15 @@ RetryCallback = Callable[[dict[str, Any]], None]
 """Receives one event per retried chunk: ``{"event": "render_retry", "scenes": [...], ...}``."""
 
 
+class ExampleCountError(RuntimeError):
+    """The simulator's ``render`` returned a different number of examples than it was given scenes."""
+
+    def __init__(self, returned: int, scenes: int):
+        super().__init__(f"the simulator returned {returned} examples for {scenes} scenes")
+        self.returned = returned
+        self.scenes = scenes
+
+
 class RenderError(RuntimeError):
     """A scene that still failed after every retry."""
 
@@ -175,7 +184,8 @@ class Executor(ABC):
                 self._start(chunk, [records[i] for i in chunk.indices], ref, inline)
             for chunk, examples, reason in self._collect():
                 if reason is None and examples is not None and len(examples) != len(chunk.indices):
-                    reason = f"the simulator returned {len(examples)} examples for {len(chunk.indices)} scenes"
+                    # A broken plugin, not a passing fault: rendering again would only repeat it.
+                    raise ExampleCountError(len(examples), len(chunk.indices))
                 if reason is None and examples is not None:
                     for i, example in zip(chunk.indices, examples, strict=True):
                         if results[i] is not None:  # cannot happen: a chunk is started once per attempt

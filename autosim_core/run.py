@@ -25,7 +25,15 @@ from torch.func import functional_call
 
 from .cache import default_cache_dir, source_fingerprint
 from .config import ConfigError, Data, RunConfig, format_validation_error, load_config, parse_config, validate_settings
-from .executors import Executor, RenderError, SimulatorRef, make_executor, plugin_target, ray_available
+from .executors import (
+    ExampleCountError,
+    Executor,
+    RenderError,
+    SimulatorRef,
+    make_executor,
+    plugin_target,
+    ray_available,
+)
 from .hookspecs import MetricAccumulator
 from .hypergrad import Params, hvp_operator
 from .observers import configured_observers
@@ -504,6 +512,9 @@ class Run:
                                             on_retry=self.record_event)
         except RenderError as exc:
             raise RenderError(f"{exc}; {self._resume_hint()}", exc.scene, exc.attempts, exc.reason) from exc.__cause__
+        except ExampleCountError as exc:
+            raise RuntimeError(f"simulator {self.config.simulator.name!r} returned {exc.returned} examples for "
+                               f"{exc.scenes} scenes") from None
         return scenes, examples
 
     def _render_here(self, records: list[dict[str, Any]]) -> list[Example]:

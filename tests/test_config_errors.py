@@ -77,6 +77,13 @@ CASES: list[tuple[str, Mutation, str, list[str]]] = [
      ["greater than 0"]),
     ("override-not-a-table", setting("simulator", "overrides", {"x1": 3}), "simulator.overrides.x1",
      ["dictionary"]),
+    ("unknown-executor", lambda d: d.__setitem__("executor", {"kind": "threads"}), "executor.kind", ["'threads'"]),
+    ("address-without-ray", lambda d: d.__setitem__("executor", {"kind": "processes", "address": "auto"}),
+     "executor", ["address", "ray"]),
+    ("zero-max-nonfinite", lambda d: d.__setitem__("max_nonfinite", 0), "max_nonfinite",
+     ["greater than or equal to 1"]),
+    ("unknown-observer", lambda d: d.__setitem__("observers", {"tensorbord": True}), "observers.tensorbord",
+     ["unknown key"]),
 ]
 
 

@@ -276,7 +276,7 @@ def test_generate_refuses_a_folder_that_is_not_empty(tmp_path: Path) -> None:
     (out / "keep.txt").write_text("mine")
     result = CliRunner().invoke(app, ["generate", str(tmp_path / "no-run"), "-n", "2", "-o", str(out)])
     assert result.exit_code == 2
-    assert result.stderr.strip() == f"error: {out} is not empty"
+    assert result.stderr.strip() == f"error: --out: {out} is not an empty folder; choose a new one"
     assert sorted(p.name for p in out.iterdir()) == ["keep.txt"] and (out / "keep.txt").read_text() == "mine"
 
 
