@@ -106,11 +106,20 @@ def compare(
     initial: Annotated[str | None, typer.Option(
         "--initial", help="config name of the initial reference (default: detected)")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="continue interrupted runs, skip finished ones")] = False,
+    executor: Annotated[str, typer.Option(
+        "--executor", help="where the runs go: inline (one after another, in this process), processes "
+        "(local worker processes) or ray (Ray tasks)")] = "inline",
+    workers: Annotated[int | None, typer.Option(
+        "--workers", min=1, help="runs at once (processes, ray; default: the CPUs of this machine or of "
+        "the Ray cluster)")] = None,
+    address: Annotated[str | None, typer.Option(
+        "--address", help="Ray cluster to join (ray only; default: start a local Ray)")] = None,
 ) -> None:
     """Run several configs over seeds under one budget; writes comparison.md/.json and comparison.png.
 
     Runs go to OUT/<config name>/seed-<i>, seed i using the config's seed + i (training scenes
-    and initial weights; validation and test sets stay the same).
+    and initial weights; validation and test sets stay the same). With --executor processes or
+    ray they run concurrently; a run that fails does not stop the others.
     """
     from .compare import seeded_config_text, write_comparison
     from .config import ConfigError, parse_config
@@ -134,9 +143,18 @@ def compare(
             raise fail(f"{flag} {name!r} names no config; configs: {', '.join(names)}")
     if oracle is not None and oracle == initial:
         raise fail(f"--oracle and --initial name the same config {oracle!r}")
+    from .compare_runs import EXECUTORS, RunJob, run_jobs
+    from .executors import ray_available
 
-    from .executors import RenderError
-    from .observers import ConsoleProgress, PlotCurves
+    if executor not in EXECUTORS:
+        raise fail(f"--executor: unknown executor {executor!r}; allowed: {', '.join(EXECUTORS)}")
+    if workers is not None and executor == "inline":
+        raise fail("--workers needs --executor processes or ray (inline runs one run at a time)")
+    if address is not None and executor != "ray":
+        raise fail(f"--address is only used by --executor ray (executor is {executor!r})")
+    if executor == "ray" and not ray_available():
+        raise fail("--executor ray needs Ray: pip install 'autosim-core[ray]'")
+
     from .plugins import load_registry
     from .run import Run, open_run
 
@@ -163,8 +181,7 @@ def compare(
                     data["budget"] = budget
                 cfg = parse_config(data)
                 runners[path.stem][i] = Run(cfg, out / path.stem / f"seed-{i}", registry=registry,
-                                            config_text=seeded_config_text(text, cfg.seed, budget),
-                                            observers=(ConsoleProgress(), PlotCurves()))
+                                            config_text=seeded_config_text(text, cfg.seed, budget))
         except ConfigError as exc:
             errors += [line if line.startswith(str(path)) else f"{path}: {line}" for line in exc.lines]
     if not resume:
@@ -176,19 +193,21 @@ def compare(
             typer.echo(f"error: {line}", err=True)
         raise typer.Exit(2)
 
-    for name, by_seed in runners.items():
-        for i, runner in by_seed.items():
-            if resume and (runner.out_dir / "summary.json").exists():
-                continue
-            try:
-                runner.execute(resume=resume and (runner.out_dir / "checkpoint.pt").exists())
-            except (FileExistsError, FileNotFoundError) as exc:
-                raise fail(f"{name} seed {i}: {exc}") from None
-            except RenderError as exc:
-                typer.echo(f"error: {name} seed {i}: {exc} (compare --resume continues the comparison)", err=True)
-                raise typer.Exit(1) from None
-            finally:
-                runner.close()
+    # A finished run (summary.json) is kept; any other folder holding a run is resumed, even one
+    # stopped during set-up, before its first checkpoint.
+    jobs = [RunJob(name, i, runner.config.model_dump(), str(runner.out_dir), runner.config_text or "",
+                   resume=resume and any((runner.out_dir / f).exists() for f in ("config.json", "checkpoint.pt")),
+                   live_progress=executor == "inline")
+            for name, by_seed in runners.items() for i, runner in by_seed.items()
+            if not (resume and (runner.out_dir / "summary.json").exists())]
+    failures = [(job, error) for job, error in zip(jobs, run_jobs(jobs, executor, workers, address, registry),
+                                                   strict=True) if error is not None]
+    if failures:
+        for job, error in failures:
+            typer.echo(f"error: {job.label}: {error}", err=True)
+        typer.echo(f"error: {len(failures)} of {len(jobs)} run(s) failed, so no comparison was written; the "
+                   "others are kept: fix the cause and continue with --resume", err=True)
+        raise typer.Exit(1)
     write_comparison({name: {i: r.out_dir for i, r in by_seed.items()} for name, by_seed in runners.items()},
                      out, threshold_from=threshold_from, oracle=oracle, initial=initial)
     typer.echo((out / "comparison.md").read_text(), nl=False)

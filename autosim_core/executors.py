@@ -446,6 +446,17 @@ def ray_available() -> bool:
     return importlib.util.find_spec("ray") is not None
 
 
+def connect_ray(address: str | None = None) -> bool:
+    """Joins the Ray this process already uses, else the cluster at ``address``, else starts a
+    local Ray; True when this call started or joined one (the caller then shuts it down)."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    return True
+
+
 def ray_cpus() -> int:
     import ray
 
@@ -505,8 +516,7 @@ class RayExecutor(Executor):
     def _connect(self) -> None:
         import ray
 
-        if not ray.is_initialized():
-            ray.init(address=self.settings.address, include_dashboard=False, log_to_driver=False)
+        if connect_ray(self.settings.address):
             self._started_ray = True
         if self._actor_class is None:
             self._actor_class = ray.remote(num_cpus=1, max_restarts=0, max_task_retries=0)(RenderActor)
