@@ -244,6 +244,9 @@ def small_toy(name: str, folder: Path, cache: Path, seed: int = 0) -> Path:
     (["--seeds", "0"], "--seeds"),
     (["--threshold-from", "nope"], "--threshold-from 'nope' names no config"),
     (["--oracle", "toy", "--initial", "toy"], "the same config"),
+    (["--executor", "threads"], "--executor: unknown executor 'threads'; allowed: inline, processes, ray"),
+    (["--workers", "2"], "--workers needs --executor processes or ray"),
+    (["--executor", "processes", "--address", "auto"], "--address is only used by --executor ray"),
 ])
 def test_compare_option_errors(args: list[str], message: str, tmp_path: Path, cache_dir: Path) -> None:
     configs = [str(small_toy(n, tmp_path, cache_dir)) for n in ("toy.toml", "toy_fixed.toml")]
