@@ -66,3 +66,21 @@ def test_spent_retries_on_ray_name_the_scene(tmp_path: Path) -> None:
             render_batch(run)
     finally:
         run.close()
+
+
+def test_compare_on_ray_gives_the_comparison_inline_gives(tmp_path: Path, cache_dir: Path) -> None:
+    from test_compare_executors import compare, history, runs_of, small_toy
+
+    configs = [small_toy(n, tmp_path, cache_dir) for n in ("toy.toml", "toy_fixed.toml")]
+    inline = compare(configs, tmp_path / "inline")
+    assert inline.exit_code == 0, inline.output
+    on_ray = compare(configs, tmp_path / "ray", "--executor", "ray", "--workers", "2")
+    assert on_ray.exit_code == 0, on_ray.output
+    expected, found = runs_of(tmp_path / "inline"), runs_of(tmp_path / "ray")
+    assert set(found) == set(expected) == {("toy", 0), ("toy_fixed", 0)}
+    for key, row in expected.items():
+        for column in ("best_val_metric", "final_val_metric", "test_metric", "images", "psi"):
+            assert found[key][column] == row[column], (key, column)
+        folder = Path(key[0]) / f"seed-{key[1]}"
+        assert history(tmp_path / "ray" / folder) == history(tmp_path / "inline" / folder)
+    assert ray.is_initialized()  # the comparison left the Ray it joined running
