@@ -103,7 +103,7 @@ def _run_in_processes(jobs: Sequence[RunJob], workers: int, threads: int | None)
                 child.close()
                 running[process.sentinel] = (index, process, parent)
             for sentinel in wait(list(running)):
-                index, process, conn = running.pop(sentinel)  # type: ignore[call-overload]
+                index, process, conn = running.pop(sentinel)
                 process.join()
                 died = f"the run's process died (exit code {process.exitcode})"
                 try:
