@@ -227,7 +227,7 @@ def generate(
     import platform
 
     from .config import ConfigError, load_config
-    from .export import FORMATS, DatasetWriter, package_versions
+    from .export import FORMATS, DatasetWriter, atomic_write, package_versions
     from .run import Run
     from .space import ParameterSpace
 
@@ -274,9 +274,8 @@ def generate(
                      **package_versions("autosim-core", *([simulator_dist] if simulator_dist else []),
                                         "torch", "numpy", "pillow")},
     }
-    tmp = out / ".manifest.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2, default=str) + "\n")
-    tmp.replace(out / "manifest.json")
+    text = json.dumps(manifest, indent=2, default=str) + "\n"
+    atomic_write(out / "manifest.json", lambda f: f.write(text.encode()))
     typer.echo(json.dumps({"examples": writer.count, "format": fmt, "out": str(out)}))
 
 

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import Any, Protocol
 
 import torch
 from pydantic import BaseModel, ValidationError
@@ -34,6 +34,7 @@ from .executors import (
     plugin_target,
     ray_available,
 )
+from .export import TMP_SUFFIX, atomic_write
 from .hookspecs import MetricAccumulator
 from .hypergrad import Params, hvp_operator
 from .observers import configured_observers
@@ -47,8 +48,6 @@ HISTORY = "history.jsonl"
 CACHE_VERSION = 1
 RESUMABLE_CHANGES = frozenset({"budget", "executor", "observers"})
 """Top-level config tables a resumed run may change."""
-TMP_SUFFIX = ".tmp"
-"""Ending of the temporary file ``atomic_write`` writes before renaming it into place."""
 
 Sampler = Callable[[ParameterSpace, Psi, int, torch.Generator], SceneBatch]
 """(space, psi, count, generator) -> scenes: a sampler used instead of the ``sample`` hook."""
@@ -82,24 +81,6 @@ class NonFiniteError(RuntimeError):
 
 class DamagedHistoryError(ValueError):
     """A run folder's history.jsonl cannot be matched with its checkpoint."""
-
-
-def atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> None:
-    """Write ``path`` whole or not at all: into a temporary file beside it, flushed to disk,
-    then renamed over ``path`` (a rename within a folder is atomic), and the folder synced so
-    the rename itself survives a crash. A process killed mid-way leaves the old file intact
-    and at most a ``.NAME.tmp`` file, which a resumed run removes."""
-    tmp = path.with_name(f".{path.name}{TMP_SUFFIX}")
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
 
 
 def _require(pm: Any, hooks: tuple[str, ...], role: str, name: str, errors: list[str]) -> None:

@@ -60,6 +60,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+# Running one (method, seed) and rendering the evaluation sets work as for Table 2.
+from table2 import render_evaluation_sets, run_one
+
 BASE: dict[str, Any] = {
     "seed": 0,
     "simulator": {"name": "arnold", "start": "uniform", "settings": {"image_size": 64, "threads": 1}},
@@ -119,35 +122,6 @@ def configs(smoke: bool) -> dict[str, dict[str, Any]]:
                     config["searcher"]["settings"]["init_points"] = 1
         out[name] = config
     return out
-
-
-def run_one(config: dict[str, Any], run_dir: Path, log: Path) -> tuple[str, float]:
-    """One (method, seed) through ``autosim run``: skipped when finished, resumed when interrupted."""
-    import tomli_w
-
-    if (run_dir / "summary.json").exists():
-        return "done before", 0.0
-    run_dir.parent.mkdir(parents=True, exist_ok=True)
-    path = run_dir.parent / f"{run_dir.name}.toml"
-    path.write_text(tomli_w.dumps(config))
-    command = [sys.executable, "-m", "autosim_core.cli", "run", str(path), "--out", str(run_dir)]
-    if (run_dir / "checkpoint.pt").exists():
-        command.append("--resume")
-    env = {**os.environ, "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    start = time.perf_counter()
-    with log.open("a") as stream:
-        subprocess.run(command, check=True, env=env, stdout=stream, stderr=subprocess.STDOUT)
-    return "ran", time.perf_counter() - start
-
-
-def render_evaluation_sets(config: dict[str, Any], folder: Path) -> None:
-    """Render (and cache) the validation and test sets once, before the parallel runs need them."""
-    from autosim_core.config import parse_config
-    from autosim_core.run import Run
-
-    run = Run(parse_config(config), folder)
-    run.load_data("validation")
-    run.load_data("test")
 
 
 def useful_mass(run_dir: Path) -> float | None:
@@ -216,7 +190,7 @@ def main() -> None:
     jobs.sort(key=lambda j: (ORDER.index(j[0]), j[1]))
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         futures = {pool.submit(run_one, config, args.out / method / f"seed-{seed}",
-                               args.out / "logs" / f"{method}-seed-{seed}.log"): (method, seed)
+                               args.out / "logs" / f"{method}-seed-{seed}.log", 1): (method, seed)
                    for method, seed, config in jobs}
         for future, (method, seed) in futures.items():
             status, seconds = future.result()

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from autosim_core.export import image_to_png_array
+from autosim_core.export import DatasetWriter
 from autosim_core.records import Example
 from PIL import Image
 
@@ -250,47 +250,13 @@ def write_coco(examples: Iterable[Example], out_dir: str | Path, classes: Sequen
     trainers); image and annotation ids start at 1 as well. ``area`` is the box's area, as
     there are no masks. An object's ``visible_fraction`` is kept as an extra annotation key,
     which COCO tools ignore. Objects with an empty box (zero width or height) are left out:
-    they are not valid COCO and every detector drops them anyway.
+    they are not valid COCO and every detector drops them anyway. The files are those of
+    ``autosim generate --format coco`` (the core's ``DatasetWriter``).
     """
-    out = Path(out_dir)
-    (out / "images").mkdir(parents=True, exist_ok=True)
-    category_ids = {name: i for i, name in enumerate(classes, 1)}
-    if len(category_ids) != len(classes):
-        raise ValueError(f"classes must be distinct, got {list(classes)}")
-    images, annotations = [], []
-    for index, example in enumerate(examples):
-        where = (example.scene or {}).get("id", index)
-        name = f"{index:06d}.png"
-        Image.fromarray(image_to_png_array(example.image)).save(out / "images" / name)
-        height, width = int(example.image.shape[-2]), int(example.image.shape[-1])
-        image_id = index + 1
-        images.append({"id": image_id, "file_name": name, "width": width, "height": height})
-        for obj in example.objects:
-            category = obj.get("category")
-            if category not in category_ids:
-                raise ValueError(f"example {where!r}: object category {category!r} is not one of {list(classes)}")
-            box = obj.get("box")
-            if box is None or len(box) != 4:
-                raise ValueError(f"example {where!r}: object {category!r} has no box [x0, y0, x1, y1]")
-            x0, y0, x1, y1 = (float(v) for v in box)
-            if not (x1 > x0 and y1 > y0):
-                continue
-            ann = {"id": len(annotations) + 1, "image_id": image_id, "category_id": category_ids[category],
-                   "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0), "iscrowd": 0}
-            if "visible_fraction" in obj:
-                ann["visible_fraction"] = float(obj["visible_fraction"])
-            annotations.append(ann)
-    data = {
-        # pycocotools >= 2.0.9 expects "info" (COCO.loadRes copies it).
-        "info": {"description": "autosim renders"},
-        "licenses": [],
-        "images": images,
-        "annotations": annotations,
-        "categories": [{"id": i, "name": name, "supercategory": "object"} for name, i in category_ids.items()],
-    }
-    path = out / "annotations.json"
-    path.write_text(json.dumps(data))
-    return path
+    writer = DatasetWriter(out_dir, "coco", classes)
+    writer.write(list(examples))
+    writer.close()
+    return Path(out_dir) / "annotations.json"
 
 
 # -- BOP ----------------------------------------------------------------------------------------
