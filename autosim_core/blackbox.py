@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import time
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
@@ -29,6 +30,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from .evaluations import EvaluationJob, EvaluationPool
 from .space import Bernoulli, Bounded, Categorical, LogNormal, Normal, ParameterSpace, Psi
 
 if TYPE_CHECKING:
@@ -407,6 +409,23 @@ class ReinforceProposer:
 
 
 # -- the searchers -------------------------------------------------------------------------------
+def evaluate_job(run: Run, box: SearchBox, job: EvaluationJob) -> tuple[dict[str, Any], torch.nn.Module, Psi]:
+    """One objective evaluation: render ``job``'s scenes, train a fresh model on them in the
+    job's orders, score it on the validation set. Returns its history row, the model and psi."""
+    space = box.space_at(job.point)
+    psi = space.init_psi()
+    with run.timed("render"):
+        examples = run.render_records(job.records)
+        run.images += len(job.records)
+        run.pm.hook.on_render(run=run, examples=examples)
+        batch = run.collate(examples)
+    model = run.create_model()
+    optimizer = run.create_model_optimizer(model)
+    train_loss = run.fine_tune(model, optimizer, batch, orders=job.orders)
+    row = {"train_loss": train_loss, **run.validation_row(model), "psi": space.describe(psi), "point": job.point}
+    return row, model, psi
+
+
 class BlackBoxSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -453,6 +472,9 @@ class _BlackBox(ABC):
         self.batches: list[list[Point]] = []
         self.rewards: list[list[float]] = []
         self.best = -math.inf
+        self.ready: list[tuple[dict[str, Any], dict[str, torch.Tensor], Psi]] = []
+        """Evaluations of the current batch done in parallel, not yet reported by a step."""
+        self._evaluation_pool: EvaluationPool | None = None
 
     @abstractmethod
     def make_proposer(self, seed: int) -> Proposer: ...
@@ -470,21 +492,83 @@ class _BlackBox(ABC):
             self.rewards.append([])
         return self.batches[-1][len(self.rewards[-1])]
 
-    def evaluate(self, point: Point) -> tuple[dict[str, Any], torch.nn.Module, Psi]:
-        """Render from the point's distribution, train a fresh model, score it on validation."""
+    def draw(self, point: Point, first_id: int) -> EvaluationJob:
+        """Every random draw of one evaluation of ``point``: its scenes (ids from ``first_id``),
+        their render seeds and the training epochs' orders, from the run's generator."""
         run = self.run
         space = self.box.space_at(point)
-        psi = space.init_psi()
-        _, batch = run.render_training(psi, self.settings.scenes_per_evaluation, space=space)
-        model = run.create_model()
-        optimizer = run.create_model_optimizer(model)
-        train_loss = run.fine_tune(model, optimizer, batch, epochs=self.settings.epochs)
-        row = {"train_loss": train_loss, **run.validation_row(model), "psi": space.describe(psi), "point": point}
-        return row, model, psi
+        count = self.settings.scenes_per_evaluation
+        ids = list(range(first_id, first_id + count))
+        scenes = run.sample_scenes(space, space.init_psi(), count, run.generator, ids)
+        return EvaluationJob(point, scenes.records, run.epoch_orders(count, self.settings.epochs))
+
+    def evaluate(self, point: Point) -> tuple[dict[str, Any], torch.nn.Module, Psi]:
+        """Render from the point's distribution, train a fresh model, score it on validation."""
+        return evaluate_job(self.run, self.box, self.draw(point, self.run.images))
+
+    def _pool(self) -> EvaluationPool | None:
+        """Where the evaluations of a batch run at once (None: one after another, here)."""
+        executor = self.run.config.executor
+        if executor.kind == "inline":
+            return None
+        if self._evaluation_pool is None:
+            workers = self.run.executor.workers
+            if workers < 2:
+                return None
+            # The run renders nothing itself while its evaluations run in workers: its render
+            # workers give their CPUs (Ray) and memory back; a later render starts them again.
+            self.run.close()
+            self._evaluation_pool = EvaluationPool(self.run, executor.kind, workers)
+        return self._evaluation_pool
+
+    def _evaluations_left(self, count: int) -> int:
+        """How many of the batch's evaluations the budget still allows (a time budget: all)."""
+        run = self.run
+        budget = run.config.budget
+        left = len(self.batches[-1]) - len(self.rewards[-1])
+        if budget.images is not None:
+            left = min(left, -(-(budget.images - run.images) // count))
+        if budget.iterations is not None:
+            left = min(left, budget.iterations - run.iteration + 1)
+        return max(left, 1)
+
+    def _evaluate_batch(self, pool: EvaluationPool) -> None:
+        """Evaluates the rest of the current batch on the pool; the results wait in ``ready``."""
+        run = self.run
+        count = self.settings.scenes_per_evaluation
+        done = len(self.rewards[-1])
+        points = self.batches[-1][done:done + self._evaluations_left(count)]
+        jobs = [self.draw(point, run.images + i * count) for i, point in enumerate(points)]
+        start = time.perf_counter()
+        results = pool.evaluate(jobs)
+        # The batch's wall time, split between the phases as the workers spent theirs: the
+        # phases still add up to the run's seconds.
+        wall = time.perf_counter() - start
+        spent = {phase: sum(r.seconds.get(phase, 0.0) for r in results) for phase in run.seconds}
+        total = sum(spent.values())
+        for phase, seconds in spent.items():
+            run.seconds[phase] += wall * seconds / total if total > 0 else 0.0
+        if total <= 0:
+            run.seconds["train"] += wall
+        self.ready = [(r.row, r.model_state, r.psi) for r in results]
+
+    def _next_result(self, point: Point) -> tuple[dict[str, Any], dict[str, torch.Tensor] | torch.nn.Module, Psi]:
+        # Results already evaluated come first, whatever the executor is now (a resumed run may
+        # have changed it): the draws that made them are behind the run's generator.
+        if not self.ready:
+            pool = self._pool()
+            if pool is None:
+                return self.evaluate(point)
+            self._evaluate_batch(pool)
+        row, state, psi = self.ready.pop(0)
+        if row.get("point") != point:  # cannot happen: results are kept in the batch's order
+            raise RuntimeError(f"{type(self).__name__}: a parallel result is for {row.get('point')}, not {point}")
+        self.run.images += self.settings.scenes_per_evaluation
+        return dict(row), state, psi
 
     def step(self, iteration: int) -> dict[str, Any]:
         point = self._next_point()
-        row, model, psi = self.evaluate(point)
+        row, model, psi = self._next_result(point)
         reward = row["val_metric"]
         self.rewards[-1].append(float(reward))
         if reward > self.best:
@@ -492,7 +576,7 @@ class _BlackBox(ABC):
             # (validation and test metrics), psi.json and `autosim generate` all use them.
             self.best = float(reward)
             assert self.run.model is not None
-            self.run.model.load_state_dict(model.state_dict())
+            self.run.model.load_state_dict(model if isinstance(model, dict) else model.state_dict())
             with torch.no_grad():
                 for k, v in psi.items():
                     self.run.psi[k].copy_(v)
@@ -501,8 +585,16 @@ class _BlackBox(ABC):
         row["batch"] = len(self.batches)
         return row
 
+    def close(self) -> None:
+        if self._evaluation_pool is not None:
+            self._evaluation_pool.shutdown()
+            self._evaluation_pool = None
+
     def state_dict(self) -> dict[str, Any]:
-        return {"batches": self.batches, "rewards": self.rewards, "best": self.best}
+        # Results evaluated in parallel but not yet reported: the random draws that made them
+        # are behind the checkpoint's generator, so a resumed run must not evaluate them again.
+        return {"batches": self.batches, "rewards": self.rewards, "best": self.best,
+                "ready": [{"row": row, "model": state, "psi": psi} for row, state, psi in self.ready]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.proposer = self.make_proposer(self.run.config.seed)
@@ -517,6 +609,7 @@ class _BlackBox(ABC):
             if len(rewards) == len(batch):
                 self.proposer.observe(batch, list(rewards))
         self.best = float(state["best"])
+        self.ready = [(r["row"], r["model"], r["psi"]) for r in state.get("ready", [])]
 
 
 class RandomSearch(_BlackBox):

@@ -71,6 +71,7 @@ def run(
         for line in exc.lines:
             typer.echo(f"error: {line}" if line.startswith(str(config)) else f"error: {config}: {line}", err=True)
         raise typer.Exit(2) from None
+    from .evaluations import EvaluationError
     from .executors import RenderError
     from .run import DamagedHistoryError, NonFiniteError
 
@@ -79,7 +80,7 @@ def run(
     except (FileExistsError, FileNotFoundError, NonFiniteError, DamagedHistoryError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
-    except RenderError as exc:  # a scene that failed after every retry: the message says how to resume
+    except (RenderError, EvaluationError) as exc:  # failed after every retry: the message says how to resume
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
     finally:

@@ -82,7 +82,8 @@ class Training(_Strict):
 
 
 class Executor(_Strict):
-    """Where scenes are rendered: in the run's process, in local worker processes, or on Ray.
+    """Where scenes are rendered (and a black-box searcher's evaluations run): in the run's
+    process, in local worker processes, or on Ray.
 
     The run samples every scene (and its render seed) itself and hands the executor whole
     records, so the same seeds give the same images whichever executor renders them.
@@ -94,7 +95,8 @@ class Executor(_Strict):
         "demand, or on the cluster at `address` (pip install 'autosim-core[ray]')")
     workers: int | None = Field(None, ge=1, description="worker processes / concurrent Ray tasks (default: "
                                 "the CPUs of this machine, or of the Ray cluster); the scenes of a batch are "
-                                "split into one contiguous chunk per worker")
+                                "split into one contiguous chunk per worker, and a black-box searcher's "
+                                "batch of evaluations runs one evaluation per worker")
     render_timeout: float | None = Field(None, gt=0, description="seconds a worker may spend on one chunk "
                                          "before it is killed and the chunk retried (processes and ray; an "
                                          "inline render cannot be interrupted)")

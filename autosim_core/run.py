@@ -59,7 +59,8 @@ class Searcher(Protocol):
     The class is constructed with the run and its validated settings; ``step`` performs one
     iteration (AutoSimulate) or one objective evaluation (black-box searchers) and returns the
     fields of its history row (``val_loss``, ``val_metric``, ``psi`` and anything else); the run
-    adds ``iteration``, ``images`` and the ``seconds`` fields.
+    adds ``iteration``, ``images`` and the ``seconds`` fields. A searcher holding workers may
+    define ``close()``, which the run calls when it stops.
     """
 
     settings_model: type[BaseModel] | None
@@ -369,7 +370,11 @@ class Run:
 
         self.device = resolve_device(config.training.device)
         self._executor: Executor | None = None
-        self.simulator_target = registry.targets["simulators"].get(config.simulator.name)
+        self.plugin_targets = {kind: registry.targets[kind].get(name) for kind, name in (
+            ("simulators", config.simulator.name), ("tasks", config.task.name),
+            ("estimators", config.estimator.name), ("searchers", config.searcher.name))}
+        """Where worker processes import this run's plugins (None: not from an entry point)."""
+        self.simulator_target = self.plugin_targets["simulators"]
         self.events: list[dict[str, Any]] = []
         """Faults recovered from (render retries), in order; see ``record_event``."""
         self.history_events = False
@@ -477,7 +482,13 @@ class Run:
     def render(self, space: ParameterSpace, psi: Psi, count: int, generator: torch.Generator,
                ids: list[Any], sampler: Sampler | None = None) -> tuple[SceneBatch, list[Example]]:
         """Sample ``count`` scenes from q_psi (by the simulator's ``sample`` hook unless a
-        ``sampler`` is given) and render each once, on the run's executor.
+        ``sampler`` is given) and render each once, on the run's executor."""
+        scenes = self.sample_scenes(space, psi, count, generator, ids, sampler)
+        return scenes, self.render_records(scenes.records)
+
+    def sample_scenes(self, space: ParameterSpace, psi: Psi, count: int, generator: torch.Generator,
+                      ids: list[Any], sampler: Sampler | None = None) -> SceneBatch:
+        """``count`` scenes from q_psi, each record given its ``id`` and render ``seed``.
 
         Scenes and their render seeds are drawn here, in the run's process, so the images do
         not depend on the executor or on which worker renders which scene.
@@ -488,15 +499,17 @@ class Run:
         for record, scene_id, seed in zip(scenes.records, ids, seeds, strict=True):
             record["id"] = scene_id
             record["seed"] = seed
+        return scenes
+
+    def render_records(self, records: list[dict[str, Any]]) -> list[Example]:
+        """Render sampled scene records on the run's executor (retrying failed workers)."""
         try:
-            examples = self.executor.render(scenes.records, self.simulator_ref(), self._render_here,
-                                            on_retry=self.record_event)
+            return self.executor.render(records, self.simulator_ref(), self._render_here, on_retry=self.record_event)
         except RenderError as exc:
-            raise RenderError(f"{exc}; {self._resume_hint()}", exc.scene, exc.attempts, exc.reason) from exc.__cause__
+            raise RenderError(f"{exc}; {self.resume_hint()}", exc.scene, exc.attempts, exc.reason) from exc.__cause__
         except ExampleCountError as exc:
             raise RuntimeError(f"simulator {self.config.simulator.name!r} returned {exc.returned} examples for "
                                f"{exc.scenes} scenes") from None
-        return scenes, examples
 
     def _render_here(self, records: list[dict[str, Any]]) -> list[Example]:
         return self.pm.hook.render(scenes=records, settings=self.sim_settings)
@@ -521,7 +534,7 @@ class Run:
         data = settings.model_dump(mode="json") if isinstance(settings, BaseModel) else settings
         return SimulatorRef(name, target, data, tuple(sys.path))
 
-    def _resume_hint(self) -> str:
+    def resume_hint(self) -> str:
         checkpoint = self.out_dir / CHECKPOINT
         if checkpoint.exists():
             return (f"the run stopped; its last checkpoint is {checkpoint}: continue it with "
@@ -529,13 +542,15 @@ class Run:
         return f"the run stopped before its first checkpoint ({self.out_dir})"
 
     def record_event(self, event: dict[str, Any]) -> None:
-        """A fault the run recovered from (a render retry): kept in ``events`` and, while the run
+        """A fault the run recovered from (a render or evaluation retry): kept in ``events`` and, while the run
         executes, appended to ``history.jsonl`` as its own line (``event`` names its kind; rows of
         iterations have no ``event`` key)."""
         row = {"iteration": self.iteration, **event}
         self.events.append(row)
-        logging.getLogger("autosim").warning("retrying scenes %s (attempt %s of %s): %s", event.get("scenes"),
-                                             event.get("attempt"), event.get("retries"), event.get("reason"))
+        what = (f"scenes {event['scenes']}" if "scenes" in event else
+                f"the evaluations of points {event.get('points')}")
+        logging.getLogger("autosim").warning("retrying %s (attempt %s of %s): %s", what, event.get("attempt"),
+                                             event.get("retries"), event.get("reason"))
         if self.history_events:
             with (self.out_dir / HISTORY).open("a") as history:
                 history.write(json.dumps(row, default=str) + "\n")
@@ -656,20 +671,28 @@ class Run:
         return hvp_operator(mean_loss, theta)
 
     def fine_tune(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: Batch,
-                  epochs: int | None = None) -> float:
-        """epsilon epochs of minibatch training on ``batch``; returns the last epoch's mean loss."""
+                  epochs: int | None = None, orders: list[torch.Tensor] | None = None) -> float:
+        """epsilon epochs of minibatch training on ``batch``; returns the last epoch's mean loss.
+
+        Each epoch visits the examples in a random order drawn from the run's generator, or in
+        the given ``orders`` (one per epoch; see ``epoch_orders``)."""
         t = self.config.training
         model.train()
         last: list[float] = []
         with self.timed("train"):
-            for _ in range(epochs or t.epochs):
+            for epoch in range(len(orders) if orders is not None else epochs or t.epochs):
                 last = []
-                order = torch.randperm(len(batch), generator=self.generator)
+                order = orders[epoch] if orders is not None else torch.randperm(len(batch), generator=self.generator)
                 for start in range(0, len(batch), t.batch_size):
                     minibatch = batch.select(order[start:start + t.batch_size])
                     last.append(self.pm.hook.train_step(model=model, batch=minibatch, optimizer=optimizer,
                                                         loss_fn=self.losses, settings=self.task_settings))
         return sum(last) / max(len(last), 1)
+
+    def epoch_orders(self, count: int, epochs: int | None = None) -> list[torch.Tensor]:
+        """The orders ``fine_tune`` would draw for ``epochs`` epochs on ``count`` examples, drawn
+        now: training elsewhere (a worker) with them trains as this process would have."""
+        return [torch.randperm(count, generator=self.generator) for _ in range(epochs or self.config.training.epochs)]
 
     def validation_pass(self, model: torch.nn.Module) -> ValidationPass:
         """Loss, metrics and gradient on the validation set at the model's current theta.
@@ -957,6 +980,9 @@ class Run:
                         f"those of the last good step (max_nonfinite = {max_nonfinite})")
         finally:
             history.close()
+            close_searcher = getattr(searcher, "close", None)
+            if close_searcher is not None:
+                close_searcher()
 
         summary = self.summarize(best, setup_seconds)
         self._write_json("summary.json", summary)
