@@ -19,6 +19,7 @@ answer is never read, so no image is lost or counted twice.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib
 import importlib.util
@@ -35,6 +36,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import Any
+
+import numpy as np
+import torch
 
 from .config import Executor as ExecutorSettings
 from .records import Example
@@ -121,6 +125,51 @@ def _load(ref: SimulatorRef) -> tuple[Any, Any]:
     found = (pm, settings)
     _LOADED[ref.key] = found
     return found
+
+
+# ----------------------------------------------------------------- examples on the wire ---
+@dataclass(frozen=True)
+class WireTensor:
+    """A CPU tensor as a numpy array while it travels from a worker to the run.
+
+    Pickling a tensor writes its storage through ``torch.save`` (a zip archive per tensor),
+    which costs about a millisecond per example; a numpy array pickles as one out-of-band buffer
+    (protocol 5), and Ray's object store hands it to the run without copying it."""
+
+    array: np.ndarray
+
+
+def to_wire(value: Any) -> Any:
+    """``value`` (examples, or the dicts and lists in them) with its CPU tensors as WireTensors."""
+    if isinstance(value, torch.Tensor):
+        if value.device.type != "cpu" or value.layout != torch.strided or value.requires_grad:
+            return value
+        try:
+            return WireTensor(value.resolve_conj().resolve_neg().numpy())
+        except (TypeError, RuntimeError):  # a dtype numpy lacks (bfloat16): torch pickles it
+            return value
+    if isinstance(value, Example):
+        return dataclasses.replace(value, **{f.name: to_wire(getattr(value, f.name))
+                                             for f in dataclasses.fields(value) if f.init})
+    if type(value) is dict:
+        return {k: to_wire(v) for k, v in value.items()}
+    if type(value) in (list, tuple):
+        return type(value)(to_wire(v) for v in value)
+    return value
+
+
+def from_wire(value: Any) -> Any:
+    """The inverse of ``to_wire``: tensors in the run's own (writable) memory."""
+    if isinstance(value, WireTensor):
+        return torch.from_numpy(np.array(value.array, copy=True))
+    if isinstance(value, Example):
+        return dataclasses.replace(value, **{f.name: from_wire(getattr(value, f.name))
+                                             for f in dataclasses.fields(value) if f.init})
+    if type(value) is dict:
+        return {k: from_wire(v) for k, v in value.items()}
+    if type(value) in (list, tuple):
+        return type(value)(from_wire(v) for v in value)
+    return value
 
 
 def render_chunk(ref: SimulatorRef, records: list[dict[str, Any]]) -> list[Example]:
@@ -288,8 +337,6 @@ job (starting a process, importing torch and the plugin): ``render_timeout`` is 
 def _worker_main(conn: Connection, threads: int) -> None:
     """A worker process: render each chunk it receives until told to stop (None) or orphaned.
     It answers ``("started", None)`` once the simulator is loaded, then the result."""
-    import torch
-
     torch.set_num_threads(threads)
     while True:
         try:
@@ -303,7 +350,7 @@ def _worker_main(conn: Connection, threads: int) -> None:
         try:
             _load(ref)
             conn.send_bytes(pickle.dumps(("started", None)))
-            reply: tuple[str, Any] = ("ok", render_chunk(ref, records))
+            reply: tuple[str, Any] = ("ok", to_wire(render_chunk(ref, records)))
         except Exception as exc:
             reply = ("error", _error_text(exc))
         try:
@@ -406,7 +453,7 @@ class ProcessExecutor(Executor):
                         continue
                     answered = True
                     if status == "ok":
-                        examples = payload
+                        examples = from_wire(payload)
                     else:
                         reason = str(payload)
             except (EOFError, OSError):
@@ -473,7 +520,7 @@ class RenderActor:
         return True
 
     def render(self, ref: SimulatorRef, records: list[dict[str, Any]]) -> list[Example]:
-        return render_chunk(ref, records)
+        return to_wire(render_chunk(ref, records))
 
 
 @dataclass
@@ -610,7 +657,7 @@ class RayExecutor(Executor):
             assert chunk is not None
             if actor.task in done:
                 try:
-                    out.append((chunk, ray.get(actor.task), None))
+                    out.append((chunk, from_wire(ray.get(actor.task)), None))
                     actor.chunk = actor.task = None
                 except ray.exceptions.RayTaskError as exc:
                     cause = exc.cause if isinstance(getattr(exc, "cause", None), BaseException) else exc

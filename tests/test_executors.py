@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -192,3 +193,23 @@ def test_retry_lines_survive_a_resume_once(tmp_path: Path, monkeypatch: pytest.M
     assert calm.model is not None and resumed.model is not None
     for name, value in calm.model.state_dict().items():
         assert torch.equal(value, resumed.model.state_dict()[name]), name
+
+
+def test_examples_travel_as_numpy_and_come_back_equal() -> None:
+    from autosim_core.executors import WireTensor, from_wire, to_wire
+    from autosim_core.records import Example
+
+    image = torch.rand(3, 4, 5)
+    example = Example(image=image[:, ::2], mask=torch.arange(20).view(4, 5), label=1,
+                      target=torch.tensor([1.5, -2.0], dtype=torch.float64),
+                      objects=[{"box": torch.tensor([1.0, 2.0, 3.0, 4.0]), "category": "cube"}],
+                      scene={"id": 7, "seed": 3, "half": torch.ones(2, dtype=torch.bfloat16)})
+    wire = to_wire([example])
+    assert isinstance(wire[0].image, WireTensor) and isinstance(wire[0].objects[0]["box"], WireTensor)
+    assert isinstance(wire[0].scene["half"], torch.Tensor)  # numpy has no bfloat16: torch pickles it
+    back = from_wire(pickle.loads(pickle.dumps(wire, protocol=5)))[0]
+    for got, want in ((back.image, example.image), (back.mask, example.mask), (back.target, example.target),
+                      (back.objects[0]["box"], example.objects[0]["box"]), (back.scene["half"], example.scene["half"])):
+        assert got.dtype == want.dtype and torch.equal(got, want)
+    assert back.label == 1 and back.scene["id"] == 7 and back.objects[0]["category"] == "cube"
+    back.image += 1  # the run's own memory, writable
