@@ -178,7 +178,7 @@ def bench(session: nox.Session) -> None:
     _install(session, ("-e", ".[test,baselines,ray]"), ("-e", "plugins/autosim_clevr[blender]"), UNET, YOLO, ARNOLD)
     os.makedirs("bench-results", exist_ok=True)
     session.run("python", "benchmarks/core.py", "--out", "bench-results/core.json")
-    session.run("python", "benchmarks/executors.py", "--out", "bench-results/executors.json",
+    session.run("python", "benchmarks/executors.py", "--out", "bench-results/executors.json", "--blackbox",
                 env={"RAY_AUTH_MODE": "disabled", "RAY_TMPDIR": f"/tmp/ray-{os.getpid()}"})
     session.run("python", "plugins/autosim_clevr/bench.py", "--out", "bench-results/clevr.json")
     # The sizes of examples/clevr_unet.toml: 64x64 images, K = 32, 64 validation images.

@@ -5,7 +5,11 @@ Each executor first renders one batch (workers start and load the simulator: rep
 ``startup_seconds``), then ``--repeat`` batches of ``--images`` scenes, the same scenes for
 every executor; the best batch gives the images per second. The JSON ends with projections of
 ``--project-images`` images on ``--project-cores`` cores from these costs (``project``).
-Writes JSON (``--out``).
+
+``--blackbox`` adds a random search (shapes + YOLOv3-tiny, one batch of ``--blackbox-batch``
+evaluations, each rendering ``--blackbox-images`` scenes and training a fresh detector) run
+inline and with its evaluations on 2 worker processes: the wall seconds of each and whether
+the two runs' rows are equal. Writes JSON (``--out``).
 """
 
 from __future__ import annotations
@@ -59,6 +63,41 @@ def measure(executor: dict[str, Any], images: int, repeat: int, image_size: int,
             "images_per_second": images / best, "seconds_per_image": best / images, "checksum": checksum}
 
 
+def blackbox_config(executor: dict[str, Any], image_size: int, batch: int, images: int,
+                    cache: Path) -> dict[str, Any]:
+    return {
+        "seed": 0,
+        "simulator": {"name": "shapes", "settings": {"image_size": image_size}},
+        "task": {"name": "yolo", "settings": {"variant": "tiny", "input_size": image_size, "width": 0.25}},
+        "searcher": {"name": "random", "settings": {"batch": batch, "scenes_per_evaluation": images, "epochs": 8}},
+        "training": {"device": "cpu", "batch_size": 16, "lr": 0.003},
+        "budget": {"iterations": batch},
+        "validation": {"preset": "target", "count": 32, "seed": 1001},
+        "executor": executor,
+        "cache_dir": str(cache),
+    }
+
+
+def measure_blackbox(image_size: int, batch: int, images: int, folder: Path) -> dict[str, Any]:
+    """One batch of random-search evaluations inline and on 2 worker processes (the validation
+    set is rendered into the cache first, so neither run pays for it)."""
+    results: dict[str, Any] = {}
+    rows: dict[str, list[Any]] = {}
+    for name, executor in (("inline", {"kind": "inline"}), ("processes-2", {"kind": "processes", "workers": 2})):
+        run = Run(parse_config(blackbox_config(executor, image_size, batch, images, folder / "cache")), folder / name)
+        if name == "inline":
+            run.load_data("validation")
+        start = time.perf_counter()
+        run.execute()
+        run.close()
+        results[name] = {"wall_seconds": time.perf_counter() - start}
+        history = [json.loads(line) for line in (folder / name / "history.jsonl").read_text().splitlines()]
+        rows[name] = [(r["point"], r["val_metric"], r["train_loss"]) for r in history if "event" not in r]
+    return {"evaluations": batch, "images_per_evaluation": images, "image_size": image_size, **results,
+            "speedup": results["inline"]["wall_seconds"] / results["processes-2"]["wall_seconds"],
+            "same_rows": rows["inline"] == rows["processes-2"]}
+
+
 def project(results: dict[str, dict[str, Any]], total_images: int, cores: int,
             render_seconds: float | None = None) -> dict[str, Any]:
     """Seconds to render ``total_images`` on ``cores`` Ray workers: the render cost per image
@@ -86,6 +125,9 @@ def main() -> None:
     parser.add_argument("--project-render-seconds", type=float, default=2.0,
                         help="a slower renderer's seconds per image for the second projection (Cycles-like)")
     parser.add_argument("--no-ray", action="store_true", help="skip Ray (where it is not installed)")
+    parser.add_argument("--blackbox", action="store_true", help="also time black-box evaluations on 2 workers")
+    parser.add_argument("--blackbox-batch", type=int, default=4)
+    parser.add_argument("--blackbox-images", type=int, default=128)
     args = parser.parse_args()
     torch.set_num_threads(1)
 
@@ -108,6 +150,8 @@ def main() -> None:
                 results[name] = measure(executor, args.images, args.repeat, args.image_size, Path(tmp) / name)
                 print(f"{name}: {results[name]['images_per_second']:.1f} images/s "
                       f"(start {results[name]['startup_seconds']:.1f} s)", flush=True)
+            blackbox = (measure_blackbox(args.image_size, args.blackbox_batch, args.blackbox_images,
+                                         Path(tmp) / "blackbox") if args.blackbox else None)
     finally:
         if ray_started:
             import ray
@@ -129,12 +173,13 @@ def main() -> None:
         "projection": project(results, args.project_images, args.project_cores),
         "projection_slow_renderer": project(results, args.project_images, args.project_cores,
                                             args.project_render_seconds),
+        "blackbox_evaluations": blackbox,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps({k: report[k] for k in ("same_images_everywhere", "checksum_difference_vs_inline",
                                              "time_vs_inline", "projection",
-                                             "projection_slow_renderer")}, indent=2))
+                                             "projection_slow_renderer", "blackbox_evaluations")}, indent=2))
 
 
 if __name__ == "__main__":
