@@ -3,6 +3,11 @@ Cycles) + YOLOv3-tiny, every method under the same image budget, over several se
 
     python benchmarks/detection.py --out bench-results/detection [--seeds 2] [--budget-images 320] [--jobs 2]
     python benchmarks/detection.py --out /tmp/detection-smoke --smoke     # 1 seed, 2 iterations, tiny sets
+    python benchmarks/detection.py --out bench-results/detection-pretrained --pretrain-images 640
+
+``--pretrain-images N`` starts every detector (each method, each seed) from one trained on N
+renders of the uniform start for ``--pretrain-epochs`` epochs (YOLO-tiny, and YOLO-spp for its
+ablation), made once into OUT/pretrained-<variant>.pt: the paper's detectors start pretrained.
 
 Every (method, seed) runs through ``autosim run`` into OUT/<method>/seed-<i> (finished runs are
 skipped, interrupted ones resumed), ``--jobs`` at a time with Cycles and torch on one thread
@@ -124,6 +129,44 @@ def configs(smoke: bool) -> dict[str, dict[str, Any]]:
     return out
 
 
+PRETRAIN_SEED = 4242
+"""Seed of the pretraining renders: apart from the methods' seeds (0, 1, ...) and the sets'."""
+
+
+def pretrain(out: Path, images: int, epochs: int, variants: set[str]) -> dict[str, Any]:
+    """A detector of each variant trained on ``images`` renders of the uniform start (the paper's
+    detectors start pretrained; nothing can be downloaded here, so they start from the simulator's
+    generic output): OUT/pretrained-<variant>.pt, made once and reused on a rerun."""
+    import torch
+
+    from autosim_core.config import parse_config
+    from autosim_core.run import Run
+
+    files = {v: out / f"pretrained-{v}.pt" for v in sorted(variants)}
+    seconds: dict[str, float] = {}
+    missing = [v for v, f in files.items() if not f.exists()]
+    if missing:
+        config = copy.deepcopy(BASE)
+        config.update(seed=PRETRAIN_SEED, searcher={"name": "fixed"}, budget={"iterations": 1})
+        config["simulator"]["settings"]["threads"] = os.cpu_count() or 1
+        torch.set_num_threads(os.cpu_count() or 1)
+        renderer = Run(parse_config(config), out / "pretrain")
+        start = time.perf_counter()
+        _, batch = renderer.render_training(renderer.space.init_psi(), images)
+        seconds["render"] = time.perf_counter() - start
+        for variant in missing:
+            config["task"] = {"name": "yolo", "settings": {**BASE["task"]["settings"], "variant": variant}}
+            trainer = Run(parse_config(config), out / "pretrain")
+            model = trainer.create_model()
+            start = time.perf_counter()
+            loss = trainer.fine_tune(model, trainer.create_model_optimizer(model), batch, epochs=epochs)
+            seconds[f"train_{variant}"] = time.perf_counter() - start
+            torch.save(model.state_dict(), files[variant])
+            print(f"pretrained {variant}: {images} images, {epochs} epochs, last loss {loss:.3f}", flush=True)
+    return {"images": images, "epochs": epochs, "seed": PRETRAIN_SEED, "seconds": seconds,
+            "files": {v: str(f) for v, f in files.items()}}
+
+
 def useful_mass(run_dir: Path) -> float | None:
     """Probability the run's final psi puts on the cells most like the target domain."""
     from autosim_arnold.params import ArnoldSettings, cells, useful_cells
@@ -161,6 +204,9 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=2, help="runs at a time")
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     ap.add_argument("--smoke", action="store_true", help="1 seed, 32 images (2 iterations), 8-image sets")
+    ap.add_argument("--pretrain-images", type=int, default=0,
+                    help="start every detector from one trained on this many uniform renders (0: from scratch)")
+    ap.add_argument("--pretrain-epochs", type=int, default=20)
     args = ap.parse_args()
     if args.smoke:
         args.seeds = 1
@@ -170,15 +216,22 @@ def main() -> None:
     import tomli_w
 
     (args.out / "configs").mkdir(parents=True, exist_ok=True)
+    wall_start = time.perf_counter()
+    pretrained = None
+    if args.pretrain_images:
+        variants = {all_configs[name]["task"]["settings"]["variant"] for name in args.methods}
+        pretrained = pretrain(args.out.resolve(), args.pretrain_images, args.pretrain_epochs, variants)
     paths = []
     for name in args.methods:
         config = copy.deepcopy(all_configs[name])
         config["budget"] = {"images": budget}
+        if pretrained is not None:
+            settings = config["task"]["settings"]
+            settings["weights"] = pretrained["files"][settings["variant"]]
         path = args.out / "configs" / f"{name}.toml"
         path.write_text(f"# {name}: written by benchmarks/detection.py\n" + tomli_w.dumps(config))
         paths.append(path)
 
-    wall_start = time.perf_counter()
     render_evaluation_sets(copy.deepcopy(all_configs["fixed_uniform"]), args.out / "evaluation-sets")
     (args.out / "logs").mkdir(parents=True, exist_ok=True)
     jobs = []
@@ -210,6 +263,7 @@ def main() -> None:
                "processor": platform.processor() or platform.machine(), "jobs": args.jobs}
     (args.out / "detection.json").write_text(json.dumps(
         {"machine": machine, "seeds": args.seeds, "budget_images": budget, "wall_seconds": wall,
+         "pretrained": pretrained,
          "useful_cell_mass": masses}, indent=2) + "\n")
     comparison = (args.out / "comparison.md").read_text()
     (args.out / "detection.md").write_text(comparison + "\n" + table)
