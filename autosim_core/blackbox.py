@@ -472,8 +472,10 @@ class _BlackBox(ABC):
         self.batches: list[list[Point]] = []
         self.rewards: list[list[float]] = []
         self.best = -math.inf
-        self.ready: list[tuple[dict[str, Any], dict[str, torch.Tensor], Psi]] = []
-        """Evaluations of the current batch done in parallel, not yet reported by a step."""
+        self.ready: list[tuple[dict[str, Any], dict[str, torch.Tensor], Psi, torch.Tensor]] = []
+        """Evaluations of the current batch done in parallel, not yet reported by a step: row,
+        model state, psi, and the run's generator state just after the evaluation's draws."""
+        self._generator_after: torch.Tensor | None = None
         self._evaluation_pool: EvaluationPool | None = None
 
     @abstractmethod
@@ -538,7 +540,10 @@ class _BlackBox(ABC):
         count = self.settings.scenes_per_evaluation
         done = len(self.rewards[-1])
         points = self.batches[-1][done:done + self._evaluations_left(count)]
-        jobs = [self.draw(point, run.images + i * count) for i, point in enumerate(points)]
+        jobs, after = [], []
+        for i, point in enumerate(points):
+            jobs.append(self.draw(point, run.images + i * count))
+            after.append(run.generator.get_state())
         start = time.perf_counter()
         results = pool.evaluate(jobs)
         # The batch's wall time, split between the phases as the workers spent theirs: the
@@ -550,7 +555,7 @@ class _BlackBox(ABC):
             run.seconds[phase] += wall * seconds / total if total > 0 else 0.0
         if total <= 0:
             run.seconds["train"] += wall
-        self.ready = [(r.row, r.model_state, r.psi) for r in results]
+        self.ready = [(r.row, r.model_state, r.psi, state) for r, state in zip(results, after, strict=True)]
 
     def _next_result(self, point: Point) -> tuple[dict[str, Any], dict[str, torch.Tensor] | torch.nn.Module, Psi]:
         # Results already evaluated come first, whatever the executor is now (a resumed run may
@@ -560,11 +565,20 @@ class _BlackBox(ABC):
             if pool is None:
                 return self.evaluate(point)
             self._evaluate_batch(pool)
-        row, state, psi = self.ready.pop(0)
+        row, state, psi, self._generator_after = self.ready.pop(0)
         if row.get("point") != point:  # cannot happen: results are kept in the batch's order
             raise RuntimeError(f"{type(self).__name__}: a parallel result is for {row.get('point')}, not {point}")
         self.run.images += self.settings.scenes_per_evaluation
         return dict(row), state, psi
+
+    def drop_results_ahead(self) -> None:
+        """After a skipped step (NaN): the results evaluated ahead were drawn after the skipped
+        one's draws, where the one-at-a-time run's retry draws; they are dropped and the random
+        stream goes back to just after the skipped evaluation's draws, as that run's would be."""
+        if self._generator_after is not None:
+            self.run.generator.set_state(self._generator_after)
+        self.ready = []
+        self._generator_after = None
 
     def step(self, iteration: int) -> dict[str, Any]:
         point = self._next_point()
@@ -594,7 +608,8 @@ class _BlackBox(ABC):
         # Results evaluated in parallel but not yet reported: the random draws that made them
         # are behind the checkpoint's generator, so a resumed run must not evaluate them again.
         return {"batches": self.batches, "rewards": self.rewards, "best": self.best,
-                "ready": [{"row": row, "model": state, "psi": psi} for row, state, psi in self.ready]}
+                "ready": [{"row": row, "model": state, "psi": psi, "generator_after": after}
+                          for row, state, psi, after in self.ready]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.proposer = self.make_proposer(self.run.config.seed)
@@ -609,7 +624,7 @@ class _BlackBox(ABC):
             if len(rewards) == len(batch):
                 self.proposer.observe(batch, list(rewards))
         self.best = float(state["best"])
-        self.ready = [(r["row"], r["model"], r["psi"]) for r in state.get("ready", [])]
+        self.ready = [(r["row"], r["model"], r["psi"], r["generator_after"]) for r in state.get("ready", [])]
 
 
 class RandomSearch(_BlackBox):

@@ -60,7 +60,8 @@ class Searcher(Protocol):
     iteration (AutoSimulate) or one objective evaluation (black-box searchers) and returns the
     fields of its history row (``val_loss``, ``val_metric``, ``psi`` and anything else); the run
     adds ``iteration``, ``images`` and the ``seconds`` fields. A searcher holding workers may
-    define ``close()``, which the run calls when it stops.
+    define ``close()``, which the run calls when it stops, and one that computes results ahead
+    of its steps ``drop_results_ahead()``, called after a step is skipped (NaN).
     """
 
     settings_model: type[BaseModel] | None
@@ -909,6 +910,9 @@ class Run:
         streams move on, so that the next step draws new scenes."""
         state = torch.load(self.out_dir / CHECKPOINT, weights_only=True)
         self._load_step_state(state, searcher, optimizer)
+        drop_results_ahead = getattr(searcher, "drop_results_ahead", None)
+        if drop_results_ahead is not None:
+            drop_results_ahead()
         self.nonfinite_in_row += 1
 
     def execute(self, resume: bool = False) -> dict[str, Any]:

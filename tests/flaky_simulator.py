@@ -27,6 +27,7 @@ class FlakySettings(BaseModel):
     raise_on: list[int] = Field(default_factory=list, description="scene ids whose render raises")
     crash_on: list[int] = Field(default_factory=list, description="scene ids whose render kills the process")
     hang_on: list[int] = Field(default_factory=list, description="scene ids whose render never returns")
+    nan_on: list[int] = Field(default_factory=list, description="scene ids rendered as NaN points")
     fail_times: int = Field(1, ge=0, description="failures per chosen scene before it renders")
 
 
@@ -62,6 +63,8 @@ class FlakySimulator:
                 time.sleep(3600)
             gen = torch.Generator().manual_seed(int(scene["seed"]))
             point = torch.randn(2, generator=gen) + torch.tensor([float(scene["x"]), 0.0])
+            if sid in settings.nan_on and _fail_now(settings.marker_dir, "nan", sid, settings.fail_times):
+                point = torch.full_like(point, float("nan"))
             out.append(Example(image=point, label=int(scene["seed"]) % 2, scene=scene))
         return out
 

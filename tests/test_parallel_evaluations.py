@@ -149,3 +149,17 @@ def test_a_worker_dying_past_the_retries_stops_the_run(tmp_path: Path) -> None:
     with pytest.raises(EvaluationError, match=r"the worker process evaluating point \{'x.mean': .*\} died "
                                               r"2 time\(s\) .*its last checkpoint is"):
         run.execute()
+
+
+def test_a_skipped_evaluation_is_redrawn_as_one_at_a_time(tmp_path: Path) -> None:
+    """Scene 2's NaN spoils the first evaluation of a parallel batch: the step is skipped, the
+    results evaluated ahead are dropped and the point is evaluated again from the draws the
+    inline run uses for its retry, so both runs agree row for row, the skipped row included."""
+    flaky_searcher_run(tmp_path / "parallel", nan_on=[2]).execute()
+    inline = flaky_searcher_run(tmp_path / "inline", nan_on=[2])
+    inline.config.executor.kind = "inline"
+    inline.execute()
+    parallel_rows = rows_of(tmp_path / "parallel" / "run")
+    assert parallel_rows[0]["skipped"].startswith("non-finite: train_loss is nan")
+    assert parallel_rows[1]["point"] == parallel_rows[0]["point"]  # the same point, evaluated again
+    assert_same(outcome(tmp_path / "inline" / "run"), outcome(tmp_path / "parallel" / "run"))
