@@ -1,5 +1,6 @@
 """Rendering throughput of the executors: inline against local worker processes and Ray with 1
-and 2 workers, on the ``shapes`` simulator of autosim-yolo (128 px images by default).
+and 2 workers, on the ``shapes`` simulator of autosim-yolo (128 px images by default) or another
+(``--simulator arnold --simulator-settings '{"threads": 1}'``: Blender Cycles).
 
 Each executor first renders one batch (workers start and load the simulator: reported as
 ``startup_seconds``), then ``--repeat`` batches of ``--images`` scenes, the same scenes for
@@ -29,10 +30,11 @@ from autosim_core.config import parse_config
 from autosim_core.run import Run
 
 
-def make_run(executor: dict[str, Any], image_size: int, folder: Path) -> Run:
+def make_run(executor: dict[str, Any], image_size: int, folder: Path, simulator: str = "shapes",
+             settings: dict[str, Any] | None = None) -> Run:
     config = {
         "seed": 0,
-        "simulator": {"name": "shapes", "settings": {"image_size": image_size}},
+        "simulator": {"name": simulator, "settings": {"image_size": image_size, **(settings or {})}},
         "task": {"name": "toy-logistic"},
         "searcher": {"name": "fixed"},
         "training": {"device": "cpu"},
@@ -42,8 +44,9 @@ def make_run(executor: dict[str, Any], image_size: int, folder: Path) -> Run:
     return Run(parse_config(config), folder)
 
 
-def measure(executor: dict[str, Any], images: int, repeat: int, image_size: int, folder: Path) -> dict[str, Any]:
-    run = make_run(executor, image_size, folder)
+def measure(executor: dict[str, Any], images: int, repeat: int, image_size: int, folder: Path,
+            simulator: str = "shapes", settings: dict[str, Any] | None = None) -> dict[str, Any]:
+    run = make_run(executor, image_size, folder, simulator, settings)
     psi = run.space.init_psi()
     try:
         start = time.perf_counter()
@@ -125,6 +128,9 @@ def main() -> None:
     parser.add_argument("--project-render-seconds", type=float, default=2.0,
                         help="a slower renderer's seconds per image for the second projection (Cycles-like)")
     parser.add_argument("--no-ray", action="store_true", help="skip Ray (where it is not installed)")
+    parser.add_argument("--simulator", default="shapes", help="the simulator rendering (default: shapes)")
+    parser.add_argument("--simulator-settings", type=json.loads, default={},
+                        help='its settings besides image_size, as JSON (e.g. \'{"threads": 1}\')')
     parser.add_argument("--blackbox", action="store_true", help="also time black-box evaluations on 2 workers")
     parser.add_argument("--blackbox-batch", type=int, default=4)
     parser.add_argument("--blackbox-images", type=int, default=128)
@@ -147,7 +153,8 @@ def main() -> None:
     try:
         with tempfile.TemporaryDirectory() as tmp:
             for name, executor in executors.items():
-                results[name] = measure(executor, args.images, args.repeat, args.image_size, Path(tmp) / name)
+                results[name] = measure(executor, args.images, args.repeat, args.image_size, Path(tmp) / name,
+                                        args.simulator, args.simulator_settings)
                 print(f"{name}: {results[name]['images_per_second']:.1f} images/s "
                       f"(start {results[name]['startup_seconds']:.1f} s)", flush=True)
             blackbox = (measure_blackbox(args.image_size, args.blackbox_batch, args.blackbox_images,
@@ -165,6 +172,7 @@ def main() -> None:
     report = {
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
                     "load_average": os.getloadavg()},
+        "simulator": args.simulator, "simulator_settings": args.simulator_settings,
         "image_size": args.image_size,
         "same_images_everywhere": len(checksums) == 1,
         "checksum_difference_vs_inline": {name: r["checksum"] - reference for name, r in results.items()},
