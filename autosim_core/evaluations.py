@@ -53,7 +53,7 @@ class EvaluationResult:
     """The worker's seconds per phase (render, train, eval) for this evaluation."""
 
 
-ERROR_LOG = "error.log"
+ERROR_LOG = "evaluation-error.log"
 """The worker's traceback of a failed evaluation, in the run's folder."""
 
 
