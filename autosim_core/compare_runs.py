@@ -76,6 +76,9 @@ def execute_run(job: RunJob, registry: Any = None) -> str | None:
 
 # ------------------------------------------------------------------------ local processes ---
 def _process_main(job: RunJob, conn: Connection, threads: int | None) -> None:
+    from .executors import blender_paths_last
+
+    blender_paths_last()
     if threads is not None:
         import torch
 
@@ -121,6 +124,9 @@ def _run_in_processes(jobs: Sequence[RunJob], workers: int, threads: int | None)
 
 # ------------------------------------------------------------------------------------ Ray ---
 def _ray_execute(job: RunJob) -> str | None:
+    from .executors import blender_paths_last
+
+    blender_paths_last()
     import torch
 
     torch.set_num_threads(1)

@@ -130,6 +130,9 @@ class _WorkerRun:
     """A worker's copy of the run: built once, then evaluates job after job."""
 
     def __init__(self, spec: WorkerSpec):
+        from .executors import blender_paths_last
+
+        blender_paths_last()
         torch.set_num_threads(spec.threads)
         for entry in spec.sys_path:
             if entry not in sys.path and os.path.isdir(entry):

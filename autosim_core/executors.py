@@ -35,6 +35,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -125,6 +126,24 @@ def _load(ref: SimulatorRef) -> tuple[Any, Any]:
     found = (pm, settings)
     _LOADED[ref.key] = found
     return found
+
+
+def blender_paths_last() -> None:
+    """Moves Blender's script folders to the end of ``sys.path`` (in a worker, before it imports
+    anything else).
+
+    A spawned process starts with its parent's ``sys.path``. Once the parent has imported the
+    ``bpy`` wheel, that path begins with Blender's own script folders (``.../bpy/5.0/scripts/...``),
+    whose pure-Python ``bpy`` package then shadows the compiled module and fails with
+    ``No module named '_bpy'``. At the end they shadow nothing, and Blender puts them back in front
+    when the worker imports ``bpy`` itself."""
+    def blender_scripts(entry: str) -> bool:
+        parts = Path(entry).parts
+        return "bpy" in parts and "scripts" in parts[parts.index("bpy"):]
+
+    moved = [entry for entry in sys.path if blender_scripts(entry)]
+    if moved:
+        sys.path[:] = [entry for entry in sys.path if entry not in moved] + moved
 
 
 # ----------------------------------------------------------------- examples on the wire ---
@@ -337,6 +356,7 @@ job (starting a process, importing torch and the plugin): ``render_timeout`` is 
 def _worker_main(conn: Connection, threads: int) -> None:
     """A worker process: render each chunk it receives until told to stop (None) or orphaned.
     It answers ``("started", None)`` once the simulator is loaded, then the result."""
+    blender_paths_last()
     torch.set_num_threads(threads)
     while True:
         try:
@@ -514,6 +534,7 @@ class RenderActor:
     """A Ray actor holding one loaded simulator (Ray's counterpart of a worker process)."""
 
     def __init__(self, ref: SimulatorRef):
+        blender_paths_last()
         _load(ref)
 
     def ready(self) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -213,3 +214,27 @@ def test_examples_travel_as_numpy_and_come_back_equal() -> None:
         assert got.dtype == want.dtype and torch.equal(got, want)
     assert back.label == 1 and back.scene["id"] == 7 and back.objects[0]["category"] == "cube"
     back.image += 1  # the run's own memory, writable
+
+
+def test_blender_script_folders_stop_shadowing_the_bpy_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker spawned by a parent that imported bpy starts with Blender's script folders first
+    on its path; moved to the end, ``bpy`` is the installed module again, not Blender's package."""
+    import importlib.machinery
+
+    from autosim_core.executors import blender_paths_last
+
+    site = tmp_path / "site-packages"
+    (site / "bpy").mkdir(parents=True)
+    (site / "bpy" / "__init__.py").write_text("")
+    scripts = site / "bpy" / "5.0" / "scripts"
+    for folder in ("startup", "modules"):
+        (scripts / folder).mkdir(parents=True)
+    (scripts / "modules" / "bpy").mkdir()
+    (scripts / "modules" / "bpy" / "__init__.py").write_text("import _bpy\n")
+    inherited = [str(scripts / "startup"), str(scripts / "modules"), "/elsewhere", str(site)]
+    monkeypatch.setattr("sys.path", list(inherited))
+    assert importlib.machinery.PathFinder.find_spec("bpy", sys.path).origin == str(scripts / "modules" / "bpy" /
+                                                                                   "__init__.py")
+    blender_paths_last()
+    assert sys.path == ["/elsewhere", str(site), str(scripts / "startup"), str(scripts / "modules")]
+    assert importlib.machinery.PathFinder.find_spec("bpy", sys.path).origin == str(site / "bpy" / "__init__.py")

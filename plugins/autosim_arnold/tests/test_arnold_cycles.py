@@ -100,3 +100,22 @@ def test_high_quality_uses_more_samples_and_is_less_noisy() -> None:
         rgb = cycles.render(spec)[0]
         error[name] = float(np.mean((np.clip(rgb, 0, 1) - np.clip(reference, 0, 1)) ** 2))
     assert error["high"] < 0.5 * error["low"], error
+
+
+def test_a_worker_renders_after_this_process_loaded_blender() -> None:
+    """Rendering here first puts Blender's script folders in front of sys.path, which a spawned
+    worker inherits; the worker must still load the bpy module and render the same images."""
+    import sys
+
+    from autosim_core.config import Executor as ExecutorSettings
+    from autosim_core.executors import SimulatorRef, make_executor
+
+    settings = ArnoldSettings(image_size=32)
+    records = [record("living:3:low", seed=9, scene_id=0), record("office:1:low", seed=10, scene_id=1)]
+    here = render_records([dict(r) for r in records], settings)
+    ref = SimulatorRef("arnold", "autosim_arnold.plugin:arnold_simulator", settings.model_dump(mode="json"),
+                       tuple(sys.path))
+    with make_executor(ExecutorSettings(kind="processes", workers=1, retries=0)) as executor:
+        there = executor.render([dict(r) for r in records], ref, lambda recs: render_records(recs, settings))
+    for a, b in zip(here, there, strict=True):
+        assert torch.equal(a.image, b.image) and torch.equal(a.mask, b.mask)
