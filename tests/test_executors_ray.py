@@ -88,15 +88,15 @@ def test_compare_on_ray_gives_the_comparison_inline_gives(tmp_path: Path, cache_
 
 
 def test_blackbox_evaluations_on_ray_equal_one_at_a_time(tmp_path: Path, cache_dir: Path, make_toy_data: Any) -> None:
-    """A random-search batch of four evaluated by two Ray actors: the inline run's rows and model."""
+    """A REINFORCE batch of four evaluated by two Ray actors: the inline run's rows and model."""
     from test_parallel_evaluations import assert_same, outcome, searcher_data
 
     from autosim_core.config import parse_config
     from autosim_core.run import Run
 
-    inline = searcher_data(make_toy_data, cache_dir, "random", 5, batch=4)
+    inline = searcher_data(make_toy_data, cache_dir, "reinforce", 5, batch=4)
     Run(parse_config(inline), tmp_path / "inline").execute()
-    on_ray = searcher_data(make_toy_data, cache_dir, "random", 5, {"kind": "ray", "workers": 2}, batch=4)
+    on_ray = searcher_data(make_toy_data, cache_dir, "reinforce", 5, {"kind": "ray", "workers": 2}, batch=4)
     Run(parse_config(on_ray), tmp_path / "ray").execute()
     assert_same(outcome(tmp_path / "inline"), outcome(tmp_path / "ray"))
     assert ray.is_initialized()  # the module's Ray: the run joined it and left it running
