@@ -414,11 +414,7 @@ def evaluate_job(run: Run, box: SearchBox, job: EvaluationJob) -> tuple[dict[str
     job's orders, score it on the validation set. Returns its history row, the model and psi."""
     space = box.space_at(job.point)
     psi = space.init_psi()
-    with run.timed("render"):
-        examples = run.render_records(job.records)
-        run.images += len(job.records)
-        run.pm.hook.on_render(run=run, examples=examples)
-        batch = run.collate(examples)
+    batch = run.render_training_records(job.records)
     model = run.create_model()
     optimizer = run.create_model_optimizer(model)
     train_loss = run.fine_tune(model, optimizer, batch, orders=job.orders)

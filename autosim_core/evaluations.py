@@ -116,10 +116,9 @@ def worker_spec(run: Run, workers: int) -> WorkerSpec:
                              f"{kind[:-1]} {names[kind]!r} (it is no module-level object); use kind = 'inline' "
                              "or workers = 1")
         targets[kind] = {names[kind]: target}
-    validation = None
-    if run.val is not None:
-        validation = Batch(run.val.inputs.cpu(), run.val.targets.cpu() if isinstance(run.val.targets, torch.Tensor)
-                           else run.val.targets)
+    from .run import _to_device
+
+    validation = None if run.val is None else _to_device(run.val, torch.device("cpu"))
     # The workers share the machine's cores; a thread count the user pinned is kept.
     pinned = os.environ.get("OMP_NUM_THREADS", "")
     threads = int(pinned) if pinned.isdigit() and int(pinned) > 0 else max(1, (os.cpu_count() or 1) // workers)

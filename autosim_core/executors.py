@@ -158,37 +158,41 @@ class WireTensor:
     array: np.ndarray
 
 
-def to_wire(value: Any) -> Any:
-    """``value`` (examples, or the dicts and lists in them) with its CPU tensors as WireTensors."""
-    if isinstance(value, torch.Tensor):
-        if value.device.type != "cpu" or value.layout != torch.strided or value.requires_grad:
-            return value
-        try:
-            return WireTensor(value.resolve_conj().resolve_neg().numpy())
-        except (TypeError, RuntimeError):  # a dtype numpy lacks (bfloat16): torch pickles it
-            return value
+def _map_tensors(value: Any, leaf: Callable[[Any], Any]) -> Any:
+    """``value`` (examples, or the dicts, lists and tuples in them) with ``leaf`` applied to
+    every other value inside."""
     if isinstance(value, Example):
-        return dataclasses.replace(value, **{f.name: to_wire(getattr(value, f.name))
+        return dataclasses.replace(value, **{f.name: _map_tensors(getattr(value, f.name), leaf)
                                              for f in dataclasses.fields(value) if f.init})
     if type(value) is dict:
-        return {k: to_wire(v) for k, v in value.items()}
+        return {k: _map_tensors(v, leaf) for k, v in value.items()}
     if type(value) in (list, tuple):
-        return type(value)(to_wire(v) for v in value)
-    return value
+        return type(value)(_map_tensors(v, leaf) for v in value)
+    return leaf(value)
+
+
+def _tensor_to_wire(value: Any) -> Any:
+    if (not isinstance(value, torch.Tensor) or value.device.type != "cpu" or value.layout != torch.strided
+            or value.requires_grad):
+        return value
+    try:
+        return WireTensor(value.resolve_conj().resolve_neg().numpy())
+    except (TypeError, RuntimeError):  # a dtype numpy lacks (bfloat16): torch pickles it
+        return value
+
+
+def _wire_to_tensor(value: Any) -> Any:
+    return torch.from_numpy(np.array(value.array, copy=True)) if isinstance(value, WireTensor) else value
+
+
+def to_wire(value: Any) -> Any:
+    """``value`` (examples, or the dicts and lists in them) with its CPU tensors as WireTensors."""
+    return _map_tensors(value, _tensor_to_wire)
 
 
 def from_wire(value: Any) -> Any:
     """The inverse of ``to_wire``: tensors in the run's own (writable) memory."""
-    if isinstance(value, WireTensor):
-        return torch.from_numpy(np.array(value.array, copy=True))
-    if isinstance(value, Example):
-        return dataclasses.replace(value, **{f.name: from_wire(getattr(value, f.name))
-                                             for f in dataclasses.fields(value) if f.init})
-    if type(value) is dict:
-        return {k: from_wire(v) for k, v in value.items()}
-    if type(value) in (list, tuple):
-        return type(value)(from_wire(v) for v in value)
-    return value
+    return _map_tensors(value, _wire_to_tensor)
 
 
 def render_chunk(ref: SimulatorRef, records: list[dict[str, Any]]) -> list[Example]:

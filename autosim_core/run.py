@@ -567,11 +567,19 @@ class Run:
         """Render this iteration's training data; counts images and render seconds."""
         with self.timed("render"):
             ids = list(range(self.images, self.images + count))
-            scenes, examples = self.render(space or self.space, psi, count, self.generator, ids, sampler)
-            self.images += count
-            self.pm.hook.on_render(run=self, examples=examples)
-            batch = self.collate(examples)
-        return scenes, batch
+            scenes = self.sample_scenes(space or self.space, psi, count, self.generator, ids, sampler)
+            return scenes, self._training_batch(scenes.records)
+
+    def render_training_records(self, records: list[dict[str, Any]]) -> Batch:
+        """Render training scenes already sampled (``sample_scenes``); counts images and render seconds."""
+        with self.timed("render"):
+            return self._training_batch(records)
+
+    def _training_batch(self, records: list[dict[str, Any]]) -> Batch:
+        examples = self.render_records(records)
+        self.images += len(records)
+        self.pm.hook.on_render(run=self, examples=examples)
+        return self.collate(examples)
 
     def collate(self, examples: list[Example]) -> Batch:
         return _to_device(self.pm.hook.collate(examples=examples, settings=self.task_settings), self.device)
