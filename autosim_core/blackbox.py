@@ -34,7 +34,7 @@ from .evaluations import EvaluationJob, EvaluationPool
 from .space import Bernoulli, Bounded, Categorical, LogNormal, Normal, ParameterSpace, Psi
 
 if TYPE_CHECKING:
-    from .run import Run
+    from .contracts import SearchContext
 
 Point = dict[str, float | int | str]
 """A point of the search box: coordinate name -> value (a choice's label for categoricals)."""
@@ -409,7 +409,7 @@ class ReinforceProposer:
 
 
 # -- the searchers -------------------------------------------------------------------------------
-def evaluate_job(run: Run, box: SearchBox, job: EvaluationJob) -> tuple[dict[str, Any], torch.nn.Module, Psi]:
+def evaluate_job(run: SearchContext, box: SearchBox, job: EvaluationJob) -> tuple[dict[str, Any], torch.nn.Module, Psi]:
     """One objective evaluation: render ``job``'s scenes, train a fresh model on them in the
     job's orders, score it on the validation set. Returns its history row, the model and psi."""
     space = box.space_at(job.point)
@@ -460,7 +460,7 @@ class _BlackBox(ABC):
     requires: ClassVar[tuple[tuple[str, str], ...]] = ()
     """(module, distribution) pairs the searcher imports: ``autosim-core[baselines]``."""
 
-    def __init__(self, run: Run, settings: Any):
+    def __init__(self, run: SearchContext, settings: Any):
         self.run = run
         self.settings = settings
         self.box = SearchBox(run.space, spreads=settings.spreads, choice_weight=settings.choice_weight)
@@ -545,12 +545,7 @@ class _BlackBox(ABC):
         # The batch's wall time, split between the phases as the workers spent theirs: the
         # phases still add up to the run's seconds.
         wall = time.perf_counter() - start
-        spent = {phase: sum(r.seconds.get(phase, 0.0) for r in results) for phase in run.seconds}
-        total = sum(spent.values())
-        for phase, seconds in spent.items():
-            run.seconds[phase] += wall * seconds / total if total > 0 else 0.0
-        if total <= 0:
-            run.seconds["train"] += wall
+        run.book_seconds(wall, {phase: sum(r.seconds.get(phase, 0.0) for r in results) for phase in run.seconds})
         self.ready = [(r.row, r.model_state, r.psi, state) for r, state in zip(results, after, strict=True)]
 
     def _next_result(self, point: Point) -> tuple[dict[str, Any], dict[str, torch.Tensor] | torch.nn.Module, Psi]:
@@ -564,7 +559,7 @@ class _BlackBox(ABC):
         row, state, psi, self._generator_after = self.ready.pop(0)
         if row.get("point") != point:  # cannot happen: results are kept in the batch's order
             raise RuntimeError(f"{type(self).__name__}: a parallel result is for {row.get('point')}, not {point}")
-        self.run.images += self.settings.scenes_per_evaluation
+        self.run.count_images(self.settings.scenes_per_evaluation)
         return dict(row), state, psi
 
     def drop_results_ahead(self) -> None:
@@ -587,9 +582,7 @@ class _BlackBox(ABC):
             self.best = float(reward)
             assert self.run.model is not None
             self.run.model.load_state_dict(model if isinstance(model, dict) else model.state_dict())
-            with torch.no_grad():
-                for k, v in psi.items():
-                    self.run.psi[k].copy_(v)
+            self.run.set_psi(psi)
         if len(self.rewards[-1]) == len(self.batches[-1]):
             self.proposer.observe(self.batches[-1], self.rewards[-1])
         row["batch"] = len(self.batches)

@@ -12,19 +12,24 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import inspect
+import json
 import os
 import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .records import Example
 
 CACHE_FILE = re.compile(r"^(?P<simulator>.+)-(?P<key>validation|test)-(?P<digest>[0-9a-f]{20})"
                         r"\.(?:pt|tmp\d+)$")
 """Names of the files the cache holds (``.tmp<pid>`` ones are left by interrupted writes)."""
 
 MAX_SOURCE_FILES = 2000
+CACHE_VERSION = 1
 
 
 def default_cache_dir() -> Path:
@@ -89,6 +94,50 @@ def source_fingerprint(plugin: Any, functions: Sequence[Any] = ()) -> str:
                 continue
             digest.update(str(path.name).encode() + b"\0" + hashlib.sha256(content).digest())
     return digest.hexdigest()[:20] if seen else ""
+
+
+@dataclass(frozen=True)
+class SetKey:
+    """Where a rendered evaluation set is cached, and what it was rendered from."""
+
+    path: Path
+    fingerprint: str
+
+
+def set_key(cache_dir: Path, *, simulator: str, key: str, simulator_version: str, simulator_source: str,
+            settings: Any, space: dict[str, Any], count: int, seed: int) -> SetKey:
+    """The cache entry of the ``key`` set ("validation" or "test") of ``simulator``.
+
+    The simulator's distribution, version and source are part of the key: an upgraded or edited
+    renderer must not be scored against sets its previous code rendered.
+    """
+    fingerprint = json.dumps({"v": CACHE_VERSION, "simulator": simulator, "simulator_version": simulator_version,
+                              "simulator_source": simulator_source, "settings": settings, "space": space,
+                              "count": count, "seed": seed}, sort_keys=True, default=str)
+    digest = hashlib.sha256(fingerprint.encode()).hexdigest()[:20]
+    return SetKey(cache_dir / f"{simulator}-{key}-{digest}.pt", fingerprint)
+
+
+def load_set(entry: SetKey) -> list[Example] | None:
+    """The cached examples of ``entry`` (None when it is not cached)."""
+    if not entry.path.exists():
+        return None
+    import torch
+
+    from .records import Example
+
+    stored = torch.load(entry.path, weights_only=True)
+    return [Example.from_dict(d) for d in stored["examples"]]
+
+
+def store_set(entry: SetKey, examples: list[Example]) -> None:
+    """Caches ``examples`` under ``entry``; a process killed mid-way leaves only a ``.tmp<pid>`` file."""
+    import torch
+
+    entry.path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = entry.path.with_suffix(f".tmp{os.getpid()}")
+    torch.save({"fingerprint": entry.fingerprint, "examples": [e.to_dict() for e in examples]}, tmp)
+    os.replace(tmp, entry.path)
 
 
 @dataclass

@@ -73,7 +73,8 @@ def run(
         raise typer.Exit(2) from None
     from .evaluations import EvaluationError
     from .executors import RenderError
-    from .run import DamagedHistoryError, NonFiniteError
+    from .run import NonFiniteError
+    from .rundir import DamagedHistoryError
 
     try:
         summary = runner.execute(resume=resume)

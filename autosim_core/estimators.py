@@ -18,74 +18,14 @@ the quadratic row with H^-1 replaced by H), so that sign is the one used here.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from .contracts import Hypergrad, HypergradProblem
 from .hookspecs import hookimpl
-from .hypergrad import (
-    Baseline,
-    Params,
-    ScoreEstimate,
-    conjugate_gradient,
-    directional_derivatives,
-    score_function_terms,
-    tree_axpy,
-    tree_norm,
-)
-
-
-@dataclass
-class HypergradProblem:
-    """What an estimator may use in one outer iteration.
-
-    params:       theta (the trainable parameters after fine-tuning), detached.
-    train_losses: theta -> per-sample training losses l(r(s_k), theta) of the N scenes the
-                  score-function sum runs over (this iteration's K rendered examples, then any
-                  reused ones), shape (N,); a pure function torch.func can transform.
-    hvp:          v -> H v, H the Hessian of the mean training loss at ``params`` (on this
-                  iteration's examples only).
-    val_gradient: () -> grad_theta L_val(theta); None when the run has no validation set.
-    log_prob:     () -> log q_psi(s_k) of the N scenes, shape (N,), differentiable in psi.
-    psi:          the simulator's psi tensors (the learnable ones require grad).
-    weights:      importance weights of the N scenes (mean 1); None when all were drawn from
-                  q_psi.
-    baseline:     "mean" (of the batch), "loo" (leave-one-out) or "none".
-    """
-
-    params: Params
-    train_losses: Callable[[Params], torch.Tensor]
-    hvp: Callable[[Params], Params]
-    val_gradient: Callable[[], Params] | None
-    log_prob: Callable[[], torch.Tensor]
-    psi: dict[str, torch.Tensor]
-    weights: torch.Tensor | None = None
-    baseline: Baseline = "mean"
-
-    def score_function(self, values: torch.Tensor) -> ScoreEstimate:
-        """The score-function estimate of grad_psi E[f] from per-scene values f_k."""
-        log_q = self.log_prob()
-        # The model (and so the values) may live on a GPU; psi and log q stay on the CPU.
-        return score_function_terms(values.to(log_q.device), log_q, self.psi, baseline=self.baseline,
-                                    weights=self.weights)
-
-    def require_val_gradient(self, estimator: str) -> Params:
-        if self.val_gradient is None:
-            raise ValueError(f"the {estimator!r} estimator needs a validation set")
-        return self.val_gradient()
-
-
-@dataclass
-class Hypergrad:
-    """A hypergradient to descend, with numbers worth logging about how it was obtained."""
-
-    grad: dict[str, torch.Tensor]
-    diagnostics: dict[str, Any] = field(default_factory=dict)
-    stderr: dict[str, torch.Tensor] | None = None
-    """Standard error of each coordinate of ``grad``, from the spread of its per-scene terms."""
+from .hypergrad import Params, conjugate_gradient, directional_derivatives, tree_axpy, tree_norm
 
 
 def _from_direction(problem: HypergradProblem, v: Params, diagnostics: dict[str, Any]) -> Hypergrad:

@@ -116,9 +116,7 @@ def worker_spec(run: Run, workers: int) -> WorkerSpec:
                              f"{kind[:-1]} {names[kind]!r} (it is no module-level object); use kind = 'inline' "
                              "or workers = 1")
         targets[kind] = {names[kind]: target}
-    from .run import _to_device
-
-    validation = None if run.val is None else _to_device(run.val, torch.device("cpu"))
+    validation = None if run.val is None else run.val.to(torch.device("cpu"))
     # The workers share the machine's cores; a thread count the user pinned is kept.
     pinned = os.environ.get("OMP_NUM_THREADS", "")
     threads = int(pinned) if pinned.isdigit() and int(pinned) > 0 else max(1, (os.cpu_count() or 1) // workers)
@@ -138,7 +136,7 @@ class _WorkerRun:
                 sys.path.append(entry)
         from .config import parse_config
         from .plugins import Registry
-        from .run import Run, _to_device
+        from .run import Run
 
         registry = Registry()
         for kind, by_name in spec.targets.items():
@@ -147,7 +145,7 @@ class _WorkerRun:
                 registry.targets[kind][name] = target
         self.run = Run(parse_config(spec.config), os.devnull, registry=registry)
         if spec.validation is not None:
-            self.run.val = _to_device(spec.validation, self.run.device)
+            self.run.val = spec.validation.to(self.run.device)
         searcher = self.run.searcher_cls(self.run, self.run.searcher_settings)
         self.box = searcher.box
         self.epochs = searcher.settings.epochs
@@ -156,8 +154,7 @@ class _WorkerRun:
         from .blackbox import evaluate_job
 
         run = self.run
-        run.seconds = dict.fromkeys(run.seconds, 0.0)
-        run.images = 0
+        run.clock.reset()
         row, model, psi = evaluate_job(run, self.box, job)
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         return EvaluationResult(row, state, {k: v.detach().cpu() for k, v in psi.items()}, dict(run.seconds))

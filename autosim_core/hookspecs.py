@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     import torch
     from pydantic import BaseModel
 
-    from .estimators import Hypergrad, HypergradProblem
+    from .contracts import Hypergrad, HypergradProblem
     from .records import Batch, Example, SceneBatch
     from .space import ParameterSpace, Psi
 

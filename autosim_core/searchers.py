@@ -11,11 +11,9 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from .estimators import Hypergrad, HypergradProblem
+from .contracts import Hypergrad, HypergradProblem, SearchContext
 from .hypergrad import Baseline, Params, importance_weights
-from .plugins import has_impl
 from .records import Batch, SceneBatch
-from .run import Run
 from .space import Floors, ParameterSpace, Psi
 
 
@@ -177,10 +175,10 @@ class AutoSimulate:
 
     settings_model = AutoSimulateSettings
 
-    def __init__(self, run: Run, settings: AutoSimulateSettings):
+    def __init__(self, run: SearchContext, settings: AutoSimulateSettings):
         self.run = run
         self.settings = settings
-        if settings.sampling == "sobol" and has_impl(run.pm, "sample", "simulator"):
+        if settings.sampling == "sobol" and run.simulator_samples:
             raise ValueError("searcher.settings.sampling: 'sobol' needs the core's sampler, but simulator "
                              f"{run.config.simulator.name!r} implements its own 'sample' hook; use 'iid'")
         self.psi_step = PsiStep(run.space, run.psi, settings)
@@ -221,7 +219,7 @@ class AutoSimulate:
                 weights=weights,
                 baseline=s.resolved_baseline(),
             )
-            estimate: Hypergrad = run.pm.hook.estimate_hypergrad(problem=problem, settings=run.est_settings)
+            estimate: Hypergrad = run.estimate_hypergrad(problem)
             grad_norm = float(torch.sqrt(sum((g.detach() ** 2).sum() for g in estimate.grad.values())))
             step = self.psi_step(estimate.grad)
             if s.reuse_iterations:
@@ -261,7 +259,7 @@ class Fixed:
     settings_model = FixedSettings
     uses_estimator = False
 
-    def __init__(self, run: Run, settings: FixedSettings):
+    def __init__(self, run: SearchContext, settings: FixedSettings):
         self.run = run
         self.settings = settings
 

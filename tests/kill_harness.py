@@ -97,7 +97,7 @@ def folder_state(folder: Path) -> dict[str, Any]:
     half-written temporary files."""
     import torch
 
-    from autosim_core.run import CHECKPOINT, HISTORY
+    from autosim_core.rundir import CHECKPOINT, HISTORY
 
     state: dict[str, Any] = {"config": (folder / "config.json").exists(), "summary": (folder / "summary.json").exists(),
                              "checkpoint": None, "rows": [],

@@ -21,7 +21,8 @@ from autosim_core.blackbox import (
     reinforce_gradient,
 )
 from autosim_core.config import ConfigError, parse_config
-from autosim_core.run import HISTORY, Run
+from autosim_core.run import Run
+from autosim_core.rundir import HISTORY
 
 pytest.importorskip("sklearn")
 pytest.importorskip("bayes_opt")

@@ -16,7 +16,9 @@ from typer.testing import CliRunner
 from autosim_core import hookimpl
 from autosim_core.cli import app
 from autosim_core.config import parse_config
-from autosim_core.run import CHECKPOINT, HISTORY, NonFiniteError, Run
+from autosim_core.run import NonFiniteError, Run
+from autosim_core.rundir import CHECKPOINT, HISTORY
+from autosim_core.training import Training
 
 ITERATIONS = 4
 CRASH_AT = 3
@@ -213,7 +215,7 @@ class StateLog:
 def nan_training_loss(iterations: set[int]) -> Iterator[None]:
     """The training loss of the fine-tuning in ``iterations`` is NaN (validation stays clean)."""
     with pytest.MonkeyPatch.context() as m:
-        fine_tune, losses = Run.fine_tune, Run.losses
+        fine_tune, losses = Run.fine_tune, Training.losses
         poisoned: list[bool] = [False]
 
         def poisoned_fine_tune(self: Run, *args: Any, **kwargs: Any) -> float:
@@ -223,12 +225,12 @@ def nan_training_loss(iterations: set[int]) -> Iterator[None]:
             finally:
                 poisoned[0] = False
 
-        def poisoned_losses(self: Run, outputs: Any, targets: Any) -> torch.Tensor:
+        def poisoned_losses(self: Training, outputs: Any, targets: Any) -> torch.Tensor:
             values = losses(self, outputs, targets)
             return values * float("nan") if poisoned[0] else values
 
         m.setattr(Run, "fine_tune", poisoned_fine_tune)
-        m.setattr(Run, "losses", poisoned_losses)
+        m.setattr(Training, "losses", poisoned_losses)
         yield
 
 

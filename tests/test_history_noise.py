@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from autosim_core.config import ConfigError, parse_config
-from autosim_core.run import CHECKPOINT, HISTORY, Run
+from autosim_core.run import Run
+from autosim_core.rundir import CHECKPOINT, HISTORY
 
 LEARNABLE = {"x1.loc": 1, "x1.log_std": 1, "y1.loc": 1, "y1.log_std": 1}
 

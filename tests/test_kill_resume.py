@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import torch
 
-from autosim_core.run import CHECKPOINT, HISTORY
+from autosim_core.rundir import CHECKPOINT, HISTORY
 
 HARNESS = Path(__file__).with_name("kill_harness.py")
 COMPARED = ("iteration", "images", "train_loss", "val_loss", "val_metric", "psi", "estimator")

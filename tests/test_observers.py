@@ -24,7 +24,8 @@ from autosim_core.observers import (
 )
 from autosim_core.plugins import load_registry
 from autosim_core.records import Example
-from autosim_core.run import HISTORY, Run
+from autosim_core.run import Run
+from autosim_core.rundir import HISTORY
 
 
 def history(folder: Path) -> list[dict]:

@@ -16,7 +16,8 @@ from autosim_core import hookimpl
 from autosim_core.config import parse_config
 from autosim_core.evaluations import ERROR_LOG, EvaluationError
 from autosim_core.plugins import load_registry
-from autosim_core.run import CHECKPOINT, HISTORY, Run
+from autosim_core.run import Run
+from autosim_core.rundir import CHECKPOINT, HISTORY
 
 PROCESSES = {"kind": "processes", "workers": 2}
 COMPARED = ("point", "val_metric", "val_loss", "train_loss", "images", "psi", "batch")

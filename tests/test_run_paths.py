@@ -14,6 +14,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from typer.testing import CliRunner
 
+import autosim_core.clock as clock_module
 import autosim_core.run as run_module
 from autosim_core import Example, Normal, ParameterSpace, hookimpl
 from autosim_core.cache import cached_sets
@@ -21,7 +22,9 @@ from autosim_core.cli import app
 from autosim_core.config import parse_config
 from autosim_core.estimators import linear_plugin
 from autosim_core.plugins import GROUPS, Registry
-from autosim_core.run import HISTORY, Run
+from autosim_core.run import Run
+from autosim_core.rundir import HISTORY
+from autosim_core.scenes import Scenes
 from autosim_core.searchers import AutoSimulate, AutoSimulateSettings, Fixed, PsiStep
 from autosim_core.toy import ToyTask, toy_task
 
@@ -59,7 +62,7 @@ def test_images_budget_stops_at_the_first_iteration_that_reaches_it(
 
 
 class FakeClock:
-    """time.perf_counter for autosim_core.run that moves only when the test moves it."""
+    """time.perf_counter for the run and its clock that moves only when the test moves it."""
 
     def __init__(self) -> None:
         self.now = 1000.0
@@ -75,6 +78,7 @@ def test_seconds_budget_stops_once_the_loop_has_used_it(
     """Each iteration's render takes 10 s on a fake clock; the loop stops once elapsed >= budget."""
     clock = FakeClock()
     monkeypatch.setattr(run_module, "time", SimpleNamespace(perf_counter=clock.perf_counter))
+    monkeypatch.setattr(clock_module, "time", SimpleNamespace(perf_counter=clock.perf_counter))
     render = Run.render_training
 
     def slow_render(self: Run, *args: Any, **kwargs: Any) -> Any:
@@ -240,7 +244,7 @@ def test_cache_key_follows_the_set_and_the_simulator_settings_but_not_the_rest(t
 def test_cache_key_follows_the_simulator_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     simulator = CountingSimulator()
     plugin_run(tmp_path, "a", simulator=simulator).load_data("validation")
-    monkeypatch.setattr(Run, "simulator_source", lambda self: "an edited renderer")
+    monkeypatch.setattr(Scenes, "simulator_source", lambda self: "an edited renderer")
     plugin_run(tmp_path, "b", simulator=simulator).load_data("validation")
     assert simulator.rendered == 16 and len(cached_sets(tmp_path / "cache")) == 2
 

@@ -11,7 +11,8 @@ import torch
 
 from autosim_core import hookimpl
 from autosim_core.config import parse_config
-from autosim_core.run import ConcatenatingAccumulator, Run
+from autosim_core.run import Run
+from autosim_core.training import ConcatenatingAccumulator
 
 CHUNK = 7  # does not divide the set: the last chunk is short
 

@@ -13,7 +13,8 @@ import torch
 
 from autosim_core import hookimpl
 from autosim_core.config import parse_config
-from autosim_core.run import CHECKPOINT, HISTORY, Run
+from autosim_core.run import Run
+from autosim_core.rundir import CHECKPOINT, HISTORY
 
 START = (0.0, 0.5)
 TARGET = (3.0, 0.0)  # the toy's "target" preset, where the validation set comes from

@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch.func import functional_call
 
+from autosim_core.clock import Clock
 from autosim_core.hypergrad import loss_gradient
-from autosim_core.plugins import plugin_manager
 from autosim_core.records import Batch
-from autosim_core.run import Run, validation_pass
+from autosim_core.training import validation_pass
 
 
 def model_and_data(freeze_first: bool) -> tuple[torch.nn.Module, Batch]:
@@ -73,17 +73,19 @@ def test_evaluation_context_wraps_every_forward_and_the_metrics() -> None:
 
 
 def test_a_phase_timed_inside_another_keeps_its_seconds(monkeypatch: pytest.MonkeyPatch) -> None:
-    clock = itertools.count()
-    monkeypatch.setattr("autosim_core.run.time.perf_counter", lambda: float(next(clock)))
-    run = Run.__new__(Run)
-    run.seconds = {"hypergrad": 0.0, "eval": 0.0}
-    run._open_phases = []
-    run.pm = plugin_manager()  # timed() tells the run's observers when a phase starts and ends
-    with run.timed("hypergrad"):  # starts at 0
-        with run.timed("eval"):  # 1 .. 2
+    ticks = itertools.count()
+    monkeypatch.setattr("autosim_core.clock.time.perf_counter", lambda: float(next(ticks)))
+    told: list[tuple[str, bool]] = []
+    clock = Clock(lambda phase, started: told.append((phase, started)))  # observers hear of each phase
+    with clock.timed("hypergrad"):  # starts at 0
+        with clock.timed("eval"):  # 1 .. 2
             pass
-        with run.timed("eval"):  # 3 .. 4
+        with clock.timed("eval"):  # 3 .. 4
             pass
     # the outer block ends at 5: 5 seconds in all, 2 of them evaluation
-    assert run.seconds == {"hypergrad": 3.0, "eval": 2.0}
-    assert run._open_phases == []
+    assert clock.seconds == {"render": 0.0, "train": 0.0, "hypergrad": 3.0, "eval": 2.0}
+    assert told == [("hypergrad", True), ("eval", True), ("eval", False), ("eval", True), ("eval", False),
+                    ("hypergrad", False)]
+    with clock.timed("train"):  # 6 .. 7, with nothing left open from before
+        pass
+    assert clock.seconds["train"] == 1.0

@@ -8,7 +8,7 @@ seconds; CPU seconds are the steadier figure when other work shares the cores. T
   epoch            one fine-tuning epoch over the K rendered images (the core's default train_step)
   eval             a no-grad forward pass and the metrics over the validation set
   val_pass         the run's validation pass: loss, metrics and grad_theta L_val from one forward
-                   pass (autosim_core.run.validation_pass); ``forward`` is the part a run books to
+                   pass (autosim_core.training.validation_pass); ``forward`` is the part a run books to
                    "eval", ``backward`` the part it books to "hypergrad"
   val_gradient     grad_theta L_val as a pass of its own (torch.func.grad, chunked), the way it
                    was computed beside a separate evaluation
@@ -70,9 +70,10 @@ from autosim_core.hypergrad import (
 )
 from autosim_core.plugins import GROUPS, Registry
 from autosim_core.records import Batch, Example
-from autosim_core.run import Run, ValidationPass, validation_pass
+from autosim_core.run import Run
 from autosim_core.searchers import AutoSimulate
 from autosim_core.space import Bounded, Categorical, Normal, ParameterSpace
+from autosim_core.training import ValidationPass, validation_pass
 from torch.func import functional_call, grad
 
 from autosim_unet.plugin import UNetSettings, UNetTask

@@ -1,0 +1,269 @@
+"""A run's config checked against the installed plugins, every problem in one pass.
+
+``check_run`` looks up the simulator, task, estimator, searcher and observers, validates each
+one's settings, the labels, presets, overrides, data folders, the device and the executor, and
+returns the :class:`RunPlan` a run is built from — or raises one :class:`ConfigError` listing
+everything that is wrong, so that a user fixes a config once, not once per line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pluggy
+import torch
+from pydantic import BaseModel, ValidationError
+
+from .config import ConfigError, Data, RunConfig, format_validation_error, validate_settings
+from .executors import ray_available
+from .observers import configured_observers
+from .plugins import Registry, has_impl, plugin_manager
+from .space import ParameterSpace
+
+
+def resolve_device(spec: str) -> torch.device:
+    """``training.device`` as a torch device: "auto" is CUDA where torch sees a GPU, else the CPU."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(spec)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{spec!r}: torch sees no CUDA device on this machine; use 'cpu' or 'auto'")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"{spec!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
+
+
+def labels_problem(labels: Any) -> str | None:
+    """What is wrong with a simulator's declared labels, or None."""
+    if not isinstance(labels, list | tuple) or not all(isinstance(n, str) and n for n in labels):
+        return f"expected a list of non-empty class names, got {labels!r}"
+    if not labels:
+        return "an empty list (return None to declare no classes)"
+    if len(set(labels)) != len(labels):
+        return f"names must be distinct, got {list(labels)}"
+    return None
+
+
+def _default_settings(model: type[BaseModel] | None) -> Any:
+    """A settings model's defaults (a dict where there is no model), None if it has required keys."""
+    if model is None:
+        return {}
+    try:
+        return model()
+    except Exception:
+        return None
+
+
+def _require(pm: Any, hooks: tuple[str, ...], role: str, name: str, errors: list[str]) -> None:
+    for hook in hooks:
+        if not has_impl(pm, hook, role):
+            errors.append(f"{role}.name: {role} {name!r} implements no {hook!r} hook")
+
+
+def _dump(settings: Any) -> Any:
+    return settings.model_dump(mode="json") if isinstance(settings, BaseModel) else settings
+
+
+def resolve_space(base: ParameterSpace, presets: dict[str, dict[str, dict[str, Any]]], preset: str | None,
+                  overrides: dict[str, dict[str, Any]], key: str, errors: list[str]) -> ParameterSpace:
+    """``base`` with ``preset`` and ``overrides`` applied; what is wrong goes to ``errors`` as
+    ``key``'s problem (and the space is returned as far as it could be built)."""
+    space = base
+    if preset is not None:
+        if preset not in presets:
+            allowed = ", ".join(repr(p) for p in presets) or "none (the simulator declares no presets)"
+            field = "start" if key == "simulator" else "preset"
+            errors.append(f"{key}.{field}: unknown preset {preset!r}; allowed: {allowed}")
+            return space
+        space = space.override(presets[preset])
+    try:
+        return space.override(overrides) if overrides else space
+    except (KeyError, TypeError, ValueError) as exc:
+        message = str(exc.args[0]) if exc.args else str(exc)
+        errors.append(f"{key}.overrides.{message}" if isinstance(exc, ValueError)
+                      else f"{key}.overrides: {message}")
+        return space
+
+
+@dataclass
+class RunPlan:
+    """A checked config with what it resolved to among the installed plugins."""
+
+    config: RunConfig
+    pm: pluggy.PluginManager
+    """The run's hooks: simulator, task, estimator, observers and the core's defaults."""
+    sim_settings: Any
+    task_settings: Any
+    est_settings: Any
+    searcher_settings: Any
+    searcher_cls: Any
+    labels: list[str] | None
+    base_space: ParameterSpace
+    presets: dict[str, dict[str, dict[str, Any]]]
+    space: ParameterSpace
+    """The space psi starts from: the simulator's, with the config's start and overrides."""
+    uses_estimator: bool
+    needs_validation: bool
+    device: torch.device
+    plugin_targets: dict[str, str | None]
+    """Where worker processes import the run's plugins (None: not from an entry point)."""
+    simulator_version: str
+
+    def space_for(self, preset: str | None, overrides: dict[str, dict[str, Any]], key: str) -> ParameterSpace:
+        """The space of a preset with overrides (checked already: no error is expected here)."""
+        return resolve_space(self.base_space, self.presets, preset, overrides, key, [])
+
+    def settings_json(self) -> dict[str, Any]:
+        """The resolved config as JSON data (``config.json``): every plugin's settings with their
+        defaults, and the space."""
+        resolved = self.config.model_dump(mode="json")
+        resolved["simulator"]["settings"] = _dump(self.sim_settings)
+        resolved["task"]["settings"] = _dump(self.task_settings)
+        resolved["estimator"]["settings"] = _dump(self.est_settings)
+        resolved["searcher"]["settings"] = _dump(self.searcher_settings)
+        resolved["space"] = self.space.to_dict()
+        if not self.uses_estimator:
+            resolved["estimator"] = None
+        return resolved
+
+
+def _resolve_labels(pm: pluggy.PluginManager, config: RunConfig, sim_settings: Any, task_settings: Any,
+                    errors: list[str]) -> tuple[list[str] | None, Any]:
+    """The simulator's declared object classes (``labels`` hook) and the task's settings after
+    its ``apply_labels`` hook adapted them (unchanged without declared labels)."""
+    name = config.simulator.name
+    declared = pm.hook.labels(settings=sim_settings)
+    if declared is None:
+        return None, task_settings
+    if task_settings is None:  # invalid [task.settings], reported already
+        return list(declared), task_settings
+    problem = labels_problem(declared)
+    if problem:
+        errors.append(f"simulator.name: simulator {name!r} declares bad labels: {problem}")
+        return None, task_settings
+    labels = list(declared)
+    try:
+        adapted = pm.hook.apply_labels(settings=task_settings, labels=list(labels))
+    except ValidationError as exc:
+        errors.extend(f"{line} (with the labels simulator {name!r} declares: {labels})"
+                      for line in format_validation_error(exc, "task.settings"))
+        return labels, task_settings
+    except ValueError as exc:
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        errors.append(f"task.settings: {message} (with the labels simulator {name!r} declares: {labels})")
+        return labels, task_settings
+    return labels, task_settings if adapted is None else adapted
+
+
+def check_run(config: RunConfig, registry: Registry, observers: tuple[Any, ...] = ()) -> RunPlan:
+    """The plan of a run of ``config``, or one ConfigError with every problem found."""
+    errors: list[str] = []
+
+    def lookup(kind: str, key: str, name: str) -> Any:
+        try:
+            return registry.get(kind, name)
+        except LookupError as exc:
+            errors.append(f"{key}.name: {exc}")
+            return None
+
+    # Every check runs even when an earlier one failed, so that one pass reports every
+    # problem of a config; a check that needs a plugin or settings that failed is skipped.
+    sim = lookup("simulators", "simulator", config.simulator.name)
+    task = lookup("tasks", "task", config.task.name)
+    est = lookup("estimators", "estimator", config.estimator.name)
+    searcher_cls = lookup("searchers", "searcher", config.searcher.name)
+    observers = (*observers, *configured_observers(config.observers, registry, errors))
+
+    pm = plugin_manager(*((role, p) for role, p in (("simulator", sim), ("task", task), ("estimator", est))
+                          if p is not None),
+                        *((f"observer-{i}", o) for i, o in enumerate(observers)))
+    if sim is not None:
+        _require(pm, ("parameter_space", "render"), "simulator", config.simulator.name, errors)
+    if task is not None:
+        _require(pm, ("create_model", "collate", "loss", "evaluate"), "task", config.task.name, errors)
+    if est is not None:
+        _require(pm, ("estimate_hypergrad",), "estimator", config.estimator.name, errors)
+    hook = pm.hook
+
+    def settings(found: Any, model: type[BaseModel] | None, table: dict[str, Any], prefix: str) -> Any:
+        if found is None:
+            return None
+        try:
+            return validate_settings(model, table, prefix)
+        except ConfigError as exc:
+            errors.extend(exc.lines)
+            return None
+
+    sim_settings = settings(sim, hook.simulator_settings_model(), config.simulator.settings, "simulator.settings")
+    task_settings = settings(task, hook.task_settings_model(), config.task.settings, "task.settings")
+    est_settings = settings(est, hook.estimator_settings_model(), config.estimator.settings, "estimator.settings")
+    searcher_settings = settings(searcher_cls, getattr(searcher_cls, "settings_model", None),
+                                 config.searcher.settings, "searcher.settings")
+    # The labels need the simulator and its settings (the task's are checked against them).
+    labels = None
+    if sim is not None and sim_settings is not None:
+        labels, task_settings = _resolve_labels(pm, config, sim_settings, task_settings, errors)
+
+    presets: dict[str, dict[str, dict[str, Any]]] = {}
+    base_space = space = None
+    sim_usable = sim is not None and has_impl(pm, "parameter_space", "simulator")
+    space_settings = sim_settings
+    if sim_usable and space_settings is None:
+        # Invalid settings (reported above): the space under the defaults still lets the
+        # presets and overrides be checked, where the settings model has defaults.
+        space_settings = _default_settings(hook.simulator_settings_model())
+        sim_usable = space_settings is not None
+    if sim_usable:
+        base_space = hook.parameter_space(settings=space_settings)
+        presets = hook.presets(settings=space_settings) or {}
+        space = resolve_space(base_space, presets, config.simulator.start, config.simulator.overrides,
+                              "simulator", errors)
+    for key in ("validation", "test"):
+        data: Data | None = getattr(config, key)
+        if data is None:
+            continue
+        if data.source == "simulator":
+            if base_space is not None:
+                resolve_space(base_space, presets, data.preset, data.overrides, key, errors)
+            continue
+        if task is not None and not has_impl(pm, "load_dataset", "task"):
+            errors.append(f"{key}.source: task {config.task.name!r} cannot load folders "
+                          "(no 'load_dataset' hook); allowed: 'simulator'")
+        if data.path is not None and not data.path.is_dir():
+            errors.append(f"{key}.path: {str(data.path)!r} is not a folder")
+    uses_estimator = bool(getattr(searcher_cls, "uses_estimator", True))
+    searcher_needs_validation = bool(getattr(searcher_cls, "requires_validation", False))
+    estimator_needs_validation = est is not None and est_settings is not None and bool(
+        hook.needs_validation(settings=est_settings))
+    needs_validation = searcher_needs_validation or (uses_estimator and estimator_needs_validation)
+    if needs_validation and config.validation is None:
+        if searcher_needs_validation:
+            errors.append(f"validation: required by the {config.searcher.name!r} searcher "
+                          "(its reward is the validation metric; add a [validation] table)")
+        else:
+            errors.append(f"validation: required by the {config.estimator.name!r} estimator "
+                          "(add a [validation] table, or use estimator 'no-val')")
+    missing = getattr(searcher_cls, "missing_requirements", lambda: [])()
+    if missing:
+        errors.append(f"searcher.name: {config.searcher.name!r} needs {', '.join(missing)} "
+                      "(pip install 'autosim-core[baselines]')")
+    try:
+        resolve_device(config.training.device)
+    except ValueError as exc:
+        errors.append(f"training.device: {exc}")
+    if config.executor.kind == "ray" and not ray_available():
+        errors.append("executor.kind: 'ray' needs Ray, which is not installed (pip install 'autosim-core[ray]')")
+    if errors:
+        raise ConfigError(errors)
+    assert base_space is not None and space is not None
+    return RunPlan(
+        config=config, pm=pm, sim_settings=sim_settings, task_settings=task_settings, est_settings=est_settings,
+        searcher_settings=searcher_settings, searcher_cls=searcher_cls, labels=labels, base_space=base_space,
+        presets=presets, space=space, uses_estimator=uses_estimator, needs_validation=needs_validation,
+        device=resolve_device(config.training.device),
+        plugin_targets={kind: registry.targets[kind].get(name) for kind, name in (
+            ("simulators", config.simulator.name), ("tasks", config.task.name),
+            ("estimators", config.estimator.name), ("searchers", config.searcher.name))},
+        simulator_version=registry.versions["simulators"].get(config.simulator.name, ""))
