@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .rundir import CONFIG_JSON, HISTORY, SUMMARY, read_rows
+
 AUTOSIMULATE = "autosimulate"
 REFERENCE = "fixed"
 
@@ -42,13 +44,8 @@ class RunRecord:
     @classmethod
     def load(cls, method: str, seed_index: int, run_dir: str | Path) -> RunRecord:
         run_dir = Path(run_dir)
-        history_path = run_dir / "history.jsonl"
-        rows = []
-        if history_path.exists():
-            rows = [json.loads(line) for line in history_path.read_text().splitlines() if line.strip()]
-            rows = [row for row in rows if "event" not in row]  # render retries are not iterations
-        return cls(method, seed_index, run_dir, json.loads((run_dir / "config.json").read_text()),
-                   json.loads((run_dir / "summary.json").read_text()), rows)
+        return cls(method, seed_index, run_dir, json.loads((run_dir / CONFIG_JSON).read_text()),
+                   json.loads((run_dir / SUMMARY).read_text()), read_rows(run_dir / HISTORY))
 
     @property
     def searcher(self) -> str:

@@ -20,23 +20,13 @@ from typing import Any
 
 import torch
 
-from .config import RunConfig
-from .estimators import (
-    ApproxQuadraticSettings,
-    Hypergrad,
-    HypergradProblem,
-    QuadraticSettings,
-    approx_quadratic,
-    linear,
-    no_val,
-    quadratic,
-)
+from .config import ConfigError, RunConfig, validate_settings
+from .contracts import Hypergrad, HypergradProblem
 from .hypergrad import Baseline, Params, importance_weights
+from .plugins import Registry, load_registry, plugin_manager
 from .records import Batch, SceneBatch
 from .run import Run
 from .searchers import AutoSimulate, sobol_sampler
-
-ESTIMATORS = ("linear", "approx-quadratic", "quadratic", "no-val")
 
 
 @dataclass(frozen=True)
@@ -136,32 +126,39 @@ class _Scorer:
         )
 
 
-def _estimator(name: str, run: Run) -> Callable[[HypergradProblem], Hypergrad]:
-    settings = run.est_settings if run.config.estimator.name == name else None
-    if name == "quadratic":
-        s = settings if isinstance(settings, QuadraticSettings) else QuadraticSettings()
-        return lambda p: quadratic(p, **s.model_dump())
-    if name == "approx-quadratic":
-        a = settings if isinstance(settings, ApproxQuadraticSettings) else ApproxQuadraticSettings()
-        return lambda p: approx_quadratic(p, **a.model_dump())
-    if name == "linear":
-        return linear
-    if name == "no-val":
-        return no_val
-    raise ValueError(f"unknown estimator {name!r}; allowed: {', '.join(ESTIMATORS)}")
+def _estimator(name: str, run: Run, registry: Registry) -> Callable[[HypergradProblem], Hypergrad]:
+    """The installed estimator ``name`` (any plugin of the registry) with the run's settings
+    where the run uses it, else its defaults."""
+    try:
+        plugin = registry.get("estimators", name)
+    except LookupError as exc:
+        raise ValueError(f"--estimator: {exc}") from None
+    pm = plugin_manager(("estimator", plugin))
+    if run.config.estimator.name == name:
+        settings = run.est_settings
+    else:
+        try:
+            settings = validate_settings(pm.hook.estimator_settings_model(), {}, "estimator.settings")
+        except ConfigError as exc:
+            raise ValueError(f"--estimator {name!r} has required settings; name it in the config: "
+                             f"{'; '.join(exc.lines)}") from None
+    return lambda problem: pm.hook.estimate_hypergrad(problem=problem, settings=settings)
 
 
 def diagnose(config: RunConfig, *, warmup: int = 10, draws: int = 8, scenes: int | None = None,
              reference: int = 1024, estimators: tuple[str, ...] = ("linear",),
              options: tuple[str, ...] = tuple(OPTIONS), reuse_iterations: int = 3, reuse_clip: float = 5.0,
-             chunk: int = 128, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Measure the hypergradient's noise for ``config``; returns the JSON-ready report."""
+             chunk: int = 128, progress: Callable[[str], None] | None = None,
+             registry: Registry | None = None) -> dict[str, Any]:
+    """Measure the hypergradient's noise for ``config``; returns the JSON-ready report. The
+    estimators are looked up among the installed ones (``registry``, default: all installed)."""
     say = progress or (lambda _: None)
     unknown = [o for o in options if o not in OPTIONS]
     if unknown:
         raise ValueError(f"unknown option {unknown[0]!r}; allowed: {', '.join(OPTIONS)}")
+    registry = registry or load_registry()
     with tempfile.TemporaryDirectory() as tmp:
-        run = Run(config, tmp)
+        run = Run(config, tmp, registry=registry)
     if not isinstance(run.searcher_settings, AutoSimulate.settings_model):
         raise ValueError("diagnose needs a config whose searcher is 'autosimulate'")
     k = scenes or run.searcher_settings.scenes_per_iteration
@@ -204,7 +201,7 @@ def diagnose(config: RunConfig, *, warmup: int = 10, draws: int = 8, scenes: int
         "estimators": {},
     }
     for est_name in estimators:
-        estimate = _estimator(est_name, run)
+        estimate = _estimator(est_name, run, registry)
         say(f"{est_name}: reference estimate")
         start = time.perf_counter()
         ref = estimate(scorer.problem((ref_scenes, ref_batch), [], OPTIONS["loo"], reuse_clip))
@@ -226,7 +223,8 @@ def diagnose(config: RunConfig, *, warmup: int = 10, draws: int = 8, scenes: int
             fresh = {s: render(k, run.psi, s) for s in {OPTIONS[o].sampling for o in options}}
             old = [render(k, p) for p in old_psis] if any(OPTIONS[o].reuse for o in options) else []
             with torch.no_grad():
-                old_reused = [(s, b, run.log_prob(p, s).detach()) for (s, b, _), p in zip(old, old_psis, strict=True)]
+                old_reused = [(s, b, run.log_prob(p, s).detach())
+                              for (s, b, _), p in zip(old, old_psis if old else [], strict=True)]
             for o in options:
                 opt = OPTIONS[o]
                 scenes_, batch, render_s = fresh[opt.sampling]

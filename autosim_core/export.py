@@ -20,36 +20,15 @@ and no task is needed to write them.
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 import torch
 
 from .records import Example
-
-TMP_SUFFIX = ".tmp"
-"""Ending of the temporary file ``atomic_write`` writes before renaming it into place."""
-
-
-def atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> None:
-    """Write ``path`` whole or not at all: into a temporary file beside it, flushed to disk,
-    then renamed over ``path`` (a rename within a folder is atomic), and the folder synced so
-    the rename itself survives a crash. A process killed mid-way leaves the old file intact
-    and at most a ``.NAME.tmp`` file, which a resumed run removes."""
-    tmp = path.with_name(f".{path.name}{TMP_SUFFIX}")
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
+from .rundir import atomic_write
 
 
 def image_to_png_array(image: torch.Tensor) -> np.ndarray:

@@ -8,12 +8,12 @@ group ``autosim.observers`` join every run (``configured_observers``).
 from __future__ import annotations
 
 import atexit
-import json
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .hookspecs import hookimpl
+from .rundir import read_rows
 
 if TYPE_CHECKING:
     import torch
@@ -238,10 +238,7 @@ def curves_figure(rows: list[dict[str, Any]], names: list[str] | None = None,
     return fig
 
 
-def read_history(history_path: str | Path) -> list[dict[str, Any]]:
-    """The iteration rows of a history.jsonl (event lines such as render retries left out)."""
-    rows = [json.loads(line) for line in Path(history_path).read_text().splitlines() if line.strip()]
-    return [row for row in rows if "event" not in row]
+read_history = read_rows
 
 
 def plot_history(history_path: str | Path, out_path: str | Path, title: str = "", names: list[str] | None = None,
