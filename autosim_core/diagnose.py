@@ -22,11 +22,11 @@ import torch
 
 from .config import ConfigError, RunConfig, validate_settings
 from .contracts import Hypergrad, HypergradProblem
-from .hypergrad import Baseline, Params, importance_weights
+from .hypergrad import Baseline, Params
 from .plugins import Registry, load_registry, plugin_manager
 from .records import Batch, SceneBatch
 from .run import Run
-from .searchers import AutoSimulate, sobol_sampler
+from .searchers import AutoSimulate, Rendered, hypergrad_problem, sobol_sampler
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,8 @@ def _stats(xs: list[float]) -> dict[str, float]:
 
 
 class _Scorer:
-    """Builds the estimators' problem for a set of scenes at the fixed theta and psi."""
+    """Builds the estimators' problem for a set of scenes at the fixed theta and psi, as the
+    AutoSimulate searcher builds it (``hypergrad_problem``), with batches split into chunks."""
 
     def __init__(self, run: Run, chunk: int):
         self.run = run
@@ -80,18 +81,11 @@ class _Scorer:
         assert run.model is not None
         self.model = run.model
         self.theta = run.theta(self.model)
-        self._g_val: Params | None = None
-
-    def val_gradient(self) -> Params:
-        # theta is fixed: every estimate shares one validation gradient
-        if self._g_val is None:
-            self._g_val = self.run.val_gradient(self.model)
-        return self._g_val
 
     def problem(self, current: tuple[SceneBatch, Batch], reused: list[tuple[SceneBatch, Batch, torch.Tensor]],
                 option: Option, clip: float) -> HypergradProblem:
         run, theta = self.run, self.theta
-        batch = current[1]
+        scenes, batch = current
         chunks = batch.chunks(self.chunk)
         n = len(batch)
 
@@ -105,25 +99,11 @@ class _Scorer:
                     total[k] += hv[k]
             return total
 
-        parts = chunks + [b for _, b, _ in reused]
-        fns = [run.functional_losses(self.model, part) for part in parts]
-        scenes = [current[0], *(s for s, _, _ in reused)]
-        weights = None
-        if reused:
-            with torch.no_grad():
-                log_q_now = torch.cat([run.log_prob(run.psi, s) for s in scenes])
-                log_q_cur = run.log_prob(run.psi, current[0])
-            weights = importance_weights(log_q_now, torch.cat([log_q_cur, *(lq for _, _, lq in reused)]), clip)
-        return HypergradProblem(
-            params=theta,
-            train_losses=lambda th: torch.cat([f(th) for f in fns]),
-            hvp=hvp,
-            val_gradient=self.val_gradient if run.val is not None else None,
-            log_prob=lambda: torch.cat([run.log_prob(run.psi, s) for s in scenes]),
-            psi=run.psi,
-            weights=weights,
-            baseline=option.baseline,
-        )
+        with torch.no_grad():
+            log_q = run.log_prob(run.psi, scenes).detach()
+        pool = [Rendered(scenes, batch, log_q), *(Rendered(s, b, lq) for s, b, lq in reused)]
+        return hypergrad_problem(run, self.model, pool, baseline=option.baseline, reuse_clip=clip, hvp=hvp,
+                                 chunk=self.chunk)
 
 
 def _estimator(name: str, run: Run, registry: Registry) -> Callable[[HypergradProblem], Hypergrad]:

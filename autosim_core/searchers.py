@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -146,7 +147,7 @@ def sobol_sampler(space: ParameterSpace, psi: Psi, count: int, generator: torch.
 
 
 @dataclass
-class _Rendered:
+class Rendered:
     """An iteration's scenes kept for reuse: the examples and log q of the psi they came from."""
 
     scenes: SceneBatch
@@ -158,9 +159,43 @@ class _Rendered:
                 "targets": self.batch.targets, "log_q": self.log_q}
 
     @classmethod
-    def from_state(cls, state: dict[str, Any]) -> _Rendered:
+    def from_state(cls, state: dict[str, Any]) -> Rendered:
         return cls(SceneBatch(state["latents"], state["records"]), Batch(state["inputs"], state["targets"]),
                    state["log_q"])
+
+
+def hypergrad_problem(run: SearchContext, model: torch.nn.Module, pool: Sequence[Rendered], *, baseline: Baseline,
+                      reuse_clip: float, hvp: Callable[[Params], Params] | None = None,
+                      val_gradient: Callable[[], Params] | None = None, chunk: int | None = None) -> HypergradProblem:
+    """The estimators' problem at the model's theta over the scenes of ``pool``: the current
+    iteration's first (the HVP's data unless ``hvp`` is given), then reused ones, importance-
+    weighted against the psi they were drawn from. ``chunk`` splits each batch's loss function
+    into pieces of that many examples (for batches too large for one pass)."""
+    theta = run.theta(model)
+    losses = [run.functional_losses(model, part) for r in pool
+              for part in (r.batch.chunks(chunk) if chunk else [r.batch])]
+    weights = None
+    if len(pool) > 1:
+        with torch.no_grad():
+            log_q_now = torch.cat([run.log_prob(run.psi, r.scenes) for r in pool])
+        weights = importance_weights(log_q_now, torch.cat([r.log_q for r in pool]), reuse_clip)
+    if hvp is None:
+        if chunk:
+            raise ValueError("a problem over chunked batches needs its own hvp")
+        hvp = run.hvp_operator(losses[0], theta)
+    if val_gradient is None and run.val is not None:
+        def val_gradient() -> Params:
+            return run.val_gradient(model)
+    return HypergradProblem(
+        params=theta,
+        train_losses=lambda th: torch.cat([f(th) for f in losses]),
+        hvp=hvp,
+        val_gradient=val_gradient,
+        log_prob=lambda: torch.cat([run.log_prob(run.psi, r.scenes) for r in pool]),
+        psi=run.psi,
+        weights=weights,
+        baseline=baseline,
+    )
 
 
 def _tree_lists(tree: dict[str, torch.Tensor]) -> dict[str, Any]:
@@ -182,7 +217,7 @@ class AutoSimulate:
             raise ValueError("searcher.settings.sampling: 'sobol' needs the core's sampler, but simulator "
                              f"{run.config.simulator.name!r} implements its own 'sample' hook; use 'iid'")
         self.psi_step = PsiStep(run.space, run.psi, settings)
-        self.reused: deque[_Rendered] = deque(maxlen=settings.reuse_iterations or None)
+        self.reused: deque[Rendered] = deque(maxlen=settings.reuse_iterations or None)
 
     @property
     def optimizer(self) -> torch.optim.Optimizer:
@@ -198,27 +233,11 @@ class AutoSimulate:
 
         with run.timed("hypergrad"):
             model.eval()
-            theta = run.theta(model)
-            per_sample = run.functional_losses(model, batch)
             with torch.no_grad():
                 log_q_drawn = run.log_prob(run.psi, scenes).detach()
-            pool = [_Rendered(scenes, batch, log_q_drawn), *self.reused]
-            losses = [per_sample, *(run.functional_losses(model, r.batch) for r in self.reused)]
-            weights = None
-            if self.reused:
-                with torch.no_grad():
-                    log_q_now = torch.cat([run.log_prob(run.psi, r.scenes) for r in pool])
-                weights = importance_weights(log_q_now, torch.cat([r.log_q for r in pool]), s.reuse_clip)
-            problem = HypergradProblem(
-                params=theta,
-                train_losses=lambda th: torch.cat([f(th) for f in losses]),
-                hvp=run.hvp_operator(per_sample, theta),
-                val_gradient=(lambda: run.val_gradient(model)) if run.val is not None else None,
-                log_prob=lambda: torch.cat([run.log_prob(run.psi, r.scenes) for r in pool]),
-                psi=run.psi,
-                weights=weights,
-                baseline=s.resolved_baseline(),
-            )
+            pool = [Rendered(scenes, batch, log_q_drawn), *self.reused]
+            problem = hypergrad_problem(run, model, pool, baseline=s.resolved_baseline(), reuse_clip=s.reuse_clip)
+            weights = problem.weights
             estimate: Hypergrad = run.estimate_hypergrad(problem)
             grad_norm = float(torch.sqrt(sum((g.detach() ** 2).sum() for g in estimate.grad.values())))
             step = self.psi_step(estimate.grad)
@@ -243,7 +262,7 @@ class AutoSimulate:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.psi_step.load_state_dict(state["optimizer"])
         self.reused.clear()
-        self.reused.extend(_Rendered.from_state(r) for r in state.get("reused", []))
+        self.reused.extend(Rendered.from_state(r) for r in state.get("reused", []))
 
 
 class FixedSettings(BaseModel):
