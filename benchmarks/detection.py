@@ -9,9 +9,10 @@ Cycles) + YOLOv3-tiny, every method under the same image budget, over several se
 renders of the uniform start for ``--pretrain-epochs`` epochs (YOLO-tiny, and YOLO-spp for its
 ablation), made once into OUT/pretrained-<variant>.pt: the paper's detectors start pretrained.
 
-Every (method, seed) runs through ``autosim run`` into OUT/<method>/seed-<i> (finished runs are
-skipped, interrupted ones resumed), ``--jobs`` at a time with Cycles and torch on one thread
-each; then ``autosim compare --resume`` writes OUT/comparison.md (the Table 3 analog: best val
+Every (method, seed) runs through ``autosim compare --resume`` on its own executor into
+OUT/<method>/seed-<i> (finished runs are kept, interrupted ones resumed), ``--jobs`` at a time
+in worker processes with Cycles and torch on one thread each; the comparison writes
+OUT/comparison.md (the Table 3 analog: best val
 mAP@0.5, the images and seconds to it, test mAP; mean ± std over seeds; threshold: Bayesian
 optimisation's best), and this script OUT/detection.md + .json: for every method the
 probability its final psi puts on the cells most like the target domain (``useful_cells``:
@@ -57,16 +58,12 @@ import json
 import os
 import platform
 import statistics
-import subprocess
-import sys
 import time
-import tomllib
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 # Running one (method, seed) and rendering the evaluation sets work as for Table 2.
-from table2 import render_evaluation_sets, run_one
+from table2 import compare, render_evaluation_sets
 
 BASE: dict[str, Any] = {
     "seed": 0,
@@ -233,30 +230,12 @@ def main() -> None:
         paths.append(path)
 
     render_evaluation_sets(copy.deepcopy(all_configs["fixed_uniform"]), args.out / "evaluation-sets")
-    (args.out / "logs").mkdir(parents=True, exist_ok=True)
-    jobs = []
-    for seed in range(args.seeds):
-        for method in args.methods:
-            config = tomllib.loads((args.out / "configs" / f"{method}.toml").read_text())
-            config["seed"] += seed
-            jobs.append((method, seed, config))
-    jobs.sort(key=lambda j: (ORDER.index(j[0]), j[1]))
-    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        futures = {pool.submit(run_one, config, args.out / method / f"seed-{seed}",
-                               args.out / "logs" / f"{method}-seed-{seed}.log", 1): (method, seed)
-                   for method, seed, config in jobs}
-        for future, (method, seed) in futures.items():
-            status, seconds = future.result()
-            print(f"{method} seed {seed}: {status} ({seconds:.0f} s)", flush=True)
+    paths.sort(key=lambda path: ORDER.index(path.stem))
+    compare(paths, args.out, args.seeds, budget, args.jobs,
+            *(["--threshold-from", "bayesian"] if "bayesian" in args.methods else []),
+            *(["--oracle", "oracle"] if "oracle" in args.methods else []),
+            *(["--initial", "fixed_uniform"] if "fixed_uniform" in args.methods else []))
     wall = time.perf_counter() - wall_start
-
-    command = [sys.executable, "-m", "autosim_core.cli", "compare", *map(str, paths), "--out", str(args.out),
-               "--seeds", str(args.seeds), "--budget-images", str(budget), "--resume",
-               *(["--threshold-from", "bayesian"] if "bayesian" in args.methods else []),
-               *(["--oracle", "oracle"] if "oracle" in args.methods else []),
-               *(["--initial", "fixed_uniform"] if "fixed_uniform" in args.methods else [])]
-    print("$", " ".join(command), flush=True)
-    subprocess.run(command, check=True, env={**os.environ, "MPLBACKEND": "Agg"})
 
     table, masses = cells_table(args.out, args.methods)
     machine = {"python": platform.python_version(), "cpus": os.cpu_count(),
@@ -268,7 +247,7 @@ def main() -> None:
     comparison = (args.out / "comparison.md").read_text()
     (args.out / "detection.md").write_text(comparison + "\n" + table)
     print(table)
-    print(f"wall: {wall / 60:.1f} min for {len(jobs)} runs, {args.jobs} at a time")
+    print(f"wall: {wall / 60:.1f} min for {len(paths) * args.seeds} runs, {args.jobs} at a time")
 
 
 if __name__ == "__main__":

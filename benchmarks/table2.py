@@ -3,12 +3,12 @@ image budget, over several seeds.
 
     python benchmarks/table2.py --out bench-results/table2 [--seeds 3] [--budget-images 960] [--jobs 2]
 
-Writes the methods' configs to OUT/configs/ and runs every (method, seed) with ``autosim run``
-into OUT/<method>/seed-<i> (seed i = the config's seed + i, as ``autosim compare --seeds``
-does), ``--jobs`` runs at a time with the machine's cores split evenly between them, longest
-first; a finished run is skipped and an interrupted one resumed, so the benchmark continues
-where it stopped. Then ``autosim compare --resume`` over the finished folders writes
-comparison.md/.json/.png (threshold: BO's best validation mIoU per seed), and this script
+Writes the methods' configs to OUT/configs/ and runs every (method, seed) with ``autosim compare
+--seeds --resume --executor processes --workers JOBS`` into OUT/<method>/seed-<i> (seed i = the
+config's seed + i), ``--jobs`` runs at a time with one torch thread each, longest first; a
+finished run is kept and an interrupted one resumed, so the benchmark continues where it
+stopped. The comparison writes comparison.md/.json/.png (threshold: BO's best validation mIoU
+per seed), and this script
 OUT/table2.json and OUT/table2.md: for each baseline B in (bayesian, reinforce, random), the
 images and seconds AutoSimulate needs to reach B's best validation mIoU against the images and
 seconds B needed, per seed, and their ratio.
@@ -25,8 +25,6 @@ import statistics
 import subprocess
 import sys
 import time
-import tomllib
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -158,23 +156,17 @@ def ratio_table(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_one(config: dict[str, Any], run_dir: Path, log: Path, threads: int) -> tuple[str, float]:
-    """One (method, seed) through ``autosim run``; skipped when finished, resumed when interrupted."""
-    import tomli_w
-
-    if (run_dir / "summary.json").exists():
-        return "done before", 0.0
-    path = run_dir.parent / f"{run_dir.name}.toml"
-    run_dir.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(tomli_w.dumps(config))
-    command = [sys.executable, "-m", "autosim_core.cli", "run", str(path), "--out", str(run_dir)]
-    if (run_dir / "checkpoint.pt").exists():
-        command.append("--resume")
-    env = {**os.environ, "MPLBACKEND": "Agg", "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+def compare(configs: list[Path], out: Path, seeds: int, budget_images: int, jobs: int, *flags: str) -> float:
+    """Every (config, seed) run through ``autosim compare`` on its own executor (``jobs`` runs at
+    a time in worker processes, one torch thread each); finished runs are kept, interrupted ones
+    resumed. Returns the wall seconds."""
+    executor = ["--executor", "processes", "--workers", str(jobs)] if jobs > 1 else []
+    command = [sys.executable, "-m", "autosim_core.cli", "compare", *map(str, configs), "--out", str(out),
+               "--seeds", str(seeds), "--budget-images", str(budget_images), "--resume", *executor, *flags]
+    print("$", " ".join(command), flush=True)
     start = time.perf_counter()
-    with log.open("a") as stream:
-        subprocess.run(command, check=True, env=env, stdout=stream, stderr=subprocess.STDOUT)
-    return "ran", time.perf_counter() - start
+    subprocess.run(command, check=True, env={**os.environ, "MPLBACKEND": "Agg"})
+    return time.perf_counter() - start
 
 
 def render_evaluation_sets(config: dict[str, Any], folder: Path) -> None:
@@ -201,32 +193,13 @@ def main() -> None:
     configs = [p for p in write_configs(args.out / "configs") if p.stem in args.methods]
     wall_start = time.perf_counter()
     render_evaluation_sets(copy.deepcopy(BASE), args.out / "evaluation-sets")
-    (args.out / "logs").mkdir(parents=True, exist_ok=True)
     # Longest first, so that the last runs of the pool are short ones.
     order = ["autosimulate_quadratic", "autosimulate_quadratic_plain", "autosimulate_linear",
              "autosimulate_linear_plain", "bayesian", "reinforce", "random", "oracle", "fixed_initial"]
-    jobs = []
-    for seed in range(args.seeds):
-        for method in sorted(args.methods, key=order.index):
-            config = tomllib.loads((args.out / "configs" / f"{method}.toml").read_text())
-            config["seed"] = config["seed"] + seed
-            config["budget"] = {"images": args.budget_images}
-            jobs.append((method, seed, config))
-    jobs.sort(key=lambda j: (order.index(j[0]), j[1]))
-    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        futures = {pool.submit(run_one, config, args.out / method / f"seed-{seed}",
-                               args.out / "logs" / f"{method}-seed-{seed}.log", threads): (method, seed)
-                   for method, seed, config in jobs}
-        for future, (method, seed) in futures.items():
-            status, seconds = future.result()
-            print(f"{method} seed {seed}: {status} ({seconds:.0f} s)", flush=True)
+    configs.sort(key=lambda path: order.index(path.stem))
+    compare(configs, args.out, args.seeds, args.budget_images, args.jobs,
+            *(["--threshold-from", "bayesian"] if "bayesian" in args.methods else []))
     wall = time.perf_counter() - wall_start
-
-    command = [sys.executable, "-m", "autosim_core.cli", "compare", *map(str, configs), "--out", str(args.out),
-               "--seeds", str(args.seeds), "--budget-images", str(args.budget_images), "--resume",
-               *(["--threshold-from", "bayesian"] if "bayesian" in args.methods else [])]
-    print("$", " ".join(command), flush=True)
-    subprocess.run(command, check=True, env={**os.environ, "MPLBACKEND": "Agg"})
 
     result = ratios(args.out)
     machine = {"python": platform.python_version(), "torch": torch.__version__, "cpus": cpus,
@@ -238,7 +211,8 @@ def main() -> None:
     table = ratio_table(result)
     (args.out / "table2.md").write_text(table)
     print(table)
-    print(f"wall: {wall / 60:.1f} min for {len(jobs)} runs, {args.jobs} at a time with {threads} thread(s) each")
+    print(f"wall: {wall / 60:.1f} min for {len(configs) * args.seeds} runs, {args.jobs} at a time with {threads} "
+          "thread(s) each")
 
 
 if __name__ == "__main__":
