@@ -1,0 +1,161 @@
+"""The black-box searchers' view of a parameter space: a box of coordinates, and the sampling
+distribution each point of it stands for.
+
+The box has, per learnable parameter of the space, its centre (the mean of a normal or
+bounded family, the log-median of a log-normal, ``p`` of a Bernoulli), its spread (the log of
+the std of the Gaussian families' latent, when ``spreads`` is on) and, for a categorical, which
+choice is favoured (it gets ``choice_weight``, the others share the rest, so no value is ever
+ruled out).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from .space import Bernoulli, Bounded, Categorical, LogNormal, Normal, ParameterSpace
+
+Point = dict[str, float | int | str]
+"""A point of the search box: coordinate name -> value (a choice's label for categoricals)."""
+
+SPREAD_RANGE = 10.0
+"""A spread is searched within [start / 10, start * 10] (and the family's min_std/max_std)."""
+UNBOUNDED_WIDTH = 4.0
+"""A centre with no declared bound on one side is searched up to 4 start stds that way."""
+LOG_DECADES = math.log(1000.0)
+"""A log-normal bounded only above (or at 0) is searched over three decades below its high."""
+
+
+@dataclass(frozen=True)
+class Coordinate:
+    """One dimension of the search box, in the units searched (log units where ``log`` is in
+    the name): ``float`` and ``int`` coordinates lie in [low, high]; ``choice`` ones in
+    ``choices``."""
+
+    name: str
+    parameter: str
+    kind: Literal["float", "int", "choice"]
+    low: float = 0.0
+    high: float = 1.0
+    choices: tuple[str, ...] = ()
+
+    def clip(self, value: float) -> float | int:
+        value = min(max(value, self.low), self.high)
+        return round(value) if self.kind == "int" else value
+
+
+class SearchBox:
+    """The black-box searchers' view of a parameter space (see the module's docstring)."""
+
+    def __init__(self, space: ParameterSpace, *, spreads: bool = True, choice_weight: float = 0.85):
+        self.space = space
+        self.spreads = spreads
+        self.choice_weight = choice_weight
+        self.coordinates: list[Coordinate] = []
+        for name, fam in space.parameters.items():
+            if fam.learn:
+                self.coordinates.extend(self._coordinates(name, fam))
+        if not self.coordinates:
+            raise ValueError("the simulator's parameter space has no learnable parameter")
+        self.by_name = {c.name: c for c in self.coordinates}
+
+    def _coordinates(self, name: str, fam: Any) -> list[Coordinate]:
+        if isinstance(fam, Categorical):
+            return [Coordinate(f"{name}.choice", name, "choice", choices=tuple(str(c) for c in fam.choices))]
+        if isinstance(fam, Bernoulli):
+            return [Coordinate(f"{name}.p", name, "float", 0.01, 0.99)]
+        start = fam.psi_init()
+        loc, std = float(start["loc"]), fam.std
+        if isinstance(fam, LogNormal):
+            high = math.log(fam.high) if fam.high is not None else loc + UNBOUNDED_WIDTH * std
+            if fam.low:
+                low = math.log(fam.low)
+            else:
+                low = high - LOG_DECADES if fam.high is not None else loc - UNBOUNDED_WIDTH * std
+            centre = Coordinate(f"{name}.log_median", name, "float", min(low, loc), max(high, loc))
+        else:
+            if isinstance(fam, Bounded):
+                margin = 0.005 * (fam.high - fam.low)
+                low, high = fam.low + margin, fam.high - margin
+            else:
+                assert isinstance(fam, Normal)
+                low = fam.low if fam.low is not None else fam.mean - UNBOUNDED_WIDTH * std
+                high = fam.high if fam.high is not None else fam.mean + UNBOUNDED_WIDTH * std
+            kind: Literal["float", "int"] = "int" if fam.integer else "float"
+            if kind == "int":
+                low, high = math.ceil(low), math.floor(high)
+            centre = Coordinate(f"{name}.mean", name, kind, low, high)
+        if not self.spreads:
+            return [centre]
+        lo = max(math.log(std / SPREAD_RANGE), math.log(fam.min_std))
+        hi = math.log(std * SPREAD_RANGE)
+        if fam.max_std is not None:
+            hi = min(hi, math.log(fam.max_std))
+        return [centre, Coordinate(f"{name}.log_std", name, "float", lo, hi)]
+
+    # -- points <-> distributions -----------------------------------------------------------
+    def start_point(self) -> Point:
+        """The point closest to the space as declared (where REINFORCE's policy starts)."""
+        point: Point = {}
+        for c in self.coordinates:
+            fam = self.space[c.parameter]
+            if c.kind == "choice":
+                probs = fam.psi_init()["logits"].softmax(-1)
+                point[c.name] = c.choices[int(probs.argmax())]
+            elif c.name.endswith(".log_std"):
+                point[c.name] = c.clip(math.log(fam.std))
+            elif isinstance(fam, Bernoulli):
+                point[c.name] = c.clip(fam.p)
+            elif isinstance(fam, LogNormal):
+                point[c.name] = c.clip(math.log(fam.median))
+            else:
+                point[c.name] = c.clip(fam.mean)
+        return point
+
+    def check(self, point: Mapping[str, Any]) -> Point:
+        """The point with every coordinate present and inside the box (choices by label)."""
+        missing = [c.name for c in self.coordinates if c.name not in point]
+        if missing:
+            raise ValueError(f"point lacks coordinates: {', '.join(missing)}")
+        out: Point = {}
+        for c in self.coordinates:
+            value = point[c.name]
+            if c.kind == "choice":
+                if str(value) not in c.choices:
+                    raise ValueError(f"{c.name}: {value!r} is not one of {', '.join(c.choices)}")
+                out[c.name] = str(value)
+            else:
+                out[c.name] = c.clip(float(value))
+        return out
+
+    def space_at(self, point: Mapping[str, Any]) -> ParameterSpace:
+        """The sampling distribution a point stands for."""
+        point = self.check(point)
+        changes: dict[str, dict[str, Any]] = {}
+        for c in self.coordinates:
+            fam = self.space[c.parameter]
+            change = changes.setdefault(c.parameter, {})
+            value = point[c.name]
+            if c.kind == "choice":
+                n = len(c.choices)
+                rest = (1.0 - self.choice_weight) / (n - 1)
+                change["probs"] = [self.choice_weight if label == value else rest for label in c.choices]
+            elif c.name.endswith(".log_std"):
+                std = math.exp(float(value))
+                change["std"] = min(max(std, fam.min_std), fam.max_std or math.inf)
+            elif isinstance(fam, Bernoulli):
+                change["p"] = float(value)
+            elif isinstance(fam, LogNormal):
+                change["median"] = math.exp(float(value))
+            else:
+                change["mean"] = value
+        return self.space.override(changes)
+
+    # -- the unit cube, for policies ----------------------------------------------------------
+    def to_unit(self, c: Coordinate, value: float) -> float:
+        return 0.5 if c.high == c.low else (float(value) - c.low) / (c.high - c.low)
+
+    def from_unit(self, c: Coordinate, u: float) -> float | int:
+        return c.clip(c.low + (c.high - c.low) * float(u))
