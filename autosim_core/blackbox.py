@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from .evaluations import EvaluationJob, EvaluationPool
+from .evaluations import EvaluationJob, EvaluationPool, evaluate_job
 from .space import Bernoulli, Bounded, Categorical, LogNormal, Normal, ParameterSpace, Psi
 
 if TYPE_CHECKING:
@@ -409,19 +409,6 @@ class ReinforceProposer:
 
 
 # -- the searchers -------------------------------------------------------------------------------
-def evaluate_job(run: Run, box: SearchBox, job: EvaluationJob) -> tuple[dict[str, Any], torch.nn.Module, Psi]:
-    """One objective evaluation: render ``job``'s scenes, train a fresh model on them in the
-    job's orders, score it on the validation set. Returns its history row, the model and psi."""
-    space = box.space_at(job.point)
-    psi = space.init_psi()
-    batch = run.render_training_records(job.records)
-    model = run.create_model()
-    optimizer = run.create_model_optimizer(model)
-    train_loss = run.fine_tune(model, optimizer, batch, orders=job.orders)
-    row = {"train_loss": train_loss, **run.validation_row(model), "psi": space.describe(psi), "point": job.point}
-    return row, model, psi
-
-
 class BlackBoxSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

@@ -68,6 +68,13 @@ class Batch:
     def chunks(self, size: int) -> list[Batch]:
         return [self.select(slice(i, i + size)) for i in range(0, len(self), size)]
 
+    def to(self, device: torch.device | str) -> Batch:
+        """The batch on ``device``: its inputs, and its targets when they are a tensor."""
+        import torch
+
+        targets = self.targets.to(device) if isinstance(self.targets, torch.Tensor) else self.targets
+        return Batch(self.inputs.to(device), targets)
+
 
 @dataclass
 class SceneBatch:
