@@ -84,7 +84,9 @@ def _run_on_workers(jobs: Sequence[RunJob], kind: str, workers: int | None, addr
     """Each run a job of a pool of ``workers`` processes or Ray actors (default: the machine's or
     the cluster's CPUs, no more than the runs): a run that crashes its worker (segfault, killed)
     fails alone, and a fresh worker takes the next run."""
-    backend = make_backend(kind, workers, address=address, most=len(jobs))
+    # Local workers are forked from a server process that has imported torch once (Blender's
+    # Cycles refuses a forked process, not a forkserver's child).
+    backend = make_backend(kind, workers, start_method="forkserver", address=address, most=len(jobs))
     # A worker starts processes of its own when a run's executor asks for them: no daemon.
     recipe = Recipe(_execute, threads=threads, label="run", daemon=False, name="autosim-compare")
     pool = WorkerPool(backend, recipe)

@@ -191,12 +191,16 @@ class EvaluationPool:
     def evaluate(self, jobs: Sequence[EvaluationJob]) -> list[EvaluationResult]:
         """The results of ``jobs``, in order; EvaluationError naming the first that failed."""
         retries = self.run.config.executor.retries
-        results: list[EvaluationResult | None] = [None] * len(jobs)
+        results: list[EvaluationResult | _Failed | None] = [None] * len(jobs)
 
         def done(job: Job, result: EvaluationResult | _Failed) -> None:
-            if isinstance(result, _Failed):
-                raise self._failed(jobs[job.tag], result.cause, result.worker_traceback)
             results[job.tag] = result
+            # The first failed evaluation in the batch's order stops the run, once those before it are in.
+            for i, found in enumerate(results):
+                if found is None:
+                    return
+                if isinstance(found, _Failed):
+                    raise self._failed(jobs[i], found.cause, found.worker_traceback)
 
         def retry(failure: Failure) -> None:
             self.run.record_event({"event": "evaluation_retry", "executor": self.kind,
@@ -217,7 +221,7 @@ class EvaluationPool:
             self._pool = WorkerPool(self._backend, recipe)
         self._pool.run([Job(job, i) for i, job in enumerate(jobs)], on_done=done, on_spent=spent, retries=retries,
                        retry_errors=False, on_retry=retry)
-        return [r for r in results if r is not None]
+        return [r for r in results if isinstance(r, EvaluationResult)]
 
     @property
     def _what(self) -> str:
