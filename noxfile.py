@@ -65,7 +65,7 @@ def _install(session: nox.Session, *specs: tuple[str, ...]) -> None:
 
 def _pytest(session: nox.Session, *paths: str) -> None:
     env = {"AUTOSIM_CACHE": str(session.create_tmp() + "/autosim-cache"), "MPLBACKEND": "Agg"}
-    session.run("pytest", "-q", *paths, *session.posargs, env=env)
+    session.run("pytest", "-q", "--durations=15", *paths, *session.posargs, env=env)
 
 
 @nox.session(python=PYTHON)
@@ -90,7 +90,7 @@ def ray(session: nox.Session) -> None:
     env = {"AUTOSIM_CACHE": f"{tmp}/autosim-cache", "MPLBACKEND": "Agg", "RAY_AUTH_MODE": "disabled",
            # Ray's socket paths must stay short: a session's own folder under /tmp.
            "RAY_TMPDIR": f"/tmp/ray-{os.getpid()}"}
-    session.run("pytest", "-q", "tests/test_executors_ray.py", *session.posargs, env=env)
+    session.run("pytest", "-q", "--durations=15", "tests/test_executors_ray.py", *session.posargs, env=env)
 
 
 @nox.session(python=PYTHON)

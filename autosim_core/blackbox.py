@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from .evaluations import EvaluationJob, EvaluationPool
+from .evaluations import EvaluationJob, EvaluationPool, evaluate_job
 from .proposers import (
     BayesianProposer,
     GaussianSoftmaxPolicy,
@@ -41,19 +41,6 @@ __all__ = ["BayesianProposer", "BayesianSearch", "Coordinate", "GaussianSoftmaxP
 
 if TYPE_CHECKING:
     from .contracts import SearchContext
-
-# -- the searchers -------------------------------------------------------------------------------
-def evaluate_job(run: SearchContext, box: SearchBox, job: EvaluationJob) -> tuple[dict[str, Any], torch.nn.Module, Psi]:
-    """One objective evaluation: render ``job``'s scenes, train a fresh model on them in the
-    job's orders, score it on the validation set. Returns its history row, the model and psi."""
-    space = box.space_at(job.point)
-    psi = space.init_psi()
-    batch = run.render_training_records(job.records)
-    model = run.create_model()
-    optimizer = run.create_model_optimizer(model)
-    train_loss = run.fine_tune(model, optimizer, batch, orders=job.orders)
-    row = {"train_loss": train_loss, **run.validation_row(model), "psi": space.describe(psi), "point": job.point}
-    return row, model, psi
 
 
 class BlackBoxSettings(BaseModel):

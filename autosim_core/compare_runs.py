@@ -1,5 +1,5 @@
 """Running a comparison's runs (one per method and seed): one after another in this process,
-concurrently in local worker processes, or as Ray tasks.
+concurrently on the workers of :mod:`autosim_core.workers` (local processes or Ray actors).
 
 Every run is one :class:`RunJob`: its config as data, its folder and the config text it keeps.
 A worker builds the run from the job, executes it and answers only ``None`` (finished) or one
@@ -10,15 +10,14 @@ line saying why it failed; the comparison is then read back from the run folders
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import traceback
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
+
+from .workers import Failure, Job, Recipe, WorkerPool, make_backend
 
 EXECUTORS = ("inline", "processes", "ray")
 ERROR_LOG = "error.log"
@@ -74,94 +73,41 @@ def execute_run(job: RunJob, registry: Any = None) -> str | None:
             runner.close()
 
 
-# ------------------------------------------------------------------------ local processes ---
-def _process_main(job: RunJob, conn: Connection, threads: int | None) -> None:
-    from .executors import blender_paths_last
-
-    blender_paths_last()
-    if threads is not None:
-        import torch
-
-        torch.set_num_threads(threads)
-    conn.send(execute_run(job))
-    conn.close()
-
-
-def _run_in_processes(jobs: Sequence[RunJob], workers: int, threads: int | None) -> list[str | None]:
-    """Each run in its own spawned process, at most ``workers`` at a time: a run that crashes its
-    process (segfault, killed) fails alone."""
-    context = multiprocessing.get_context("spawn")
-    pending = deque(range(len(jobs)))
-    running: dict[int, tuple[int, Any, Connection]] = {}
-    results: list[str | None] = [None] * len(jobs)
-    try:
-        while pending or running:
-            while pending and len(running) < workers:
-                index = pending.popleft()
-                job = jobs[index]
-                parent, child = context.Pipe(duplex=False)
-                process = context.Process(target=_process_main, args=(job, child, threads),
-                                          name=f"autosim-compare {job.label}")
-                process.start()
-                child.close()
-                running[process.sentinel] = (index, process, parent)
-            for sentinel in wait(list(running)):
-                index, process, conn = running.pop(sentinel)
-                process.join()
-                died = f"the run's process died (exit code {process.exitcode})"
-                try:
-                    results[index] = conn.recv() if conn.poll() else died
-                except (EOFError, OSError):
-                    results[index] = died
-                conn.close()
-    finally:
-        for _job, process, conn in running.values():  # interrupted: stop the runs still going
-            process.terminate()
-            process.join(timeout=10)
-            conn.close()
-    return results
-
-
-# ------------------------------------------------------------------------------------ Ray ---
-def _ray_execute(job: RunJob) -> str | None:
-    from .executors import blender_paths_last
-
-    blender_paths_last()
-    import torch
-
-    torch.set_num_threads(1)
+# ----------------------------------------------------------------------------- on workers ---
+def _execute(state: Any, job: RunJob) -> str | None:
+    """A worker's job: one run, in a worker process or Ray actor."""
     return execute_run(job)
 
 
-def _run_on_ray(jobs: Sequence[RunJob], workers: int | None, address: str | None) -> list[str | None]:
-    """Each run a Ray task holding one CPU, at most ``workers`` at a time (default: the cluster's
-    CPUs); a local Ray is started when none is running and shut down afterwards."""
-    import ray
+def _run_on_workers(jobs: Sequence[RunJob], kind: str, workers: int | None, address: str | None,
+                    threads: int | None) -> list[str | None]:
+    """Each run a job of a pool of ``workers`` processes or Ray actors (default: the machine's or
+    the cluster's CPUs, no more than the runs): a run that crashes its worker (segfault, killed)
+    fails alone, and a fresh worker takes the next run."""
+    # Local workers are forked from a server process that has imported torch once (Blender's
+    # Cycles refuses a forked process, not a forkserver's child).
+    backend = make_backend(kind, workers, start_method="forkserver", address=address, most=len(jobs))
+    # A worker starts processes of its own when a run's executor asks for them: no daemon.
+    recipe = Recipe(_execute, threads=threads, label="run", daemon=False, name="autosim-compare")
+    pool = WorkerPool(backend, recipe)
+    results: list[str | None] = [None] * len(jobs)
 
-    from .executors import connect_ray, ray_cpus
+    def done(job: Job, result: str | None) -> None:
+        results[job.tag] = result
 
-    started = connect_ray(address)
+    def died(failure: Failure) -> None:
+        if not failure.died:
+            results[failure.job.tag] = failure.reason
+        elif kind == "processes":
+            results[failure.job.tag] = f"the run's process died ({failure.detail})"
+        else:
+            results[failure.job.tag] = f"the Ray worker running it died ({failure.detail})"
+
     try:
-        limit = workers or max(1, ray_cpus())
-        task = ray.remote(num_cpus=1, max_retries=0)(_ray_execute)
-        pending = deque(range(len(jobs)))
-        running: dict[Any, int] = {}
-        results: list[str | None] = [None] * len(jobs)
-        while pending or running:
-            while pending and len(running) < limit:
-                index = pending.popleft()
-                running[task.remote(jobs[index])] = index
-            done, _ = ray.wait(list(running), num_returns=1)
-            for ref in done:
-                index = running.pop(ref)
-                try:
-                    results[index] = ray.get(ref)
-                except ray.exceptions.RayError as exc:
-                    results[index] = f"the Ray worker running it died ({type(exc).__name__})"
-        return results
-    finally:
-        if started:
-            ray.shutdown()
+        pool.run([Job(job, i) for i, job in enumerate(jobs)], on_done=done, on_spent=died)
+    finally:  # interrupted: the runs still going are stopped
+        pool.shutdown()
+    return results
 
 
 def run_jobs(jobs: Sequence[RunJob], executor: str = "inline", workers: int | None = None,
@@ -178,5 +124,5 @@ def run_jobs(jobs: Sequence[RunJob], executor: str = "inline", workers: int | No
         return [execute_run(job, registry) for job in jobs]
     if executor == "processes":
         size = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
-        return _run_in_processes(jobs, size, 1 if size > 1 else None)
-    return _run_on_ray(jobs, workers, address)
+        return _run_on_workers(jobs, executor, size, None, 1 if size > 1 else None)
+    return _run_on_workers(jobs, executor, workers, address, 1)

@@ -11,20 +11,17 @@ the models and the random streams are those the one-at-a-time run would produce.
 
 from __future__ import annotations
 
-import importlib
-import multiprocessing
 import os
 import sys
 import traceback
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .records import Batch
+from .workers import Failure, Job, Recipe, WorkerPool, import_target, make_backend, pinned_threads, plugin_target
 
 if TYPE_CHECKING:
     from .run import Run
@@ -79,20 +76,12 @@ class WorkerSpec:
     validation: Batch | None
     sys_path: tuple[str, ...]
     threads: int
-
-
-def _import(target: str) -> Any:
-    module_name, _, attribute = target.partition(":")
-    found: Any = importlib.import_module(module_name)
-    for part in filter(None, attribute.split(".")):
-        found = getattr(found, part)
-    return found
+    run_class: type | None = None
+    """The class of the run a worker builds (the run's own: the worker imports it by reference)."""
 
 
 def _target(obj: Any) -> str | None:
     """Where a worker can import ``obj`` (a module, a module-level object or a class)."""
-    from .executors import plugin_target
-
     if isinstance(obj, type) and obj.__module__ != "__main__" and "<locals>" not in obj.__qualname__:
         return f"{obj.__module__}:{obj.__qualname__}"
     return plugin_target(obj)
@@ -118,32 +107,38 @@ def worker_spec(run: Run, workers: int) -> WorkerSpec:
         targets[kind] = {names[kind]: target}
     validation = None if run.val is None else run.val.to(torch.device("cpu"))
     # The workers share the machine's cores; a thread count the user pinned is kept.
-    pinned = os.environ.get("OMP_NUM_THREADS", "")
-    threads = int(pinned) if pinned.isdigit() and int(pinned) > 0 else max(1, (os.cpu_count() or 1) // workers)
-    return WorkerSpec(config, targets, validation, tuple(sys.path), threads)
+    return WorkerSpec(config, targets, validation, tuple(sys.path), pinned_threads(workers), type(run))
+
+
+def evaluate_job(run: Run, box: Any, job: EvaluationJob) -> tuple[dict[str, Any], torch.nn.Module, Any]:
+    """One objective evaluation: render ``job``'s scenes, train a fresh model on them in the
+    job's orders, score it on the validation set. Returns its history row, the model and psi
+    (``box`` is the searcher's ``SearchBox``)."""
+    space = box.space_at(job.point)
+    psi = space.init_psi()
+    batch = run.render_training_records(job.records)
+    model = run.create_model()
+    optimizer = run.create_model_optimizer(model)
+    train_loss = run.fine_tune(model, optimizer, batch, orders=job.orders)
+    row = {"train_loss": train_loss, **run.validation_row(model), "psi": space.describe(psi), "point": job.point}
+    return row, model, psi
 
 
 class _WorkerRun:
-    """A worker's copy of the run: built once, then evaluates job after job."""
+    """A worker's copy of the run: built once, then evaluates job after job (the worker layer
+    has already set its threads and import path)."""
 
     def __init__(self, spec: WorkerSpec):
-        from .executors import blender_paths_last
-
-        blender_paths_last()
-        torch.set_num_threads(spec.threads)
-        for entry in spec.sys_path:
-            if entry not in sys.path and os.path.isdir(entry):
-                sys.path.append(entry)
         from .config import parse_config
         from .plugins import Registry
-        from .run import Run
 
         registry = Registry()
         for kind, by_name in spec.targets.items():
             for name, target in by_name.items():
-                registry.plugins[kind][name] = _import(target)
+                registry.plugins[kind][name] = import_target(target)
                 registry.targets[kind][name] = target
-        self.run = Run(parse_config(spec.config), os.devnull, registry=registry)
+        assert spec.run_class is not None
+        self.run = spec.run_class(parse_config(spec.config), os.devnull, registry=registry)
         if spec.validation is not None:
             self.run.val = spec.validation.to(self.run.device)
         searcher = self.run.searcher_cls(self.run, self.run.searcher_settings)
@@ -151,8 +146,6 @@ class _WorkerRun:
         self.epochs = searcher.settings.epochs
 
     def evaluate(self, job: EvaluationJob) -> EvaluationResult:
-        from .blackbox import evaluate_job
-
         run = self.run
         run.clock.reset()
         row, model, psi = evaluate_job(run, self.box, job)
@@ -160,37 +153,28 @@ class _WorkerRun:
         return EvaluationResult(row, state, {k: v.detach().cpu() for k, v in psi.items()}, dict(run.seconds))
 
 
-_WORKER: _WorkerRun | None = None
+@dataclass(frozen=True)
+class _Failed:
+    """An evaluation's exception, as its worker answers it: one line and the traceback."""
+
+    cause: str
+    worker_traceback: str
 
 
-def _process_init(spec: WorkerSpec) -> None:
-    global _WORKER
-    _WORKER = _WorkerRun(spec)
-
-
-def _evaluate_here(worker: _WorkerRun, job: EvaluationJob) -> EvaluationResult:
+def _evaluate_here(worker: _WorkerRun, job: EvaluationJob) -> EvaluationResult | _Failed:
     try:
         return worker.evaluate(job)
     except Exception as exc:
         lines = [line for line in str(exc).splitlines() if line.strip()]
         cause = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
-        raise EvaluationError(cause, traceback.format_exc()) from None
-
-
-def _process_evaluate(job: EvaluationJob) -> EvaluationResult:
-    assert _WORKER is not None
-    return _evaluate_here(_WORKER, job)
-
-
-class _WorkerDied(Exception):
-    """The process or actor running an evaluation died (crash, kill); the evaluation is retried."""
+        return _Failed(cause, traceback.format_exc())
 
 
 class EvaluationPool:
     """Evaluates batches of jobs on ``workers`` local processes or Ray actors, kept between batches.
 
-    A worker that dies (a renderer's segfault, the OOM killer) is replaced and the evaluations it
-    left unfinished run again, up to the executor's ``retries`` times, each time a
+    A worker that dies (a renderer's segfault, the OOM killer) is replaced, alone, and the
+    evaluation it left unfinished runs again, up to the executor's ``retries`` times, each time a
     ``{"event": "evaluation_retry"}`` line in the history; an exception inside an evaluation
     (the renders were already retried in the worker) stops the run with the point it failed on.
     """
@@ -199,78 +183,48 @@ class EvaluationPool:
         self.run = run
         self.kind = kind
         self.workers = workers
-        self._pool: ProcessPoolExecutor | None = None
-        self._actors: list[Any] = []
-        self._started_ray = False
+        settings = run.config.executor
+        self._backend = make_backend(kind, workers, start_method=settings.start_method, address=settings.address)
+        self._pool: WorkerPool | None = None
 
     def evaluate(self, jobs: Sequence[EvaluationJob]) -> list[EvaluationResult]:
         """The results of ``jobs``, in order; EvaluationError naming the first that failed."""
         retries = self.run.config.executor.retries
-        results: list[EvaluationResult | None] = [None] * len(jobs)
-        attempt = 0
-        while True:
-            pending = [i for i, r in enumerate(results) if r is None]
-            handles = self._submit([jobs[i] for i in pending])
-            died: list[int] = []
-            reason = ""
-            for i, handle in zip(pending, handles, strict=True):
-                try:
-                    results[i] = self._result(handle, jobs[i])
-                except _WorkerDied as exc:
-                    died.append(i)
-                    reason = str(exc)
-            if not died:
-                return [r for r in results if r is not None]
-            self.close()
-            if attempt >= retries:
-                raise EvaluationError(f"the worker {self._what} evaluating point {jobs[died[0]].point} died "
-                                      f"{attempt + 1} time(s) ({reason}); {self.run.resume_hint()}")
-            attempt += 1
+        results: list[EvaluationResult | _Failed | None] = [None] * len(jobs)
+
+        def done(job: Job, result: EvaluationResult | _Failed) -> None:
+            results[job.tag] = result
+            # The first failed evaluation in the batch's order stops the run, once those before it are in.
+            for i, found in enumerate(results):
+                if found is None:
+                    return
+                if isinstance(found, _Failed):
+                    raise self._failed(jobs[i], found.cause, found.worker_traceback)
+
+        def retry(failure: Failure) -> None:
             self.run.record_event({"event": "evaluation_retry", "executor": self.kind,
-                                   "points": [jobs[i].point for i in died], "attempt": attempt,
-                                   "retries": retries, "reason": reason})
+                                   "points": [jobs[failure.job.tag].point], "attempt": failure.job.attempt + 1,
+                                   "retries": retries, "reason": failure.reason})
+
+        def spent(failure: Failure) -> None:
+            job = jobs[failure.job.tag]
+            if not failure.died:  # the worker could not build its run, or read the job
+                raise self._failed(job, failure.reason, str(failure.detail))
+            raise EvaluationError(f"the worker {self._what} evaluating point {job.point} died "
+                                  f"{failure.job.attempt + 1} time(s) ({failure.reason}); {self.run.resume_hint()}")
+
+        if self._pool is None:
+            spec = worker_spec(self.run, self.workers)
+            recipe = Recipe(_evaluate_here, _WorkerRun, spec, threads=spec.threads, sys_path=spec.sys_path,
+                            label="evaluation", starts="build its copy of the run", name="autosim-evaluate")
+            self._pool = WorkerPool(self._backend, recipe)
+        self._pool.run([Job(job, i) for i, job in enumerate(jobs)], on_done=done, on_spent=spent, retries=retries,
+                       retry_errors=False, on_retry=retry)
+        return [r for r in results if isinstance(r, EvaluationResult)]
 
     @property
     def _what(self) -> str:
         return "process" if self.kind == "processes" else "Ray actor"
-
-    def _submit(self, jobs: Sequence[EvaluationJob]) -> list[Any]:
-        if self.kind == "processes":
-            if self._pool is None:
-                context = multiprocessing.get_context(self.run.config.executor.start_method)
-                self._pool = ProcessPoolExecutor(self.workers, mp_context=context, initializer=_process_init,
-                                                 initargs=(worker_spec(self.run, self.workers),))
-            return [self._pool.submit(_process_evaluate, job) for job in jobs]
-        import ray
-
-        from .executors import connect_ray
-
-        if not self._actors:
-            self._started_ray = connect_ray(self.run.config.executor.address) or self._started_ray
-            spec = ray.put(worker_spec(self.run, self.workers))
-            actor_class = ray.remote(num_cpus=1, max_restarts=0, max_task_retries=0)(_RayEvaluator)
-            self._actors = [actor_class.remote(spec) for _ in range(self.workers)]
-        return [self._actors[i % len(self._actors)].evaluate.remote(job) for i, job in enumerate(jobs)]
-
-    def _result(self, handle: Any, job: EvaluationJob) -> EvaluationResult:
-        if self.kind == "processes":
-            try:
-                return handle.result()
-            except BrokenProcessPool as exc:
-                raise _WorkerDied(str(exc)) from None
-            except EvaluationError as exc:
-                raise self._failed(job, str(exc), exc.worker_traceback) from None
-        import ray
-
-        try:
-            return ray.get(handle)
-        except ray.exceptions.RayTaskError as exc:
-            cause = exc.cause
-            if isinstance(cause, EvaluationError):
-                raise self._failed(job, str(cause), cause.worker_traceback) from None
-            raise self._failed(job, f"{type(cause or exc).__name__}: {cause or exc}", str(exc)) from None
-        except ray.exceptions.RayError as exc:
-            raise _WorkerDied(type(exc).__name__) from None
 
     def _failed(self, job: EvaluationJob, cause: str, worker_traceback: str) -> EvaluationError:
         log = self.run.out_dir / ERROR_LOG
@@ -281,30 +235,10 @@ class EvaluationPool:
 
     def close(self) -> None:
         if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool.close()
             self._pool = None
-        if self._actors:
-            import ray
-
-            for actor in self._actors:
-                ray.kill(actor)
-            self._actors = []
 
     def shutdown(self) -> None:
         """Stops the workers and a Ray this pool started."""
         self.close()
-        if self._started_ray:
-            import ray
-
-            ray.shutdown()
-            self._started_ray = False
-
-
-class _RayEvaluator:
-    """A Ray actor holding one worker copy of the run."""
-
-    def __init__(self, spec: WorkerSpec):
-        self.worker = _WorkerRun(spec)
-
-    def evaluate(self, job: EvaluationJob) -> EvaluationResult:
-        return _evaluate_here(self.worker, job)
+        self._backend.shutdown()

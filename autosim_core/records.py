@@ -68,8 +68,8 @@ class Batch:
     def chunks(self, size: int) -> list[Batch]:
         return [self.select(slice(i, i + size)) for i in range(0, len(self), size)]
 
-    def to(self, device: torch.device) -> Batch:
-        """The batch on ``device`` (targets that are not a tensor stay as they are)."""
+    def to(self, device: torch.device | str) -> Batch:
+        """The batch on ``device``: its inputs, and its targets when they are a tensor."""
         import torch
 
         targets = self.targets.to(device) if isinstance(self.targets, torch.Tensor) else self.targets

@@ -47,3 +47,25 @@ def toy_example() -> dict[str, Any]:
 def make_toy_data():
     """The ``toy_data`` builder, for tests (conftest is not importable as a module)."""
     return toy_data
+
+
+@pytest.fixture
+def fake_processes(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """``executor.kind = "processes"`` on in-process workers (tests/fake_workers.py): the pools'
+    handling of workers that die, raise or hang, without real processes. Returns the backends
+    made, in order."""
+    import fake_workers
+    import flaky_simulator
+
+    from autosim_core import workers
+
+    made: list[Any] = []
+
+    def make(*args: Any, **kwargs: Any) -> Any:
+        made.append(fake_workers.FakeProcesses(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setitem(workers.BACKENDS, "processes", make)
+    monkeypatch.setattr(flaky_simulator, "crash", fake_workers.crash)
+    monkeypatch.setattr(flaky_simulator, "hang", fake_workers.hang)
+    return made

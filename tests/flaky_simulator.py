@@ -31,6 +31,16 @@ class FlakySettings(BaseModel):
     fail_times: int = Field(1, ge=0, description="failures per chosen scene before it renders")
 
 
+def crash(code: int) -> None:
+    """Ends this process at once (the tests' in-process workers replace it with a stand-in)."""
+    os._exit(code)
+
+
+def hang() -> None:
+    """Never returns (the tests' in-process workers replace it with a stand-in)."""
+    time.sleep(3600)
+
+
 def _fail_now(marker_dir: str, kind: str, scene_id: Any, times: int) -> bool:
     """True (and one more failure counted) while the scene has failed fewer than ``times`` times."""
     folder = Path(marker_dir)
@@ -58,9 +68,9 @@ class FlakySimulator:
             if sid in settings.raise_on and _fail_now(settings.marker_dir, "raise", sid, settings.fail_times):
                 raise RuntimeError(f"scene {sid}: chosen to fail")
             if sid in settings.crash_on and _fail_now(settings.marker_dir, "crash", sid, settings.fail_times):
-                os._exit(3)
+                crash(3)
             if sid in settings.hang_on and _fail_now(settings.marker_dir, "hang", sid, settings.fail_times):
-                time.sleep(3600)
+                hang()
             gen = torch.Generator().manual_seed(int(scene["seed"]))
             point = torch.randn(2, generator=gen) + torch.tensor([float(scene["x"]), 0.0])
             if sid in settings.nan_on and _fail_now(settings.marker_dir, "nan", sid, settings.fail_times):

@@ -45,6 +45,7 @@ def mtimes(folder: Path) -> dict[str, int]:
     return {path.name: path.stat().st_mtime_ns for path in sorted(folder.iterdir())}
 
 
+@pytest.mark.processes
 def test_two_worker_processes_give_the_comparison_inline_gives(tmp_path: Path, cache_dir: Path) -> None:
     configs = [small_toy(n, tmp_path, cache_dir) for n in ("toy.toml", "toy_fixed.toml")]
     inline = compare(configs, tmp_path / "inline")
@@ -62,7 +63,8 @@ def test_two_worker_processes_give_the_comparison_inline_gives(tmp_path: Path, c
     assert expected[("toy", 0)]["psi"] != expected[("toy_fixed", 0)]["psi"]
 
 
-def test_resume_keeps_finished_runs_and_resumes_the_others(tmp_path: Path, cache_dir: Path) -> None:
+def test_resume_keeps_finished_runs_and_resumes_the_others(tmp_path: Path, cache_dir: Path,
+                                                           fake_processes: list[Any]) -> None:
     configs = [small_toy(n, tmp_path, cache_dir) for n in ("toy.toml", "toy_fixed.toml")]
     out = tmp_path / "out"
     first = compare(configs, out, "--seeds", "2")
@@ -91,8 +93,8 @@ def test_resume_keeps_finished_runs_and_resumes_the_others(tmp_path: Path, cache
 
 
 @pytest.mark.parametrize("executor", [["--executor", "inline"], ["--executor", "processes", "--workers", "2"]])
-def test_a_failing_run_is_reported_and_the_others_finish(executor: list[str], tmp_path: Path,
-                                                         cache_dir: Path) -> None:
+def test_a_failing_run_is_reported_and_the_others_finish(executor: list[str], tmp_path: Path, cache_dir: Path,
+                                                         fake_processes: list[Any]) -> None:
     # A training learning rate beyond float32: Adam's first step raises in iteration 1.
     configs = [small_toy("toy_overflow.toml", tmp_path, cache_dir, source="toy.toml", training_lr="1e300"),
                small_toy("toy_fixed.toml", tmp_path, cache_dir)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import sys
 from pathlib import Path
@@ -34,13 +35,13 @@ def test_the_plugin_is_found_by_its_module_attribute() -> None:
     assert plugin_target(object()) is None
 
 
-def test_inline_and_processes_render_the_same_images(tmp_path: Path) -> None:
+def test_inline_and_pooled_workers_render_the_same_images(tmp_path: Path, fake_processes: list[Any]) -> None:
     inline = flaky_run(tmp_path, "inline")
     processes = flaky_run(tmp_path, "processes", executor={**PROCESSES, "workers": 3})
     try:
         records, examples = render_batch(inline)
         records_p, examples_p = render_batch(processes)
-        records_p2, examples_p2 = render_batch(processes)  # the workers kept their simulator
+        records_p2, examples_p2 = render_batch(processes)
     finally:
         processes.close()
     assert [r["seed"] for r in records] == [r["seed"] for r in records_p] == [r["seed"] for r in records_p2]
@@ -48,6 +49,55 @@ def test_inline_and_processes_render_the_same_images(tmp_path: Path) -> None:
     for got in (examples, examples_p, examples_p2):
         assert torch.equal(torch.stack([e.image for e in got]), expected)
         assert [e.scene["id"] for e in got] == list(range(10))
+    # One chunk per worker and batch; the workers kept their simulator between the batches.
+    [backend] = fake_processes
+    assert backend.starts == [0, 1, 2] and backend.jobs == {0: 2, 1: 2, 2: 2}
+
+
+@pytest.mark.processes
+def test_worker_processes_render_the_inline_images_through_faults(tmp_path: Path) -> None:
+    """Real worker processes (a forkserver's): a render that raises, one that kills its process
+    and one that hangs past render_timeout, each in another worker's chunk, are retried on the
+    replaced workers; every image is the inline one, and a second batch renders on the same pool."""
+    inline = flaky_run(tmp_path, "inline")
+    processes = flaky_run(tmp_path, "processes", executor={**PROCESSES, "workers": 3, "render_timeout": 2,
+                                                           "retries": 2, "start_method": "forkserver"},
+                          raise_on=[1], crash_on=[5], hang_on=[8])
+    try:
+        records, examples = render_batch(inline)
+        records_p, examples_p = render_batch(processes)
+        records_p2, examples_p2 = render_batch(processes, seed=4)
+    finally:
+        processes.close()
+    assert [r["seed"] for r in records] == [r["seed"] for r in records_p]
+    for got, want in ((examples, records), (examples_p, records), (examples_p2, records_p2)):
+        assert torch.equal(torch.stack([e.image for e in got]), expected_points(want))
+        assert [e.scene["id"] for e in got] == list(range(10))
+    assert [(e["scenes"], e["attempt"]) for e in processes.events] == [([0, 1, 2, 3], 1), ([4, 5, 6], 1),
+                                                                      ([7, 8, 9], 1)]
+    reasons = [e["reason"] for e in processes.events]
+    assert reasons == ["RuntimeError: scene 1: chosen to fail", "the worker process died (exit code 3)",
+                       "no result after render_timeout = 2 s (the worker was killed)"]
+
+
+@pytest.mark.processes
+def test_a_forkserver_worker_starts_with_torch_loaded(tmp_path: Path) -> None:
+    """The forkserver imports torch once; the workers it forks find it loaded (the forkserver's
+    memory maps hold libtorch), instead of spending seconds each on importing it."""
+    from autosim_core.workers import Job, Recipe, WorkerPool, make_backend
+
+    if not Path("/proc/self/maps").exists():
+        pytest.skip("reads the forkserver's memory maps from /proc")
+    found: list[Any] = []
+    recipe = Recipe(forkserver_torch, sys_path=tuple(sys.path))
+    pool = WorkerPool(make_backend("processes", 1, start_method="forkserver"), recipe)
+    try:
+        pool.run([Job(None)], on_done=lambda job, result: found.append(result),
+                 on_spent=lambda failure: pytest.fail(failure.reason))
+    finally:
+        pool.close()
+    [(parent, loaded)] = found
+    assert parent != os.getpid() and loaded
 
 
 def test_an_exception_is_retried_inline(tmp_path: Path) -> None:
@@ -69,7 +119,8 @@ def test_spent_retries_inline_keep_the_simulators_exception(tmp_path: Path) -> N
 
 
 @pytest.mark.parametrize("fault", ["raise_on", "crash_on", "hang_on"])
-def test_a_failing_worker_is_replaced_and_its_scenes_retried(tmp_path: Path, fault: str) -> None:
+def test_a_failing_worker_is_replaced_and_its_scenes_retried(tmp_path: Path, fault: str,
+                                                             fake_processes: list[Any]) -> None:
     run = flaky_run(tmp_path, fault, executor={**PROCESSES, "render_timeout": 1.5, "retries": 2}, **{fault: [7]})
     try:
         records, examples = render_batch(run)
@@ -79,10 +130,15 @@ def test_a_failing_worker_is_replaced_and_its_scenes_retried(tmp_path: Path, fau
     # Scenes 5..9 were the failing worker's chunk: retried, once, one scene at a time.
     assert [(e["scenes"], e["attempt"]) for e in run.events] == [([5, 6, 7, 8, 9], 1)]
     reason = run.events[0]["reason"]
-    assert {"raise_on": "chosen to fail", "crash_on": "exit code 3", "hang_on": "render_timeout"}[fault] in reason
+    assert reason == {"raise_on": "RuntimeError: scene 7: chosen to fail",
+                      "crash_on": "the worker process died (exit code 3)",
+                      "hang_on": "no result after render_timeout = 1.5 s (the worker was killed)"}[fault]
+    # Only a worker that died or hung is replaced; the other keeps its simulator.
+    [backend] = fake_processes
+    assert backend.starts == ([0, 1] if fault == "raise_on" else [0, 1, 1])
 
 
-def test_spent_retries_stop_with_the_scene_named(tmp_path: Path) -> None:
+def test_spent_retries_stop_with_the_scene_named(tmp_path: Path, fake_processes: list[Any]) -> None:
     run = flaky_run(tmp_path, "spent", executor={**PROCESSES, "retries": 1}, crash_on=[6], fail_times=5)
     try:
         with pytest.raises(RenderError) as caught:
@@ -96,7 +152,8 @@ def test_spent_retries_stop_with_the_scene_named(tmp_path: Path) -> None:
     assert [e["scenes"] for e in run.events] == [[5, 6, 7, 8, 9]]
 
 
-def test_a_run_with_a_crashing_worker_equals_an_undisturbed_inline_run(tmp_path: Path) -> None:
+def test_a_run_with_a_crashing_worker_equals_an_undisturbed_inline_run(tmp_path: Path,
+                                                                      fake_processes: list[Any]) -> None:
     """Every scene reaches training exactly once: the model equals the inline run's."""
     calm = flaky_run(tmp_path, "calm")
     calm.execute()
@@ -238,3 +295,9 @@ def test_blender_script_folders_stop_shadowing_the_bpy_module(tmp_path: Path, mo
     blender_paths_last()
     assert sys.path == ["/elsewhere", str(site), str(scripts / "startup"), str(scripts / "modules")]
     assert importlib.machinery.PathFinder.find_spec("bpy", sys.path).origin == str(site / "bpy" / "__init__.py")
+
+
+def forkserver_torch(state: Any, payload: Any) -> tuple[int, bool]:
+    """In a worker: its parent's pid and whether the parent has libtorch mapped."""
+    parent = os.getppid()
+    return parent, "libtorch" in Path(f"/proc/{parent}/maps").read_text()

@@ -42,18 +42,23 @@ def test_ray_renders_the_same_images_as_inline(tmp_path: Path) -> None:
     assert ray.is_initialized()  # the executor left the Ray it joined running
 
 
-@pytest.mark.parametrize("fault", ["raise_on", "crash_on", "hang_on"])
-def test_a_failing_ray_worker_is_replaced_and_its_scenes_retried(tmp_path: Path, fault: str) -> None:
-    run = flaky_run(tmp_path, fault, executor={"kind": "ray", "workers": 2, "render_timeout": 2, "retries": 2},
-                    **{fault: [2]})
+def test_failing_ray_workers_are_replaced_and_their_scenes_retried(tmp_path: Path) -> None:
+    """A render that raises (first chunk) and one that kills its actor (second chunk), then, among
+    the second chunk's scenes retried one at a time, one that hangs past render_timeout: each is
+    retried on a replaced actor, and every image is the inline one."""
+    run = flaky_run(tmp_path, "faults", executor={"kind": "ray", "workers": 2, "render_timeout": 2, "retries": 2},
+                    raise_on=[2], crash_on=[6], hang_on=[8])
     try:
         records, examples = render_batch(run)
     finally:
         run.close()
     assert torch.equal(torch.stack([e.image for e in examples]), expected_points(records))
-    assert [(e["scenes"], e["attempt"]) for e in run.events] == [([0, 1, 2, 3, 4], 1)]
-    reason = run.events[0]["reason"]
-    assert {"raise_on": "chosen to fail", "crash_on": "died", "hang_on": "render_timeout"}[fault] in reason
+    assert [(e["scenes"], e["attempt"]) for e in run.events] == [([0, 1, 2, 3, 4], 1), ([5, 6, 7, 8, 9], 1),
+                                                                ([8], 2)]
+    reasons = [e["reason"] for e in run.events]
+    assert reasons[0] == "RuntimeError: scene 2: chosen to fail"
+    assert reasons[1].startswith("the Ray worker died (")
+    assert reasons[2] == "no result after render_timeout = 2 s (the Ray worker was killed)"
 
 
 def test_spent_retries_on_ray_name_the_scene(tmp_path: Path) -> None:
