@@ -138,7 +138,8 @@ def clevr_unet(session: nox.Session) -> None:
 
 # The mutants `nox -s mutants` runs by default: the hypergradient maths, the parameter space and
 # the budget path of the loop (docs/mutation.md). Pass other mutmut name patterns after `--`.
-MUTANTS = ("autosim_core.contracts.*", "autosim_core.estimators.*", "autosim_core.hypergrad.*", "autosim_core.space.*",
+MUTANTS = ("autosim_core.contracts.*", "autosim_core.estimators.*", "autosim_core.hypergrad.*",
+           "autosim_core.families.*", "autosim_core.space.*",
            "autosim_core.run.xǁRunǁ_budget_left__mutmut_*", "autosim_core.run.xǁRunǁrender_training__mutmut_*")
 
 
