@@ -43,7 +43,7 @@ def labels() -> list[str]:
 
 @hookimpl
 def render(scenes: list[dict[str, Any]], settings: Settings) -> list[Example]:
-    import torch                         # on first use: finding the plugin stays light
+    import torch  # here, not at the top: finding the plugin stays light
 
     out = []
     for scene in scenes:

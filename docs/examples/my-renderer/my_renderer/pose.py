@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 class PoseRegression:                          # entry point: autosim.tasks: disc-pose
     @hookimpl
     def create_model(self) -> torch.nn.Module:
-        import torch                           # each hook imports torch when it first runs
+        import torch  # each hook imports torch when it first runs
 
         return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 3))  # 32 x 32 RGB
 
