@@ -178,6 +178,8 @@ def bench(session: nox.Session) -> None:
     """Benchmarks of the core and of each plugin, as JSON in bench-results/."""
     _install(session, ("-e", ".[test,baselines,ray]"), ("-e", "plugins/autosim_clevr[blender]"), UNET, YOLO, ARNOLD)
     os.makedirs("bench-results", exist_ok=True)
+    # Whole processes: autosim --help / list / list --settings, and run's time to its first render.
+    session.run("python", "benchmarks/startup.py", "--out", "bench-results/startup.json")
     session.run("python", "benchmarks/core.py", "--out", "bench-results/core.json")
     session.run("python", "benchmarks/executors.py", "--out", "bench-results/executors.json", "--blackbox",
                 env={"RAY_AUTH_MODE": "disabled", "RAY_TMPDIR": f"/tmp/ray-{os.getpid()}"})

@@ -19,11 +19,11 @@ import importlib.util
 import math
 import time
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
+from .builtin_settings import BayesianSettings, BlackBoxSettings, RandomSettings, ReinforceSettings
 from .evaluations import EvaluationJob, EvaluationPool, evaluate_job
 from .proposers import (
     BayesianProposer,
@@ -41,35 +41,6 @@ __all__ = ["BayesianProposer", "BayesianSearch", "Coordinate", "GaussianSoftmaxP
 
 if TYPE_CHECKING:
     from .contracts import SearchContext
-
-
-class BlackBoxSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    scenes_per_evaluation: int = Field(96, ge=1, description="N: images rendered for one objective evaluation")
-    epochs: int | None = Field(None, ge=1,
-                               description="epochs a fresh model trains on them (default: [training].epochs)")
-    spreads: bool = Field(True, description="search the spread of the Gaussian families too, not only their centre")
-    choice_weight: float = Field(0.85, gt=0, lt=1, description="probability of the favoured choice of a categorical")
-
-
-class RandomSettings(BlackBoxSettings):
-    batch: int = Field(4, ge=1, description="points drawn at a time (evaluable in parallel)")
-
-
-class BayesianSettings(BlackBoxSettings):
-    init_points: int = Field(5, ge=1, description="random points before the Gaussian process guides the search")
-    acquisition: Literal["ucb", "ei", "poi"] = Field(
-        "ucb", description="upper confidence bound, expected improvement or probability of improvement")
-    kappa: float = Field(2.576, gt=0, description="exploration weight of ucb")
-    xi: float = Field(0.01, ge=0, description="exploration margin of ei and poi")
-
-
-class ReinforceSettings(BlackBoxSettings):
-    batch: int = Field(4, ge=2, description="evaluations per policy step")
-    sigma: float = Field(0.15, gt=0, description="std of the Gaussian policy, in units of each coordinate's range")
-    lr: float = Field(0.05, gt=0, description="Adam's step size on the policy")
-    baseline_decay: float = Field(0.8, ge=0, lt=1, description="weight of the old value in the moving-average baseline")
 
 
 class _BlackBox(ABC):

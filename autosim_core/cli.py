@@ -21,21 +21,24 @@ def list_plugins(
                                            "docs/settings.md): every config table and plugin, or NAME's")] = False,
 ) -> None:
     """Installed simulators, tasks, estimators and searchers, and plugins that failed to load."""
-    from .plugins import load_registry
+    # Entry points name light modules (docs/plugins.md), so loading them all stays quick;
+    # `--settings NAME` imports only the plugins called NAME.
+    from .plugins import installed_names, load_registry
 
-    registry = load_registry()
     if name is not None and not settings:
         typer.echo(f"error: NAME ({name!r}) goes with --settings: autosim list --settings {name}", err=True)
         raise typer.Exit(2)
+    registry = load_registry(names=None if name is None else {name})
     if settings:
-        from .settings_doc import find_sections, sections, settings_markdown
+        from .settings_doc import TABLES, find_sections, settings_markdown
 
         if name is None:
             typer.echo(settings_markdown(registry), nl=False)
             return
         matches = find_sections(name, registry)
         if not matches:
-            known = ", ".join(sorted({s.name for s in sections(registry)}))
+            known = ", ".join(sorted({key for key, _, _ in TABLES} | {"test"} | {
+                n for names in installed_names().values() for n in names}))
             typer.echo(f"error: {name!r} is no installed plugin or config table; known: {known}", err=True)
             raise typer.Exit(2)
         for section in matches:

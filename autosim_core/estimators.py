@@ -21,8 +21,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel
 
+from .builtin_settings import ApproxQuadraticSettings, QuadraticSettings
+from .builtin_settings import EstimatorSettings as _Settings
 from .contracts import Hypergrad, HypergradProblem
 from .hookspecs import hookimpl
 from .hypergrad import Params, conjugate_gradient, directional_derivatives, tree_axpy, tree_norm
@@ -65,20 +67,6 @@ def no_val(problem: HypergradProblem) -> Hypergrad:
         losses = problem.train_losses(problem.params).detach()
     est = problem.score_function(losses)
     return Hypergrad(est.grad, {"train_loss_mean": float(losses.mean())}, est.stderr())
-
-
-class _Settings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class QuadraticSettings(_Settings):
-    damping: float = Field(0.01, ge=0, description="Levenberg damping lambda added to H")
-    max_iter: int = Field(10, ge=1, description="conjugate-gradient iterations at most")
-    tol: float = Field(1e-4, gt=0, description="relative residual at which CG stops")
-
-
-class ApproxQuadraticSettings(_Settings):
-    damping: float = Field(0.0, ge=0, description="lambda in v = (H + lambda I) g_val")
 
 
 class QuadraticEstimator:

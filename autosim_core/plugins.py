@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
@@ -55,9 +56,16 @@ class Registry:
         return out
 
 
-def load_registry(kinds: tuple[str, ...] = tuple(GROUPS)) -> Registry:
-    """Load every plugin of the given kinds; a plugin that fails is recorded, never raised."""
-    from stevedore import ExtensionManager
+def installed_names(kinds: tuple[str, ...] = tuple(GROUPS)) -> dict[str, dict[str, str]]:
+    """Every installed plugin's name and target by kind, from the entry-point metadata alone
+    (nothing is imported, so a plugin that would fail to load is listed too)."""
+    return {kind: {ep.name: ep.value for ep in metadata.entry_points(group=GROUPS[kind])} for kind in kinds}
+
+
+def load_registry(kinds: tuple[str, ...] = tuple(GROUPS), *, names: Collection[str] | None = None) -> Registry:
+    """Load every plugin of the given kinds (only those called one of ``names``, when given:
+    the others are not imported); a plugin that fails is recorded, never raised."""
+    from stevedore import ExtensionManager, NamedExtensionManager
 
     registry = Registry()
     for kind in kinds:
@@ -70,7 +78,12 @@ def load_registry(kinds: tuple[str, ...] = tuple(GROUPS)) -> Registry:
         # stevedore keeps a group's entry points for the life of the process; a registry must
         # also see plugins installed (or put on sys.path) since the last one was loaded.
         getattr(ExtensionManager, "ENTRY_POINT_CACHE", {}).pop(group, None)
-        manager = ExtensionManager(group, invoke_on_load=False, on_load_failure_callback=on_failure)
+        if names is None:
+            manager = ExtensionManager(group, invoke_on_load=False, on_load_failure_callback=on_failure)
+        else:
+            manager = NamedExtensionManager(group, list(names), invoke_on_load=False,
+                                            on_load_failure_callback=on_failure,
+                                            on_missing_entrypoints_callback=lambda _missing: None)
         for ext in manager:
             registry.plugins[kind][ext.name] = ext.plugin
             registry.targets[kind][ext.name] = ext.entry_point.value
@@ -79,6 +92,16 @@ def load_registry(kinds: tuple[str, ...] = tuple(GROUPS)) -> Registry:
             if entry_point.dist is not None and entry_point.name in registry.plugins[kind]:
                 registry.versions[kind][entry_point.name] = f"{entry_point.dist.name} {entry_point.dist.version}"
     return registry
+
+
+def hook_signatures(plugin: Any) -> dict[str, tuple[str, ...]]:
+    """The hooks ``plugin`` implements, each with the arguments it declares: what a light entry
+    point (docs/plugins.md) must declare exactly as the implementation it stands for does."""
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    pm.register(plugin, name="plugin")
+    return {caller.name: tuple(impl.argnames) for caller in pm.get_hookcallers(plugin) or []
+            for impl in caller.get_hookimpls() if impl.plugin_name == "plugin"}
 
 
 def plugin_manager(*plugins: tuple[str, Any]) -> pluggy.PluginManager:

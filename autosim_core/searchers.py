@@ -7,62 +7,15 @@ import math
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from .builtin_settings import AutoSimulateSettings, FixedSettings
 from .contracts import Hypergrad, HypergradProblem, SearchContext
 from .hypergrad import Baseline, Params, importance_weights
 from .records import Batch, SceneBatch
 from .space import Floors, ParameterSpace, Psi
-
-
-class AutoSimulateSettings(BaseModel):
-    """AutoSimulate (Algorithm 1): K scenes per iteration, fine-tune, hypergradient step on psi."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    scenes_per_iteration: int = Field(32, ge=2, description="K: scenes rendered per iteration")
-    optimizer: Literal["adam", "sgd"] = Field("adam", description="optimiser of psi (the step on the hypergradient)")
-    lr: float = Field(0.05, gt=0, description="step size of the psi optimiser")
-    max_grad_norm: float | None = Field(None, gt=0, description="clip the hypergradient's norm")
-    # -- variance of the hypergradient --------------------------------------------------------
-    baseline: Literal["auto", "mean", "loo", "none"] = Field(
-        "auto", description="score-function baseline: batch mean, leave-one-out mean, or none; "
-                            "auto = loo with iid sampling, none with sobol")
-    sampling: Literal["iid", "sobol"] = Field(
-        "sobol", description="scene latents drawn independently or from a scrambled Sobol sequence")
-    reuse_iterations: int = Field(
-        3, ge=0, description="also score the scenes of this many previous iterations, importance-weighted")
-    reuse_clip: float = Field(5.0, ge=1, description="importance ratios q_psi / q_psi_old are clipped here")
-    # -- the step on psi ----------------------------------------------------------------------
-    natural_gradient: bool = Field(
-        False, description="precondition the hypergradient by the inverse Fisher information of q_psi")
-    max_kl: float | None = Field(
-        None, gt=0, description="trust region: KL(q_psi_old || q_psi_new) of one scene at most this")
-    min_prob_ratio: float = Field(
-        0.1, ge=0, lt=1, description="each categorical choice keeps probability >= this / n_choices")
-    min_entropy_ratio: float = Field(
-        0.0, ge=0, lt=1, description="categorical / Bernoulli entropy >= this fraction of its maximum")
-    min_std_ratio: float = Field(
-        0.25, ge=0, le=1, description="Gaussian-latent std >= this fraction of the starting std")
-
-    @model_validator(mode="after")
-    def _sobol_without_batch_baseline(self) -> AutoSimulateSettings:
-        if self.sampling == "sobol" and self.baseline in ("mean", "loo"):
-            raise ValueError(f"baseline {self.baseline!r} with sampling 'sobol' biases the hypergradient (the "
-                             "scenes of a stratified batch are correlated); use baseline 'none' or 'auto'")
-        return self
-
-    def resolved_baseline(self) -> Baseline:
-        if self.baseline == "auto":
-            return "none" if self.sampling == "sobol" else "loo"
-        return self.baseline
-
-    def floors(self) -> Floors:
-        return Floors(min_prob_ratio=self.min_prob_ratio, min_entropy_ratio=self.min_entropy_ratio,
-                      min_std_ratio=self.min_std_ratio)
 
 
 def _floors_hold(space: ParameterSpace, psi: Psi, floors: Floors) -> bool:
@@ -263,12 +216,6 @@ class AutoSimulate:
         self.psi_step.load_state_dict(state["optimizer"])
         self.reused.clear()
         self.reused.extend(Rendered.from_state(r) for r in state.get("reused", []))
-
-
-class FixedSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    scenes_per_iteration: int = Field(32, ge=1, description="scenes rendered per iteration")
 
 
 class Fixed:

@@ -15,12 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import annotated_types
+import pluggy
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
 from . import config as cfg
-from .plugins import Registry, load_registry, plugin_manager
+from . import hookspecs
+from .plugins import Registry, load_registry
 
 HEADER = """# Settings reference
 
@@ -176,7 +178,10 @@ def settings_model(registry: Registry, kind: str, name: str) -> type[BaseModel] 
     plugin = registry.plugins[kind][name]
     if kind == "searchers":
         return getattr(plugin, "settings_model", None)
-    pm = plugin_manager((kind[:-1], plugin))
+    # The plugin alone (the core's defaults declare no settings): asking it imports nothing else.
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    pm.register(plugin, name=kind[:-1])
     found: type[BaseModel] | None = getattr(pm.hook, _SETTINGS_HOOKS[kind])()
     return found
 

@@ -14,15 +14,12 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel
 
+from .builtin_settings import ToySimulatorSettings, ToyTaskSettings
 from .hookspecs import hookimpl
 from .records import Batch, Example
 from .space import Bernoulli, Normal, ParameterSpace
-
-
-class ToySimulatorSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 def toy_space() -> ParameterSpace:
@@ -61,12 +58,6 @@ class ToySimulator:
             point = torch.tensor([scene[f"x{c}"], scene[f"y{c}"]], dtype=torch.float32)
             out.append(Example(image=point, label=c, scene=scene))
         return out
-
-
-class ToyTaskSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    hidden: int = Field(0, ge=0, description="hidden units of the MLP; 0 = logistic regression")
 
 
 class ToyTask:

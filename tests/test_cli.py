@@ -32,7 +32,7 @@ def test_list_json_shows_the_core_plugins() -> None:
     assert "toy-gaussians" in names["simulators"]
     assert "toy-logistic" in names["tasks"]
     targets = {p["name"]: p["target"] for p in listing["estimators"]}
-    assert targets["quadratic"] == "autosim_core.estimators:quadratic_plugin"
+    assert targets["quadratic"] == "autosim_core.builtin.estimators:quadratic_plugin"
     assert isinstance(listing["failed"], list)
 
 

@@ -27,9 +27,12 @@ def _records(preset: str, n: int, seed: int = 0, size: str = "64x64") -> list[di
 def test_entry_point_loads_the_simulator() -> None:
     from autosim_core.plugins import load_registry
 
+    from autosim_clevr import hooks
+
     registry = load_registry(("simulators",))
-    assert registry.targets["simulators"]["clevr"] == "autosim_clevr.plugin:clevr_simulator"
-    assert registry.get("simulators", "clevr") is clevr_simulator
+    assert registry.targets["simulators"]["clevr"] == "autosim_clevr.hooks:clevr_simulator"
+    assert registry.get("simulators", "clevr") is hooks.clevr_simulator
+    assert hooks.clevr_simulator.presets() == clevr_simulator.presets()
 
 
 def test_presets_apply_to_the_space_and_differ() -> None:

@@ -2,7 +2,6 @@
 
 from typing import Any
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from autosim_core import Bernoulli, Bounded, Example, LogNormal, Normal, ParameterSpace, hookimpl
@@ -44,6 +43,8 @@ def labels() -> list[str]:
 
 @hookimpl
 def render(scenes: list[dict[str, Any]], settings: Settings) -> list[Example]:
+    import torch  # here, not at the top: finding the plugin stays light
+
     out = []
     for scene in scenes:
         g = torch.Generator().manual_seed(scene["seed"])     # noise comes from the scene's seed

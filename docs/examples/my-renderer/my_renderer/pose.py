@@ -1,17 +1,26 @@
 """A regression task: the disc's position, size and brightness from its image."""
 
-import torch
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 from autosim_core import Batch, Example, hookimpl
+
+if TYPE_CHECKING:
+    import torch
 
 
 class PoseRegression:                          # entry point: autosim.tasks: disc-pose
     @hookimpl
     def create_model(self) -> torch.nn.Module:
+        import torch  # each hook imports torch when it first runs
+
         return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 3))  # 32 x 32 RGB
 
     @hookimpl
     def collate(self, examples: list[Example]) -> Batch:
+        import torch
+
         return Batch(torch.stack([e.image for e in examples]),
                      torch.stack([e.target for e in examples]))    # (K, 3)
 
