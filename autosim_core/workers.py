@@ -58,8 +58,9 @@ __all__ = [
     "plugin_target", "ray_available", "ray_cpus", "serve", "to_wire",
 ]
 
-FORKSERVER_PRELOAD = ("torch", "autosim_core.workers")
-"""Imported once by the forkserver: the workers it forks start with them loaded."""
+FORKSERVER_PRELOAD = ("torch", "torch._dynamo", "autosim_core.workers")
+"""Imported once by the forkserver: the workers it forks start with them loaded. torch's
+optimisers import ``torch._dynamo`` on first use (about 4 s on two cores), so it is preloaded too."""
 
 
 class InlineBackend(Backend):
