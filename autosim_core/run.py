@@ -109,7 +109,8 @@ class Run:
 
     @property
     def seconds(self) -> dict[str, float]:
-        return self.clock.seconds
+        """Seconds per phase so far (a copy: the clock is their one writer)."""
+        return dict(self.clock.seconds)
 
     @property
     def elapsed(self) -> float:
