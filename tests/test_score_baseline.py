@@ -76,13 +76,14 @@ def test_score_function_gradient_against_hand_centred_values(baseline: bool, exp
 
 
 def test_no_val_scores_the_training_losses_with_the_problems_baseline() -> None:
-    """no-val's hypergradient is the score-function sum over the per-scene training losses."""
-    for kind, _, _, expected in CASES[:3]:
+    """no-val's hypergradient is the score-function sum over the per-scene training losses, with
+    the problem's baseline and importance weights."""
+    for kind, weights, _, expected in CASES:
         psi, _ = psi_and_log_prob()
         problem = HypergradProblem(
             params={"w": torch.zeros(1, dtype=torch.float64)}, train_losses=lambda th: VALUES + th["w"],
             hvp=lambda v: v, val_gradient=None, log_prob=lambda psi=psi: SCORES @ psi["a"], psi=psi,
-            baseline=kind)
+            weights=weights, baseline=kind)
         got = no_val(problem)
         torch.testing.assert_close(got.grad["a"], torch.tensor(expected, dtype=torch.float64), rtol=0, atol=1e-12)
         assert got.diagnostics["train_loss_mean"] == pytest.approx(4.0)
