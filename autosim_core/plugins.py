@@ -94,6 +94,43 @@ def load_registry(kinds: tuple[str, ...] = tuple(GROUPS), *, names: Collection[s
     return registry
 
 
+HEAVY_MODULES = ("torch", "torchvision", "torchmetrics", "numpy", "bpy", "ray", "matplotlib")
+"""What loading an entry point must not import (docs/plugins.md, "Light entry points")."""
+
+_HEAVY_CHECK = """
+import json, sys
+from importlib import metadata
+from autosim_core.plugins import GROUPS, load_registry
+
+dist, heavy = sys.argv[1], sys.argv[2:]
+names = {ep.name for group in GROUPS.values() for ep in metadata.entry_points(group=group)
+         if ep.dist is not None and ep.dist.name == dist}
+registry = load_registry(names=names) if names else None
+print(json.dumps({"names": sorted(names), "failures": [f.__dict__ for f in registry.failures] if registry else [],
+                  "heavy": [m for m in heavy if m in sys.modules]}))
+"""
+
+
+def heavy_imports(distribution: str, heavy: tuple[str, ...] = HEAVY_MODULES) -> list[str]:
+    """The modules of ``heavy`` that loading the entry points of ``distribution`` imports, found in a
+    fresh interpreter: ``[]`` when its entry points are light. RuntimeError when the distribution
+    declares no entry point of autosim's or one of them fails to load."""
+    import json
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", _HEAVY_CHECK, distribution, *heavy], capture_output=True,
+                          text=True, timeout=300, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"loading the entry points of {distribution!r} failed: {proc.stderr.strip()}")
+    found = json.loads(proc.stdout.splitlines()[-1])
+    if not found["names"]:
+        raise RuntimeError(f"{distribution!r} declares no entry point of autosim's (is it installed?)")
+    if found["failures"]:
+        raise RuntimeError(f"entry points of {distribution!r} failed to load: {found['failures']}")
+    return list(found["heavy"])
+
+
 def hook_signatures(plugin: Any) -> dict[str, tuple[str, ...]]:
     """The hooks ``plugin`` implements, each with the arguments it declares: what a light entry
     point (docs/plugins.md) must declare exactly as the implementation it stands for does."""
