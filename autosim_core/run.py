@@ -28,7 +28,7 @@ from .hookspecs import MetricAccumulator
 from .hypergrad import Params
 from .plugins import Registry, has_impl, load_registry
 from .records import Batch, Example, SceneBatch
-from .rundir import CHECKPOINT, HistoryWriter, RunFolder
+from .rundir import CHECKPOINT, CONFIG_JSON, CONFIG_TOML, PSI, SUMMARY, HistoryWriter, RunFolder
 from .scenes import Scenes
 from .space import ParameterSpace, Psi
 from .training import Training, ValidationPass
@@ -340,10 +340,10 @@ class Run:
         """
         state = self.folder.prepare(resume, self.settings_json())
         self.history_events = True
-        self.folder.write_json("config.json", self.settings_json())
+        self.folder.write_json(CONFIG_JSON, self.settings_json())
         # On resume too if the first start died before writing it (``generate`` reads it).
-        if self.config_text is not None and (not resume or not (self.out_dir / "config.toml").exists()):
-            self.folder.write_text("config.toml", self.config_text)
+        if self.config_text is not None and (not resume or not (self.out_dir / CONFIG_TOML).exists()):
+            self.folder.write_text(CONFIG_TOML, self.config_text)
 
         setup_start = time.perf_counter()
         self.val = self.load_data("validation")
@@ -397,7 +397,7 @@ class Run:
                 close_searcher()
 
         summary = self.summarize(best, setup_seconds)
-        self.folder.write_json("summary.json", summary)
+        self.folder.write_json(SUMMARY, summary)
         self.pm.hook.on_run_end(run=self, summary=summary)
         return summary
 
@@ -405,7 +405,7 @@ class Run:
         assert self.model is not None
         final_psi = self.space.describe(self.psi)
         raw = {k: v.detach().tolist() for k, v in self.psi.items()}
-        self.folder.write_json("psi.json", {"psi": final_psi, "raw": raw,
+        self.folder.write_json(PSI, {"psi": final_psi, "raw": raw,
                                             "space": self.space.with_psi(self.psi).to_dict()})
         summary: dict[str, Any] = {
             "iterations": self.iteration, "images": self.images, "seconds": self.elapsed,
