@@ -219,6 +219,54 @@ def compare(
 
 
 @app.command()
+def train(
+    run_dir: Annotated[Path, typer.Argument(help="a finished run folder")],
+    images: Annotated[int | None, typer.Option("-n", "--images", min=1, help="images rendered from psi "
+                                               "(default: the run's final_training.images)")] = None,
+    epochs: Annotated[int | None, typer.Option("--epochs", min=1, help="training epochs (default: "
+                                               "final_training.epochs, else training.epochs)")] = None,
+    seeds: Annotated[int | None, typer.Option("--seeds", min=1, help="fresh models, one per seed "
+                                              "(default: final_training.seeds)")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="folder for final.json and model.pt "
+                                             "(default: RUN/final)")] = None,
+    snapshots: Annotated[bool, typer.Option("--snapshots", help="also score every psi of snapshots.json "
+                                            "(the psi-quality curve)")] = False,
+    on: Annotated[str, typer.Option("--on", help="renders (of the run's psi) or validation (the validation set "
+                                    "itself: the reference a small real set gives)")] = "renders",
+) -> None:
+    """Train a fresh model on renders of the psi a run hands over; writes final.json and model.pt."""
+    from .config import ConfigError
+
+    if on not in ("renders", "validation"):
+        typer.echo(f"error: --on: unknown choice {on!r}; allowed: renders, validation", err=True)
+        raise typer.Exit(2)
+    if on == "validation" and snapshots:
+        typer.echo("error: --snapshots scores the run's psi; it does not go with --on validation", err=True)
+        raise typer.Exit(2)
+    from .final import FinalTrainer, FinalTrainingError
+
+    trainer = None
+    try:
+        trainer = FinalTrainer(run_dir, images=images, epochs=epochs, seeds=seeds)
+        report = trainer.score(out, snapshots=snapshots, on=on,  # type: ignore[arg-type]
+                               progress=lambda line: typer.echo(line, err=True))
+    except FinalTrainingError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    except ConfigError as exc:
+        for line in exc.lines:
+            typer.echo(f"error: {run_dir / 'config.json'}: {line}", err=True)
+        raise typer.Exit(2) from None
+    finally:
+        if trainer is not None:
+            trainer.close()
+    final = report["final"]
+    typer.echo(json.dumps({"psi": final["label"], "images": report["images"], "seeds": report["seeds"],
+                           "val_metric": final["val_metric"], "test_metric": final["test_metric"],
+                           "out": str(out or run_dir / "final")}))
+
+
+@app.command()
 def generate(
     run_dir: Annotated[Path, typer.Argument(help="a run folder (uses its config.toml and final psi.json)")],
     count: Annotated[int, typer.Option("-n", "--count", min=1, help="examples to render")],

@@ -81,6 +81,50 @@ class Training(_Strict):
                         "'auto' (CUDA when available, else the CPU), 'cpu', 'cuda' or 'cuda:N'")
 
 
+class FinalTraining(_Strict):
+    """How ``autosim train`` (and ``autosim compare --final-training``) scores a run's learned
+    distribution: a fresh model trained from scratch on ``images`` renders of the psi the run hands
+    over, with one recipe for every method. Recipe keys left unset are the run's ``[training]``.
+
+    The run also keeps the psi it would hand over at the fractions ``at`` of its budget
+    (``snapshots.json``), so that each can be scored: the psi-quality curve.
+    """
+
+    at: list[float] = Field([0.25, 0.5, 1.0], min_length=1, description="fractions of the budget at which the run "
+                            "keeps the psi it would hand over (0: the start; 1: the end, psi.json)")
+    images: int = Field(512, ge=1, description="images rendered from the psi to train the fresh model on")
+    seeds: int = Field(1, ge=1, description="fresh models per psi, each from its own seed (their spread is the "
+                       "retraining noise)")
+    seed: int = Field(10_000, ge=0, description="first seed of the fresh models: model r of a run with seed S "
+                      "uses seed + S * seeds + r for its initial weights and its scenes")
+    epochs: int | None = Field(None, ge=1, description="training epochs over the images (default: [training] "
+                               "epochs)")
+    batch_size: int | None = Field(None, ge=1, description="minibatch size (default: [training] batch_size)")
+    optimizer: Literal["adam", "sgd"] | None = Field(None, description="optimiser (default: [training] optimizer)")
+    lr: float | None = Field(None, gt=0, description="learning rate (default: [training] lr)")
+    momentum: float | None = Field(None, ge=0, lt=1, description="momentum of sgd (default: [training] momentum)")
+    weight_decay: float | None = Field(None, ge=0, description="L2 weight decay (default: [training] weight_decay)")
+
+    @model_validator(mode="after")
+    def _fractions(self) -> FinalTraining:
+        bad = [f for f in self.at if not 0.0 <= f <= 1.0]
+        if bad:
+            raise ValueError(f"at: fractions of the budget lie in [0, 1] (got {bad})")
+        if len(set(self.at)) != len(self.at):
+            raise ValueError(f"at: a fraction is given twice (got {self.at})")
+        self.at = sorted(self.at)
+        return self
+
+    def recipe(self, training: Training) -> Training:
+        """The fresh model's training: ``training`` with the keys this table sets."""
+        keys = ("epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay")
+        return training.model_copy(update={k: getattr(self, k) for k in keys if getattr(self, k) is not None})
+
+    def model_seeds(self, run_seed: int, count: int | None = None) -> list[int]:
+        count = self.seeds if count is None else count
+        return [self.seed + run_seed * count + r for r in range(count)]
+
+
 class Executor(_Strict):
     """Where scenes are rendered (and a black-box searcher's evaluations run): in the run's
     process, in local worker processes, or on Ray.
@@ -171,6 +215,8 @@ class RunConfig(_Strict):
     searcher: SearcherChoice = Field(default_factory=SearcherChoice, description="the outer search strategy")
     estimator: EstimatorChoice = Field(default_factory=EstimatorChoice, description="the hypergradient estimator")
     training: Training = Field(default_factory=Training, description="fine-tuning of the task's model")
+    final_training: FinalTraining = Field(default_factory=FinalTraining, description="the fresh model that scores "
+                                          "the learned psi (autosim train), and the psi snapshots it scores")
     budget: Budget = Field(description="when the run stops")
     max_nonfinite: int = Field(3, ge=1, description="steps in a row whose loss, hypergradient or psi is NaN or "
                                "inf before the run stops with an error (each such step is undone and logged "
@@ -193,6 +239,11 @@ class RunConfig(_Strict):
                         raise ValueError(f"{key}.seed: {data.seed} equals {other}; "
                                          "evaluation sets must not share the training seed or each other's")
                 seeds[f"{key}.seed"] = data.seed
+        for r, seed in enumerate(self.final_training.model_seeds(self.seed)):
+            for key, value in seeds.items():
+                if key != "seed" and value == seed:
+                    raise ValueError(f"final_training.seed: fresh model {r} would use seed {seed}, which equals "
+                                     f"{key}, and train on that set's scenes; choose another final_training.seed")
         return self
 
 

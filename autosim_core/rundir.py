@@ -2,7 +2,8 @@
 
 A run folder holds ``config.json`` (the resolved config), ``config.toml`` (the text it was
 started from), ``history.jsonl`` (one row per iteration, plus event lines), ``checkpoint.pt``,
-``psi.json`` and ``summary.json``. Every file is written whole or not at all
+``psi.json``, ``snapshots.json`` (the psi handed over at fractions of the budget) and
+``summary.json``; ``autosim train`` adds ``final/``. Every file is written whole or not at all
 (``atomic_write``); history rows are appended, flushed and synced before the checkpoint that
 includes them, so a run killed at any moment resumes from its last checkpoint to the same
 result. The run, ``autosim compare``, ``autosim generate`` and the observers all read and write
@@ -24,7 +25,10 @@ CONFIG_JSON = "config.json"
 CONFIG_TOML = "config.toml"
 PSI = "psi.json"
 SUMMARY = "summary.json"
-RESUMABLE_CHANGES = frozenset({"budget", "executor", "observers"})
+SNAPSHOTS = "snapshots.json"
+FINAL = "final"
+"""The folder ``autosim train`` writes into by default (``final.json``, ``model.pt``)."""
+RESUMABLE_CHANGES = frozenset({"budget", "executor", "observers", "final_training"})
 """Top-level config tables a resumed run may change."""
 TMP_SUFFIX = ".tmp"
 """Ending of the temporary file ``atomic_write`` writes before renaming it into place."""
@@ -149,7 +153,7 @@ class RunFolder:
                          if k not in RESUMABLE_CHANGES and stored.get(k) != current.get(k))
         if changed:
             raise FileExistsError(f"--resume: the config differs from the one {self.path} was started with "
-                                  f"(in: {', '.join(changed)}); only [budget], [executor] and [observers] may change")
+                                  f"(in: {', '.join(changed)}); only [budget], [executor], [observers] and [final_training] may change")
 
     def truncate_history(self, iteration: int, started: bool = True) -> None:
         """Keep the history rows of iterations 1..``iteration`` (those the checkpoint includes).

@@ -43,6 +43,7 @@ TABLES: list[tuple[str, str, type[BaseModel]]] = [
     ("searcher", "`[searcher]`", cfg.SearcherChoice),
     ("estimator", "`[estimator]`", cfg.EstimatorChoice),
     ("training", "`[training]`", cfg.Training),
+    ("final_training", "`[final_training]`", cfg.FinalTraining),
     ("budget", "`[budget]`", cfg.Budget),
     ("executor", "`[executor]`", cfg.Executor),
     ("validation", "`[validation]` and `[test]`", cfg.Data),

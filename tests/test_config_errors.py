@@ -82,6 +82,10 @@ CASES: list[tuple[str, Mutation, str, list[str]]] = [
      "executor", ["address", "ray"]),
     ("zero-max-nonfinite", lambda d: d.__setitem__("max_nonfinite", 0), "max_nonfinite",
      ["greater than or equal to 1"]),
+    ("final-fraction-out-of-range", lambda d: d.__setitem__("final_training", {"at": [0.5, 1.5]}),
+     "final_training", ["[0, 1]", "1.5"]),
+    ("final-seed-is-validation-seed", lambda d: d.__setitem__("final_training", {"seed": 1001}),
+     "final_training.seed", ["1001", "validation.seed"]),
     ("unknown-observer", lambda d: d.__setitem__("observers", {"tensorbord": True}), "observers.tensorbord",
      ["unknown key"]),
 ]
