@@ -201,8 +201,9 @@ class FinalTrainer:
             what: list[Any] = ["the validation set"]
         else:
             handed = handed_over(self.run_dir, snapshots)
-            points = [{"label": h.label, "name": f"renders of psi {h.label}", "at": h.at, "iteration": h.iteration, "images": h.images,
-                       "seconds": h.seconds, "psi": h.psi, "trained_on": "renders"} for h in handed]
+            points = [{"label": h.label, "name": f"renders of psi {h.label}", "at": h.at, "iteration": h.iteration,
+                       "images": h.images, "seconds": h.seconds, "psi": h.psi, "trained_on": "renders"}
+                      for h in handed]
             data = [ParameterSpace.from_dict(h.space) for h in handed]
             what = [h.space for h in handed]
         weights: list[Path] = []

@@ -153,7 +153,8 @@ class RunFolder:
                          if k not in RESUMABLE_CHANGES and stored.get(k) != current.get(k))
         if changed:
             raise FileExistsError(f"--resume: the config differs from the one {self.path} was started with "
-                                  f"(in: {', '.join(changed)}); only [budget], [executor], [observers] and [final_training] may change")
+                                  f"(in: {', '.join(changed)}); only [budget], [executor], [observers] and "
+                                  "[final_training] may change")
 
     def truncate_history(self, iteration: int, started: bool = True) -> None:
         """Keep the history rows of iterations 1..``iteration`` (those the checkpoint includes).

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import torch
 
-from autosim_core.rundir import CHECKPOINT, HISTORY
+from autosim_core.rundir import CHECKPOINT, HISTORY, SNAPSHOTS
 
 HARNESS = Path(__file__).with_name("kill_harness.py")
 COMPARED = ("iteration", "images", "train_loss", "val_loss", "val_metric", "psi", "estimator")
@@ -51,4 +51,11 @@ def test_ten_sigkills_at_random_moments_leave_the_run_unchanged(tmp_path: Path, 
         for key in COMPARED:
             assert ra[key] == rb[key], (ra["iteration"], key)
     assert json.loads((killed / "psi.json").read_text()) == json.loads((reference / "psi.json").read_text())
+    snapshots_a = json.loads((killed / SNAPSHOTS).read_text())
+    snapshots_b = json.loads((reference / SNAPSHOTS).read_text())
+    assert [s["at"] for s in snapshots_a] == [s["at"] for s in snapshots_b] == [0.25, 0.5, 1.0]
+    assert snapshots_a[-1]["raw"] == json.loads((killed / "psi.json").read_text())["raw"]
+    if not report["budget_raised_to"]:  # a raised budget moves the fractions after the fact
+        for sa, sb in zip(snapshots_a, snapshots_b, strict=True):
+            assert {k: v for k, v in sa.items() if k != "seconds"} == {k: v for k, v in sb.items() if k != "seconds"}
     assert not list(killed.glob(".*.tmp"))
