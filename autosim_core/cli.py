@@ -119,6 +119,10 @@ def compare(
         "the Ray cluster)")] = None,
     address: Annotated[str | None, typer.Option(
         "--address", help="Ray cluster to join (ray only; default: start a local Ray)")] = None,
+    final_training: Annotated[bool, typer.Option(
+        "--final-training", help="score every run by fresh models trained on the psi it hands over at each "
+        "fraction of final_training.at (autosim train --snapshots), the same recipe for every method; their "
+        "metric becomes the headline")] = False,
 ) -> None:
     """Run several configs over seeds under one budget; writes comparison.md/.json and comparison.png.
 
@@ -193,6 +197,12 @@ def compare(
         errors += [f"{r.out_dir} already holds a run; pass --resume to continue it or choose another --out"
                    for seeds_ in runners.values() for r in seeds_.values()
                    if (r.out_dir / "history.jsonl").exists() or (r.out_dir / "checkpoint.pt").exists()]
+    if final_training and runners:
+        recipes = {name: json.dumps(_final_recipe(next(iter(by_seed.values())).config), sort_keys=True)
+                   for name, by_seed in runners.items()}
+        if len(set(recipes.values())) > 1:
+            errors.append("--final-training: the configs' [final_training] (with [training] under it) differ; one "
+                          "recipe scores every method: " + "; ".join(f"{n}: {r}" for n, r in recipes.items()))
     if errors:
         for line in errors:
             typer.echo(f"error: {line}", err=True)
@@ -207,6 +217,22 @@ def compare(
             if not (resume and (runner.out_dir / "summary.json").exists())]
     failures = [(job, error) for job, error in zip(jobs, run_jobs(jobs, executor, workers, address, registry),
                                                    strict=True) if error is not None]
+    real_reference: dict[int, Path] = {}
+    if final_training and not failures:
+        from .compare_runs import FinalJob
+        from .rundir import FINAL
+
+        finals: list[Any] = [FinalJob(name, i, str(r.out_dir), str(r.out_dir / FINAL))
+                             for name, by_seed in runners.items() for i, r in by_seed.items()]
+        first = next(iter(runners.values()))
+        if first[0].config.validation is not None and first[0].config.validation.source == "folder":
+            # Real validation data: the model trained on it alone is the reference a small real set gives.
+            real_reference = {i: out / "trained-on-validation" / f"seed-{i}" for i in first}
+            finals += [FinalJob("trained-on-validation", i, str(r.out_dir), str(real_reference[i]), on="validation")
+                       for i, r in first.items()]
+        failures = [(job, error) for job, error in zip(finals, run_jobs(finals, executor, workers, address, registry),
+                                                       strict=True) if error is not None]
+        jobs = finals
     if failures:
         for job, error in failures:
             typer.echo(f"error: {job.label}: {error}", err=True)
@@ -214,7 +240,8 @@ def compare(
                    "others are kept: fix the cause and continue with --resume", err=True)
         raise typer.Exit(1)
     write_comparison({name: {i: r.out_dir for i, r in by_seed.items()} for name, by_seed in runners.items()},
-                     out, threshold_from=threshold_from, oracle=oracle, initial=initial)
+                     out, threshold_from=threshold_from, oracle=oracle, initial=initial,
+                     real_reference=real_reference or None)
     typer.echo((out / "comparison.md").read_text(), nl=False)
 
 
@@ -264,6 +291,13 @@ def train(
     typer.echo(json.dumps({"psi": final["label"], "images": report["images"], "seeds": report["seeds"],
                            "val_metric": final["val_metric"], "test_metric": final["test_metric"],
                            "out": str(out or run_dir / "final")}))
+
+
+def _final_recipe(config: Any) -> dict[str, Any]:
+    """What scores a run's psi under ``--final-training``: images, seeds and the training recipe."""
+    final = config.final_training
+    return {"images": final.images, "seeds": final.seeds, "seed": final.seed, "at": final.at,
+            "recipe": final.recipe(config.training).model_dump(mode="json")}
 
 
 @app.command()

@@ -19,15 +19,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .rundir import CONFIG_JSON, HISTORY, SUMMARY, read_rows
+from .rundir import CONFIG_JSON, FINAL, HISTORY, SUMMARY, read_rows
+
+FINAL_JSON = "final.json"
 
 AUTOSIMULATE = "autosimulate"
 REFERENCE = "fixed"
 
 RUN_COLUMNS = ("run", "seed", "searcher", "estimator", "images", "seconds", "best_val_metric", "images_to_best",
-               "seconds_to_best", "final_val_metric", "test_metric")
+               "seconds_to_best", "final_val_metric", "test_metric", "fresh_metric")
 STAT_KEYS = ("best_val_metric", "test_metric", "images", "seconds", "images_to_best", "seconds_to_best",
-             "images_to_threshold", "seconds_to_threshold", "gap_closed_val", "gap_closed_test")
+             "images_to_threshold", "seconds_to_threshold", "gap_closed_val", "gap_closed_test", "fresh_metric",
+             "fresh_val_metric", "fresh_test_metric", "fresh_retrain_std", "gap_closed_fresh")
 
 
 @dataclass
@@ -40,12 +43,35 @@ class RunRecord:
     config: dict[str, Any]
     summary: dict[str, Any]
     history: list[dict[str, Any]] = field(default_factory=list)
+    final: dict[str, Any] | None = None
+    """``final/final.json`` (``autosim train --snapshots``) where the run has one."""
 
     @classmethod
     def load(cls, method: str, seed_index: int, run_dir: str | Path) -> RunRecord:
         run_dir = Path(run_dir)
+        final_path = run_dir / FINAL / FINAL_JSON
+        final = json.loads(final_path.read_text()) if final_path.exists() else None
         return cls(method, seed_index, run_dir, json.loads((run_dir / CONFIG_JSON).read_text()),
-                   json.loads((run_dir / SUMMARY).read_text()), read_rows(run_dir / HISTORY))
+                   json.loads((run_dir / SUMMARY).read_text()), read_rows(run_dir / HISTORY), final)
+
+    @property
+    def quality_curve(self) -> list[dict[str, Any]]:
+        """The psi-quality curve: per psi handed over (snapshots, then the final one), the search's
+        images and seconds so far and the fresh-model metric (mean over its seeds)."""
+        if self.final is None:
+            return []
+        return [{"at": p.get("at"), "images": p["images"], "seconds": p["seconds"], "metric": fresh_metric(p)}
+                for p in self.final["points"] if "images" in p]
+
+    @property
+    def fresh(self) -> float | None:
+        """The fresh-model metric of the final psi (test, else validation; mean over its seeds)."""
+        curve = self.quality_curve
+        return curve[-1]["metric"] if curve else None
+
+    def fresh_reaches(self, threshold: float) -> Mapping[str, Any] | None:
+        """The first psi of the quality curve whose fresh-model metric is at least ``threshold``."""
+        return next((p for p in self.quality_curve if p["metric"] is not None and p["metric"] >= threshold), None)
 
     @property
     def searcher(self) -> str:
@@ -91,6 +117,12 @@ def first_reaching(history: Sequence[Mapping[str, Any]], threshold: float) -> Ma
         if metric is not None and metric >= threshold:
             return row
     return None
+
+
+def fresh_metric(point: Mapping[str, Any]) -> float | None:
+    """A point of ``final.json``: its mean fresh-model test metric, else its mean validation metric."""
+    test = (point.get("test_metric") or {}).get("mean")
+    return test if test is not None else (point.get("val_metric") or {}).get("mean")
 
 
 def stats(values: Sequence[float | None]) -> dict[str, Any]:
@@ -176,9 +208,19 @@ class References:
     notes: list[str]
 
 
+def start_of(config: Mapping[str, Any]) -> str:
+    """Where a run's psi starts: its simulator's ``start`` and the overrides that change what is sampled."""
+    simulator = config["simulator"]
+    return json.dumps([simulator.get("start"), _distribution(simulator.get("overrides"))], sort_keys=True)
+
+
 def detect_references(roles: Mapping[str, str], *, oracle: str | None = None,
-                      initial: str | None = None) -> References:
-    """The oracle and initial references of the gap closed; explicit names win over detection."""
+                      initial: str | None = None, starts: Mapping[str, str] | None = None) -> References:
+    """The oracle and initial references of the gap closed; explicit names win over detection.
+
+    Of several fixed references, the initial one is that which starts where the searching methods
+    start (``starts``: method -> ``start_of`` its config); the others (a broad randomisation,
+    say) stay references beside it."""
     notes: list[str] = []
     for flag, name in (("oracle", oracle), ("initial", initial)):
         if name is not None and name not in roles:
@@ -190,6 +232,11 @@ def detect_references(roles: Mapping[str, str], *, oracle: str | None = None,
         if given is not None:
             return given
         candidates = [m for m, r in roles.items() if r == role and m not in (oracle, initial)]
+        if role == "reference" and len(candidates) > 1 and starts:
+            searching = {starts[m] for m, r in roles.items() if r in ("method", "baseline")}
+            same = [m for m in candidates if starts[m] in searching]
+            if len(searching) == 1 and len(same) == 1:
+                return same[0]
         if len(candidates) > 1:
             notes.append(f"several {flag} candidates ({', '.join(candidates)}); pass --{flag} to choose one")
         return candidates[0] if len(candidates) == 1 else None
@@ -214,16 +261,20 @@ class Threshold:
 
 
 def choose_threshold(records: Mapping[str, Mapping[int, RunRecord]], roles: Mapping[str, str],
-                     threshold_from: str | None = None) -> Threshold:
-    """Per seed index, the best validation metric of one method: the one named, else the strongest
-    baseline, else the strongest method that is not the oracle (by mean best validation metric)."""
+                     threshold_from: str | None = None, fresh: bool = False) -> Threshold:
+    """Per seed index, the score of one method: the one named, else the strongest baseline, else the
+    strongest method that is not the oracle (by the mean score). The score is the best validation
+    metric or, with ``fresh``, the fresh-model metric of the final psi."""
+    def score(record: RunRecord) -> float | None:
+        return record.fresh if fresh else record.best_val
+
     if threshold_from is not None:
         if threshold_from not in records:
             raise ValueError(f"--threshold-from {threshold_from!r}: no such method; methods: {', '.join(records)}")
         method, rule = threshold_from, "named by --threshold-from"
     else:
         def mean_best(m: str) -> float:
-            value = stats([r.best_val for r in records[m].values()])["mean"]
+            value = stats([score(r) for r in records[m].values()])["mean"]
             return -math.inf if value is None else value
 
         baselines = [m for m in records if roles[m] == "baseline" and mean_best(m) > -math.inf]
@@ -235,7 +286,7 @@ def choose_threshold(records: Mapping[str, Mapping[int, RunRecord]], roles: Mapp
             method, rule = max(others, key=mean_best), "strongest method (no baseline in the comparison)"
         else:
             return Threshold(None, "no method has a validation metric", {})
-    per_seed = {i: r.best_val for i, r in records[method].items() if r.best_val is not None}
+    per_seed = {i: value for i, r in records[method].items() if (value := score(r)) is not None}
     return Threshold(method, rule, per_seed)
 
 
@@ -248,9 +299,10 @@ def _gap(value: float | None, low: float | None, high: float | None) -> float | 
 
 
 def run_row(record: RunRecord, threshold: float | None, initial: RunRecord | None,
-            oracle: RunRecord | None) -> dict[str, Any]:
+            oracle: RunRecord | None, fresh: bool = False) -> dict[str, Any]:
     best = record.best
-    reached = record.reaches(threshold) if threshold is not None else None
+    reached = None if threshold is None else record.fresh_reaches(threshold) if fresh else record.reaches(threshold)
+    final = record.final["final"] if record.final is not None else {}
     return {
         "run": record.method, "seed_index": record.seed_index, "seed": record.config.get("seed"),
         "folder": str(record.run_dir), "searcher": record.searcher, "estimator": record.estimator,
@@ -267,6 +319,12 @@ def run_row(record: RunRecord, threshold: float | None, initial: RunRecord | Non
                                oracle.best_val if oracle else None),
         "gap_closed_test": _gap(record.test_metric, initial.test_metric if initial else None,
                                 oracle.test_metric if oracle else None),
+        "fresh_metric": record.fresh,
+        "fresh_val_metric": (final.get("val_metric") or {}).get("mean"),
+        "fresh_test_metric": (final.get("test_metric") or {}).get("mean"),
+        "fresh_retrain_std": ((final.get("test_metric") or final.get("val_metric") or {}).get("std")),
+        "gap_closed_fresh": _gap(record.fresh, initial.fresh if initial else None, oracle.fresh if oracle else None),
+        "quality_curve": record.quality_curve,
         "psi": record.summary.get("psi"),
     }
 
@@ -277,15 +335,23 @@ def load_records(runs: Mapping[str, Mapping[int, str | Path]]) -> dict[str, dict
 
 
 def summarize(records: Mapping[str, Mapping[int, RunRecord]], *, threshold_from: str | None = None,
-              oracle: str | None = None, initial: str | None = None) -> dict[str, Any]:
-    """What ``comparison.json`` holds: per method the statistics over seeds, and every run's row."""
+              oracle: str | None = None, initial: str | None = None,
+              real_reference: Mapping[int, Mapping[str, Any]] | None = None) -> dict[str, Any]:
+    """What ``comparison.json`` holds: per method the statistics over seeds, and every run's row.
+
+    Where the runs have fresh models (``final.json``), the fresh-model metric of each run's final psi
+    is the headline score: the threshold is the strongest baseline's, and the images and seconds to
+    it are read from the psi-quality curves. ``real_reference`` (seed index -> ``final.json`` of
+    models trained on the validation set itself) is the reference a small real set gives."""
     roles = {m: method_role(next(iter(seeds.values())).config) for m, seeds in records.items()}
-    refs = detect_references(roles, oracle=oracle, initial=initial)
+    starts = {m: start_of(next(iter(seeds.values())).config) for m, seeds in records.items()}
+    refs = detect_references(roles, oracle=oracle, initial=initial, starts=starts)
+    fresh = any(r.final is not None for seeds in records.values() for r in seeds.values())
     if refs.oracle is not None:
         roles[refs.oracle] = "oracle"
     if refs.initial is not None:
         roles[refs.initial] = "initial"
-    threshold = choose_threshold(records, roles, threshold_from)
+    threshold = choose_threshold(records, roles, threshold_from, fresh)
 
     rows: list[dict[str, Any]] = []
     methods: list[dict[str, Any]] = []
@@ -295,7 +361,7 @@ def summarize(records: Mapping[str, Mapping[int, RunRecord]], *, threshold_from:
             method_rows.append(run_row(
                 record, threshold.per_seed.get(i),
                 records[refs.initial].get(i) if refs.initial else None,
-                records[refs.oracle].get(i) if refs.oracle else None))
+                records[refs.oracle].get(i) if refs.oracle else None, fresh))
         rows += method_rows
         first = next(iter(seeds.values()))
         entry: dict[str, Any] = {"method": method, "role": roles[method], "searcher": first.searcher,
@@ -307,8 +373,18 @@ def summarize(records: Mapping[str, Mapping[int, RunRecord]], *, threshold_from:
                                       "of": len(with_threshold)}
         methods.append(entry)
 
+    real = None
+    if real_reference:
+        values = [fresh_metric(report["final"]) for report in real_reference.values()]
+        learned = [e["fresh_metric"]["mean"] for e in methods if e["role"] in ("method", "baseline")
+                   and e["fresh_metric"]["mean"] is not None]
+        real = {"per_seed": {str(i): fresh_metric(r["final"]) for i, r in real_reference.items()},
+                "metric": stats(values), "learned_means": learned,
+                "beats_every_method": bool(learned) and all(stats(values)["mean"] > v for v in learned)}
     return {
         "seeds": max((len(s) for s in records.values()), default=0),
+        "score": "fresh" if fresh else "in-loop",
+        "real_reference": real,
         "threshold": {"method": threshold.method, "rule": threshold.rule,
                       "per_seed": {str(i): v for i, v in threshold.per_seed.items()},
                       "mean": stats(list(threshold.per_seed.values()))["mean"]},
@@ -359,42 +435,100 @@ def _per_seed(values: Mapping[str, float]) -> str:
     return ", ".join(f"seed {i}: {v:.4f}" for i, v in values.items())
 
 
+def _curve_cell(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The psi-quality curve of a method: the mean fresh-model metric at each fraction of the budget."""
+    by_at: dict[Any, list[float]] = {}
+    for row in rows:
+        for point in row["quality_curve"]:
+            if point["metric"] is not None:
+                by_at.setdefault(point["at"], []).append(point["metric"])
+    if not by_at:
+        return "–"
+    return " → ".join(f"{statistics.fmean(v):.3f}" for _, v in sorted(by_at.items(), key=lambda kv: kv[0] or 0))
+
+
 def markdown(comparison: Mapping[str, Any]) -> str:
     n = comparison["seeds"]
     threshold = comparison["threshold"]
     refs = comparison["references"]
+    fresh = comparison.get("score") == "fresh"
     gap = refs["oracle"] is not None and refs["initial"] is not None
     thr = f"threshold ({threshold['method']})" if threshold["method"] else "threshold"
-    header = ["method", "role", "searcher", "estimator", "seeds", "best val metric", "test metric", "images",
-              "seconds", "images to best", "seconds to best", f"images to {thr}", f"seconds to {thr}"]
-    if gap:
-        header += ["gap closed, val (%)", "gap closed, test (%)"]
+    if fresh:
+        header = ["method", "role", "searcher", "estimator", "seeds", "fresh-model metric", "in-loop best val metric",
+                  "images", "seconds", f"images to {thr}", f"seconds to {thr}"]
+        if gap:
+            header += ["gap closed, fresh (%)"]
+        header += ["psi-quality curve"]
+    else:
+        header = ["method", "role", "searcher", "estimator", "seeds", "best val metric", "test metric", "images",
+                  "seconds", "images to best", "seconds to best", f"images to {thr}", f"seconds to {thr}"]
+        if gap:
+            header += ["gap closed, val (%)", "gap closed, test (%)"]
     lines = [f"## Methods over seeds (mean ± std over {n} seed{'s' if n != 1 else ''})", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for e in comparison["methods"]:
-        cells = [e["method"], e["role"], e["searcher"], e["estimator"] or "–", str(e["seeds"]),
-                 _stat_cell(e["best_val_metric"], "metric"), _stat_cell(e["test_metric"], "metric"),
-                 _stat_cell(e["images"], "images"), _stat_cell(e["seconds"], "seconds"),
-                 _stat_cell(e["images_to_best"], "images"), _stat_cell(e["seconds_to_best"], "seconds"),
-                 _threshold_cell(e, "images_to_threshold", "images"),
-                 _threshold_cell(e, "seconds_to_threshold", "seconds")]
-        if gap:
-            cells += [_stat_cell(e["gap_closed_val"], "share"), _stat_cell(e["gap_closed_test"], "share")]
+        cells = [e["method"], e["role"], e["searcher"], e["estimator"] or "–", str(e["seeds"])]
+        if fresh:
+            rows = [r for r in comparison["runs"] if r["run"] == e["method"]]
+            cells += [_stat_cell(e["fresh_metric"], "metric"), _stat_cell(e["best_val_metric"], "metric"),
+                      _stat_cell(e["images"], "images"), _stat_cell(e["seconds"], "seconds"),
+                      _threshold_cell(e, "images_to_threshold", "images"),
+                      _threshold_cell(e, "seconds_to_threshold", "seconds")]
+            if gap:
+                cells += [_stat_cell(e["gap_closed_fresh"], "share")]
+            cells += [_curve_cell(rows)]
+        else:
+            cells += [_stat_cell(e["best_val_metric"], "metric"), _stat_cell(e["test_metric"], "metric"),
+                      _stat_cell(e["images"], "images"), _stat_cell(e["seconds"], "seconds"),
+                      _stat_cell(e["images_to_best"], "images"), _stat_cell(e["seconds_to_best"], "seconds"),
+                      _threshold_cell(e, "images_to_threshold", "images"),
+                      _threshold_cell(e, "seconds_to_threshold", "seconds")]
+            if gap:
+                cells += [_stat_cell(e["gap_closed_val"], "share"), _stat_cell(e["gap_closed_test"], "share")]
         lines.append("| " + " | ".join(cells) + " |")
+    real = comparison.get("real_reference")
+    if real is not None:
+        row = ["trained on the validation set", "real-data reference", "–", "–", str(real["metric"]["n"]),
+               _stat_cell(real["metric"], "metric")] + ["–"] * (len(header) - 6)
+        lines.append("| " + " | ".join(row) + " |")
     notes: list[str] = []
+    if fresh:
+        notes.append("Fresh-model metric: a model trained from scratch on renders of the psi each run hands over "
+                     "(AutoSimulate: its final psi; a black-box searcher: its best point; fixed: its psi), with one "
+                     "recipe for every method (`autosim train`), scored on the test set (validation where there is "
+                     "none); mean over its fresh seeds, then mean ± std over the runs' seeds. The in-loop best val "
+                     "metric is that of the run's own models (warm-started or per-evaluation), kept for reference.")
     if threshold["method"]:
-        notes.append(f"Threshold: the best validation metric of `{threshold['method']}` ({threshold['rule']}) "
-                     f"per seed — {_per_seed(threshold['per_seed'])}. Images and seconds to reach it are those "
-                     "of the first evaluation whose validation metric is at least the threshold of its seed; "
-                     "means are over the seeds that reached it (k/N), a run that never does counts as "
-                     "not reached.")
+        if fresh:
+            notes.append(f"Threshold: the fresh-model metric of `{threshold['method']}` ({threshold['rule']}) per "
+                         f"seed — {_per_seed(threshold['per_seed'])}. Images and seconds to reach it are those of "
+                         "the first psi of the psi-quality curve (the psi handed over at the fractions "
+                         "`final_training.at` of the budget) whose fresh-model metric is at least the threshold of "
+                         "its seed; means are over the seeds that reached it (k/N), a run that never does counts as "
+                         "not reached.")
+        else:
+            notes.append(f"Threshold: the best validation metric of `{threshold['method']}` ({threshold['rule']}) "
+                         f"per seed — {_per_seed(threshold['per_seed'])}. Images and seconds to reach it are those "
+                         "of the first evaluation whose validation metric is at least the threshold of its seed; "
+                         "means are over the seeds that reached it (k/N), a run that never does counts as "
+                         "not reached.")
     else:
         notes.append(f"Threshold: none ({threshold['rule']}).")
-    if gap:
+    if gap and fresh:
+        notes.append(f"Gap closed: (fresh-model metric − that of `{refs['initial']}`) / (that of `{refs['oracle']}` "
+                     f"− that of `{refs['initial']}`) per seed, `{refs['oracle']}` being the oracle (the validation "
+                     "distribution) and the other the fixed starting psi.")
+    elif gap:
         notes.append(f"Gap closed: (best val − best val of `{refs['initial']}`) / (best val of `{refs['oracle']}` "
                      f"− best val of `{refs['initial']}`) per seed, `{refs['oracle']}` being the oracle (trained "
                      "on the validation distribution) and the other the fixed starting ψ; the test column "
                      "does the same with test metrics.")
+    if real is not None:
+        verdict = ("beats every method's learned distribution" if real["beats_every_method"] else
+                   "does not beat every method's learned distribution")
+        notes.append("Real-data reference: the task's model trained on the validation images alone with the same "
+                     f"recipe, scored on test: {_stat_cell(real['metric'], 'metric')}; it {verdict}.")
     notes += [f"Note: {note}." for note in comparison["notes"]]
     notes.append("± is the sample standard deviation over seeds (n − 1); none is shown for a single value. "
                  "Images and seconds are totals over a run unless they say *to*.")
@@ -474,17 +608,58 @@ def plot_comparison(records: Mapping[str, Mapping[int, RunRecord]], out_path: Pa
     plt.close(fig)
 
 
+def plot_quality(records: Mapping[str, Mapping[int, RunRecord]], out_path: Path) -> None:
+    """The psi-quality curves: fresh-model metric of the psi handed over against the search's images
+    and seconds so far (mean over seeds at each fraction of the budget; band: min–max)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
+    for method, seeds in records.items():
+        curves = [r.quality_curve for r in seeds.values() if r.quality_curve]
+        length = min((len(c) for c in curves), default=0)
+        if not length:
+            continue
+        for ax, key in zip(axes, ("images", "seconds"), strict=True):
+            x = np.array([[p[key] for p in c[:length]] for c in curves], dtype=float).mean(axis=0)
+            y = np.array([[np.nan if p["metric"] is None else p["metric"] for p in c[:length]] for c in curves])
+            line, = ax.plot(x, np.nanmean(y, axis=0), marker="o", label=f"{method} ({len(curves)} seeds)")
+            if len(curves) > 1:
+                ax.fill_between(x, np.nanmin(y, axis=0), np.nanmax(y, axis=0), alpha=0.2, color=line.get_color(),
+                                linewidth=0)
+    axes[0].set_xlabel("images generated by the search")
+    axes[1].set_xlabel("seconds of search")
+    axes[0].set_ylabel("fresh-model metric of the psi handed over")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    axes[1].legend(loc="lower right", fontsize="small")
+    fig.tight_layout()
+    fig.savefig(out_path, dpi=120)
+    plt.close(fig)
+
+
 def write_comparison(runs: Mapping[str, Mapping[int, str | Path]], out_dir: Path, *,
                      threshold_from: str | None = None, oracle: str | None = None,
-                     initial: str | None = None) -> dict[str, Any]:
+                     initial: str | None = None, real_reference: Mapping[int, str | Path] | None = None
+                     ) -> dict[str, Any]:
     """``comparison.json``, ``comparison.md`` and ``comparison.png`` from run folders
-    (method -> seed index -> folder); returns what ``comparison.json`` holds."""
+    (method -> seed index -> folder), and ``psi-quality.png`` where they have fresh models;
+    ``real_reference``: seed index -> folder of ``autosim train --on validation``. Returns what
+    ``comparison.json`` holds."""
     records = load_records(runs)
-    comparison = summarize(records, threshold_from=threshold_from, oracle=oracle, initial=initial)
+    real = {i: json.loads((Path(folder) / FINAL_JSON).read_text()) for i, folder in (real_reference or {}).items()}
+    comparison = summarize(records, threshold_from=threshold_from, oracle=oracle, initial=initial,
+                           real_reference=real or None)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "comparison.json").write_text(json.dumps(comparison, indent=2, default=float) + "\n")
     (out_dir / "comparison.md").write_text(markdown(comparison))
     threshold = comparison["threshold"]
     label = f"threshold: best of {threshold['method']} (mean over seeds)" if threshold["method"] else ""
-    plot_comparison(records, out_dir / "comparison.png", threshold["mean"], label)
+    plot_comparison(records, out_dir / "comparison.png", None if comparison["score"] == "fresh" else threshold["mean"],
+                    label)
+    if comparison["score"] == "fresh":
+        plot_quality(records, out_dir / "psi-quality.png")
     return comparison

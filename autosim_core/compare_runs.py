@@ -1,7 +1,8 @@
 """Running a comparison's runs (one per method and seed): one after another in this process,
 concurrently on the workers of :mod:`autosim_core.workers` (local processes or Ray actors).
 
-Every run is one :class:`RunJob`: its config as data, its folder and the config text it keeps.
+Every run is one :class:`RunJob`: its config as data, its folder and the config text it keeps;
+the fresh models that score a finished run's psi (``--final-training``) are one :class:`FinalJob`.
 A worker builds the run from the job, executes it and answers only ``None`` (finished) or one
 line saying why it failed; the comparison is then read back from the run folders, as
 :mod:`autosim_core.compare` always does. A run that fails leaves its traceback in its folder's
@@ -41,6 +42,49 @@ class RunJob:
     def label(self) -> str:
         return f"{self.method} seed {self.seed_index}"
 
+    def run(self, registry: Any = None) -> str | None:
+        return execute_run(self, registry)
+
+
+@dataclass(frozen=True)
+class FinalJob:
+    """The fresh models of one finished run (``autosim train --snapshots``), or those trained on its
+    validation set (``on = "validation"``), written to ``out_dir``."""
+
+    method: str
+    seed_index: int
+    run_dir: str
+    out_dir: str
+    on: str = "renders"
+
+    @property
+    def label(self) -> str:
+        what = "fresh models" if self.on == "renders" else "models trained on the validation set"
+        return f"{what} of {self.method} seed {self.seed_index}"
+
+    def run(self, registry: Any = None) -> str | None:
+        """Trains the job's fresh models; None when done, else one line saying why not."""
+        from .final import FinalTrainer
+
+        out_dir = Path(self.out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / ERROR_LOG).unlink(missing_ok=True)
+        trainer = None
+        try:
+            trainer = FinalTrainer(self.run_dir, registry=registry)
+            trainer.score(out_dir, snapshots=self.on == "renders", on=self.on)  # type: ignore[arg-type]
+            return None
+        except Exception as exc:
+            (out_dir / ERROR_LOG).write_text(traceback.format_exc())
+            return f"{_one_line(exc)} (traceback in {out_dir / ERROR_LOG})"
+        finally:
+            if trainer is not None:
+                trainer.close()
+
+
+ComparisonJob = RunJob | FinalJob
+"""What a comparison hands its workers."""
+
 
 def _one_line(exc: BaseException) -> str:
     lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
@@ -74,12 +118,12 @@ def execute_run(job: RunJob, registry: Any = None) -> str | None:
 
 
 # ----------------------------------------------------------------------------- on workers ---
-def _execute(state: Any, job: RunJob) -> str | None:
-    """A worker's job: one run, in a worker process or Ray actor."""
-    return execute_run(job)
+def _execute(state: Any, job: ComparisonJob) -> str | None:
+    """A worker's job: one run or one run's fresh models, in a worker process or Ray actor."""
+    return job.run()
 
 
-def _run_on_workers(jobs: Sequence[RunJob], kind: str, workers: int | None, address: str | None,
+def _run_on_workers(jobs: Sequence[ComparisonJob], kind: str, workers: int | None, address: str | None,
                     threads: int | None) -> list[str | None]:
     """Each run a job of a pool of ``workers`` processes or Ray actors (default: the machine's or
     the cluster's CPUs, no more than the runs): a run that crashes its worker (segfault, killed)
@@ -110,7 +154,7 @@ def _run_on_workers(jobs: Sequence[RunJob], kind: str, workers: int | None, addr
     return results
 
 
-def run_jobs(jobs: Sequence[RunJob], executor: str = "inline", workers: int | None = None,
+def run_jobs(jobs: Sequence[ComparisonJob], executor: str = "inline", workers: int | None = None,
              address: str | None = None, registry: Any = None) -> list[str | None]:
     """Runs every job on ``executor``; per job, in order, None (finished) or why it failed.
 
@@ -121,7 +165,7 @@ def run_jobs(jobs: Sequence[RunJob], executor: str = "inline", workers: int | No
     if not jobs:
         return []
     if executor == "inline":
-        return [execute_run(job, registry) for job in jobs]
+        return [job.run(registry) for job in jobs]
     if executor == "processes":
         size = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
         return _run_on_workers(jobs, executor, size, None, 1 if size > 1 else None)

@@ -281,7 +281,9 @@ def test_compare_over_two_seeds_end_to_end(tmp_path: Path, cache_dir: Path) -> N
             assert (stored["seed"], stored["budget"]) == (i, {"iterations": 2})
             assert len((run / "history.jsonl").read_text().splitlines()) == 2
     comparison = json.loads((out / "comparison.json").read_text())
-    assert set(comparison) == {"seeds", "threshold", "references", "notes", "methods", "runs"}
+    assert set(comparison) == {"seeds", "score", "real_reference", "threshold", "references", "notes", "methods",
+                               "runs"}
+    assert comparison["score"] == "in-loop" and comparison["real_reference"] is None
     assert comparison["seeds"] == 2
     assert [m["method"] for m in comparison["methods"]] == ["toy", "toy_fixed"]
     assert [m["role"] for m in comparison["methods"]] == ["method", "initial"]
@@ -297,3 +299,108 @@ def test_compare_over_two_seeds_end_to_end(tmp_path: Path, cache_dir: Path) -> N
     resumed = CliRunner().invoke(app, [*args, "--resume"])
     assert resumed.exit_code == 0, resumed.output
     assert len((out / "toy" / "seed-1" / "history.jsonl").read_text().splitlines()) == 2
+
+
+# ------------------------------------------------------------------ the fresh-model protocol ---
+Point = tuple[float, int, float, float]  # (at, images, seconds, fresh test metric)
+
+
+def write_final(folder: Path, points: list[Point]) -> None:
+    """``final/final.json`` of a run: one fresh-model test metric per psi handed over."""
+    entries = [{"label": f"at-{at:g}", "at": at, "images": images, "seconds": seconds, "psi": {},
+                "val_metric": {"mean": metric - 0.01, "std": None, "n": 1},
+                "test_metric": {"mean": metric, "std": None, "n": 1}} for at, images, seconds, metric in points]
+    final = {"points": entries, "final": {k: entries[-1][k] for k in ("label", "val_metric", "test_metric")}}
+    (folder / "final").mkdir()
+    (folder / "final" / "final.json").write_text(json.dumps(final))
+
+
+def test_fresh_threshold_is_read_from_the_quality_curves(three_methods: dict[str, dict[int, Path]]) -> None:
+    curves = {  # the in-loop histories of three_methods rank otherwise: the fresh metric must decide
+        ("autosim", 0): [(0.25, 100, 10.0, 0.40), (0.5, 300, 30.0, 0.58), (1.0, 500, 50.0, 0.61)],
+        ("autosim", 1): [(0.25, 100, 12.0, 0.45), (0.5, 200, 24.0, 0.50), (1.0, 300, 36.0, 0.52)],
+        ("random", 0): [(0.25, 250, 5.0, 0.55), (0.5, 500, 9.0, 0.57), (1.0, 750, 14.0, 0.57)],
+        ("random", 1): [(0.25, 250, 6.0, 0.51), (1.0, 500, 11.0, 0.53)],
+        ("fixed_initial", 0): [(0.25, 100, 3.0, 0.30), (1.0, 200, 6.0, 0.30)],
+        ("fixed_initial", 1): [(0.25, 100, 3.5, 0.31), (1.0, 200, 7.0, 0.31)],
+    }
+    for (method, seed), points in curves.items():
+        write_final(three_methods[method][seed], points)
+    comparison = summarize(load_records(three_methods))
+    assert comparison["score"] == "fresh"
+    # The strongest baseline's final fresh metric per seed, not its best in-loop validation metric.
+    assert comparison["threshold"]["method"] == "random"
+    assert comparison["threshold"]["per_seed"] == {"0": 0.57, "1": 0.53}
+    # seed 0: 0.58 >= 0.57 first at the 0.5 snapshot (300 images, 30 s), not at the end.
+    seed0 = run_entry(comparison, "autosim", 0)
+    assert (seed0["images_to_threshold"], seed0["seconds_to_threshold"]) == (300, 30.0)
+    assert seed0["fresh_metric"] == 0.61
+    # seed 1: 0.52 at the end stays below 0.53: not reached, and counted as such.
+    seed1 = run_entry(comparison, "autosim", 1)
+    assert seed1["threshold_reached"] is False and seed1["images_to_threshold"] is None
+    entry = method_entry(comparison, "autosim")
+    assert entry["threshold_reached"] == {"reached": 1, "of": 2}
+    assert entry["fresh_metric"]["mean"] == pytest.approx(np.mean([0.61, 0.52]))
+    assert entry["fresh_metric"]["std"] == pytest.approx(np.std([0.61, 0.52], ddof=1))
+    # random reaches its own final value at the first snapshot holding it (0.5: 500 images).
+    assert run_entry(comparison, "random", 0)["images_to_threshold"] == 500
+    never = run_entry(comparison, "fixed_initial", 0)
+    assert never["threshold_reached"] is False
+    text = write_comparison(three_methods, three_methods["autosim"][0].parents[1] / "cmp")
+    md = (three_methods["autosim"][0].parents[1] / "cmp" / "comparison.md").read_text()
+    assert text["score"] == "fresh" and "fresh-model metric" in md and "not reached (0/2)" in md
+    assert "0.425 → 0.540 → 0.565" in md  # autosim's curve: means over seeds per fraction
+    assert (three_methods["autosim"][0].parents[1] / "cmp" / "psi-quality.png").exists()
+
+
+def test_the_initial_reference_is_the_fixed_run_that_starts_where_the_search_does() -> None:
+    roles = {"a": "method", "b": "baseline", "o": "oracle", "i": "reference", "w": "reference"}
+    starts = {"a": "initial", "b": "initial", "o": "target", "i": "initial", "w": "wide"}
+    refs = detect_references(roles, starts=starts)
+    assert (refs.oracle, refs.initial, refs.notes) == ("o", "i", [])
+    # Searches that start in two places leave the choice to --initial.
+    assert detect_references(roles, starts={**starts, "b": "wide"}).initial is None
+
+
+def test_compare_with_final_training_end_to_end(tmp_path: Path, cache_dir: Path) -> None:
+    configs = []
+    for name in ("toy.toml", "toy_fixed.toml"):
+        path = small_toy(name, tmp_path, cache_dir)
+        path.write_text(path.read_text() + "\n[final_training]\nimages = 128\nepochs = 2\n")
+        configs.append(str(path))
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["compare", *configs, "--out", str(out), "--budget-iterations", "4",
+                                      "--final-training"])
+    assert result.exit_code == 0, result.output
+    comparison = json.loads((out / "comparison.json").read_text())
+    assert comparison["score"] == "fresh"
+    for name in ("toy", "toy_fixed"):
+        final = json.loads((out / name / "seed-0" / "final" / "final.json").read_text())
+        assert [p["at"] for p in final["points"]] == [0.25, 0.5, 1.0]
+        row = run_entry(comparison, name, 0)
+        assert row["fresh_metric"] == final["final"]["test_metric"]["mean"]
+        assert [p["images"] for p in row["quality_curve"]] == [64, 128, 256]  # iterations 1, 2, 4 of 64 scenes
+    assert "fresh-model metric" in result.stdout
+
+
+def test_a_different_final_recipe_per_config_is_refused(tmp_path: Path, cache_dir: Path) -> None:
+    configs = [small_toy(n, tmp_path, cache_dir) for n in ("toy.toml", "toy_fixed.toml")]
+    configs[1].write_text(configs[1].read_text() + "\n[final_training]\nepochs = 2\n")
+    result = CliRunner().invoke(app, ["compare", *map(str, configs), "--out", str(tmp_path / "out"),
+                                      "--final-training"])
+    assert result.exit_code == 2 and "one recipe scores every method" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_real_data_reference_is_compared_with_every_learned_distribution(
+        three_methods: dict[str, dict[int, Path]]) -> None:
+    for (method, seed), metric in {("autosim", 0): 0.6, ("autosim", 1): 0.5, ("random", 0): 0.55,
+                                   ("random", 1): 0.5, ("fixed_initial", 0): 0.3, ("fixed_initial", 1): 0.3}.items():
+        write_final(three_methods[method][seed], [(1.0, 100, 1.0, metric)])
+    real = {i: {"final": {"test_metric": {"mean": value}}} for i, value in ((0, 0.58), (1, 0.56))}
+    comparison = summarize(load_records(three_methods), real_reference=real)
+    # 0.57 on average: above autosim (0.55) and random (0.525); the fixed reference does not count.
+    assert comparison["real_reference"]["metric"]["mean"] == pytest.approx(0.57)
+    assert comparison["real_reference"]["beats_every_method"] is True
+    real[1]["final"]["test_metric"]["mean"] = 0.50  # 0.54 on average: below autosim's 0.55
+    assert summarize(load_records(three_methods), real_reference=real)["real_reference"]["beats_every_method"] is False
