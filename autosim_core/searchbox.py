@@ -3,9 +3,9 @@ distribution each point of it stands for.
 
 The box has, per learnable parameter of the space, its centre (the mean of a normal or
 bounded family, the log-median of a log-normal, ``p`` of a Bernoulli), its spread (the log of
-the std of the Gaussian families' latent, when ``spreads`` is on) and, for a categorical, which
-choice is favoured (it gets ``choice_weight``, the others share the rest, so no value is ever
-ruled out).
+the std of the Gaussian families' latent, when ``spreads`` is on, up to a spread as wide as the
+parameter's bounds) and, for a categorical, which choice is favoured (it gets
+``choice_weight``, the others share the rest, so no value is ever ruled out).
 """
 
 from __future__ import annotations
@@ -21,11 +21,15 @@ Point = dict[str, float | int | str]
 """A point of the search box: coordinate name -> value (a choice's label for categoricals)."""
 
 SPREAD_RANGE = 10.0
-"""A spread is searched within [start / 10, start * 10] (and the family's min_std/max_std)."""
+"""A spread is searched from start / 10 (or the family's min_std) up to start * 10, or up to a
+spread covering the parameter's declared range where that is wider (and at most max_std)."""
 UNBOUNDED_WIDTH = 4.0
 """A centre with no declared bound on one side is searched up to 4 start stds that way."""
 LOG_DECADES = math.log(1000.0)
 """A log-normal bounded only above (or at 0) is searched over three decades below its high."""
+LOGISTIC_STD = math.pi / math.sqrt(3.0)
+"""The std of the logit of a uniform value: a bounded family's latent with this spread, centred,
+spreads its values about evenly over (low, high)."""
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,20 @@ class Coordinate:
     def clip(self, value: float) -> float | int:
         value = min(max(value, self.low), self.high)
         return round(value) if self.kind == "int" else value
+
+
+def covering_std(fam: Any) -> float | None:
+    """The latent std of a distribution as wide as the parameter's declared range, or None
+    where the range is open on a side: half the range for a normal (one std either side of
+    the middle reaches both bounds), half the log-range for a log-normal, and for a bounded
+    family, whose latent is the logit of the value's position, the logit of a uniform's."""
+    if isinstance(fam, Bounded):
+        return LOGISTIC_STD
+    if isinstance(fam, Normal) and fam.low is not None and fam.high is not None:
+        return (fam.high - fam.low) / 2
+    if isinstance(fam, LogNormal) and fam.low and fam.high is not None:
+        return (math.log(fam.high) - math.log(fam.low)) / 2
+    return None
 
 
 class SearchBox:
@@ -90,7 +108,7 @@ class SearchBox:
         if not self.spreads:
             return [centre]
         lo = max(math.log(std / SPREAD_RANGE), math.log(fam.min_std))
-        hi = math.log(std * SPREAD_RANGE)
+        hi = math.log(max(std * SPREAD_RANGE, covering_std(fam) or 0.0))
         if fam.max_std is not None:
             hi = min(hi, math.log(fam.max_std))
         return [centre, Coordinate(f"{name}.log_std", name, "float", lo, hi)]

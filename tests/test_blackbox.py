@@ -46,6 +46,7 @@ def test_box_coordinates_and_bounds() -> None:
     assert set(c) == {"x.mean", "x.log_std", "light.log_median", "light.log_std", "count.mean", "count.log_std",
                       "kind.choice", "metal.p"}
     assert (c["x.mean"].low, c["x.mean"].high) == (-2.0, 2.0)
+    # start * 10 (3) is wider than the spread covering [-2, 2] (2): the wider one is the high end
     assert c["x.log_std"].low == pytest.approx(math.log(0.03)) and c["x.log_std"].high == pytest.approx(math.log(3))
     # a log-normal bounded at 0 below is searched over three decades under its high
     assert c["light.log_median"].high == pytest.approx(math.log(8.0))
@@ -60,6 +61,27 @@ def test_box_coordinates_and_bounds() -> None:
 def test_unbounded_centre_is_searched_four_stds_each_way() -> None:
     box = SearchBox(ParameterSpace(z=Normal(mean=1.0, std=0.5)))
     assert (box.by_name["z.mean"].low, box.by_name["z.mean"].high) == (-1.0, 3.0)
+
+
+@pytest.mark.parametrize(("family", "high"), [
+    # half the range [-3, 5]: one std either side of the middle reaches both bounds
+    (Normal(mean=0.0, std=0.05, low=-3.0, high=5.0), 4.0),
+    (Normal(mean=0.0, std=0.05, low=-3.0, high=5.0, max_std=1.5), 1.5),  # max_std is below it
+    (Normal(mean=2.0, std=0.05, low=-3.0, high=5.0, integer=True), 4.0),
+    # half the log-range of [0.1, 10], in log units
+    (LogNormal(median=1.0, std=0.01, low=0.1, high=10.0), math.log(10.0)),
+    # the logit of a uniform value is logistic: std pi / sqrt(3)
+    (Bounded(low=0.0, high=10.0, mean=4.0, std=0.05), math.pi / math.sqrt(3)),
+    # open on a side: start * 10 as before
+    (Normal(mean=0.0, std=0.05, low=-3.0), 0.5),
+    (LogNormal(median=1.0, std=0.01, low=0.0, high=10.0), 0.1),
+])
+def test_spreads_reach_the_declared_range(family: Any, high: float) -> None:
+    c = SearchBox(ParameterSpace(v=family)).by_name["v.log_std"]
+    assert math.exp(c.high) == pytest.approx(high)
+    assert math.exp(c.low) == pytest.approx(max(family.std / 10, family.min_std))
+    wide = SearchBox(ParameterSpace(v=family)).space_at({"v.mean": 0.0, "v.log_median": 0.0, "v.log_std": 99.0})
+    assert wide["v"].std == pytest.approx(high)
 
 
 def test_start_point_gives_back_the_start_distribution() -> None:
