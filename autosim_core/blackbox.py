@@ -55,7 +55,8 @@ class _BlackBox(ABC):
     def __init__(self, run: SearchContext, settings: Any):
         self.run = run
         self.settings = settings
-        self.box = SearchBox(run.space, spreads=settings.spreads, choice_weight=settings.choice_weight)
+        self.box = SearchBox(run.space, spreads=settings.spreads, categoricals=settings.categoricals,
+                             choice_weight=settings.choice_weight)
         self.proposer = self.make_proposer(run.config.seed)
         self.batches: list[list[Point]] = []
         self.rewards: list[list[float]] = []

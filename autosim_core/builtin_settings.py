@@ -77,7 +77,12 @@ class BlackBoxSettings(BaseModel):
     epochs: int | None = Field(None, ge=1,
                                description="epochs a fresh model trains on them (default: [training].epochs)")
     spreads: bool = Field(True, description="search the spread of the Gaussian families too, not only their centre")
-    choice_weight: float = Field(0.85, gt=0, lt=1, description="probability of the favoured choice of a categorical")
+    categoricals: Literal["mix", "choice"] = Field(
+        "mix", description="a categorical is searched as a mix (a weight per choice, any probabilities) "
+                           "or as one favoured choice (which gets choice_weight)")
+    choice_weight: float = Field(0.85, gt=0, lt=1,
+                                 description="probability of the favoured choice of a categorical (categoricals = "
+                                             "'choice')")
 
 
 class RandomSettings(BlackBoxSettings):

@@ -15,6 +15,7 @@ from typing import Any, Literal, Protocol
 import torch
 
 from .searchbox import Point, SearchBox
+from .space import Categorical
 
 
 class Proposer(Protocol):
@@ -71,9 +72,10 @@ class BayesianProposer:
     """The ``bayesian-optimization`` package (a GP with an acquisition function): first
     ``init_points`` random points in one batch, then one suggestion at a time.
 
-    Integer and categorical coordinates use the package's typed parameters (version 3 and
-    later); older versions get an encoding: an integer is a float rounded to the nearest
-    integer, a categorical is a float in [0, n) whose integer part indexes the choices.
+    Integer and choice coordinates (``categoricals = "choice"``) use the package's typed
+    parameters (version 3 and later); older versions get an encoding: an integer is a float
+    rounded to the nearest integer, a choice is a float in [0, n) whose integer part indexes
+    the choices. A mix's weights are plain floats.
     """
 
     def __init__(self, box: SearchBox, seed: int, *, init_points: int = 5,
@@ -143,11 +145,12 @@ class BayesianProposer:
 
 class GaussianSoftmaxPolicy:
     """Learning to Simulate's policy: independent Gaussians on the float and integer
-    coordinates (in the unit cube of the box, fixed ``sigma``) and a softmax per categorical.
+    coordinates (in the unit cube of the box, fixed ``sigma``) and a softmax per choice
+    coordinate (``categoricals = "choice"``; a mix's weights are float coordinates).
 
-    ``mean`` starts at the box's start point; a categorical's logits start at the log of the
-    space's own probabilities. Samples are clipped into the box (and rounded for integers) to
-    be evaluated; the log-density is that of the unclipped draw.
+    ``mean`` starts at the box's start point; a choice coordinate's logits start at the log of
+    the space's own probabilities. Samples are clipped into the box (and rounded for integers)
+    to be evaluated; the log-density is that of the unclipped draw.
     """
 
     def __init__(self, box: SearchBox, sigma: float):
@@ -190,9 +193,16 @@ class GaussianSoftmaxPolicy:
         return out
 
     def describe(self) -> dict[str, Any]:
+        """The policy's mean point and, per categorical, its choices' probabilities: the
+        softmax of a choice coordinate (by its name), or the mix at the mean (by parameter)."""
         mean = {c.name: self.box.from_unit(c, float(self.mean.detach()[j])) for j, c in enumerate(self.continuous)}
         probs = {c.name: dict(zip(c.choices, lg.detach().softmax(-1).tolist(), strict=True))
                  for c, lg in zip(self.categorical, self.logits, strict=True)}
+        for parameter in dict.fromkeys(c.parameter for c in self.continuous if c.role == "weight"):
+            fam = self.box.space[parameter]
+            assert isinstance(fam, Categorical)
+            labels = [str(label) for label in fam.choices]
+            probs[parameter] = dict(zip(labels, self.box.probs(mean, parameter), strict=True))
         return {"mean": mean, "probs": probs}
 
 
