@@ -4,14 +4,16 @@ image budget, over several seeds.
     python benchmarks/table2.py --out bench-results/table2 [--seeds 3] [--budget-images 960] [--jobs 2]
 
 Writes the methods' configs to OUT/configs/ and runs every (method, seed) with ``autosim compare
---seeds --resume --executor processes --workers JOBS`` into OUT/<method>/seed-<i> (seed i = the
-config's seed + i), ``--jobs`` runs at a time with one torch thread each, longest first; a
-finished run is kept and an interrupted one resumed, so the benchmark continues where it
-stopped. The comparison writes comparison.md/.json/.png (threshold: BO's best validation mIoU
-per seed), and this script
+--seeds --resume --final-training --executor processes --workers JOBS`` into OUT/<method>/seed-<i>
+(seed i = the config's seed + i), ``--jobs`` runs at a time with one torch thread each, longest
+first; then every run's fresh models (``autosim train --snapshots``: FINAL below) on the same
+workers. A finished run or fresh model is kept and an interrupted one resumed, so the benchmark
+continues where it stopped. The comparison writes comparison.md/.json/.png and psi-quality.png
+(headline: the fresh-model test mIoU; threshold: the strongest baseline's), and this script
 OUT/table2.json and OUT/table2.md: for each baseline B in (bayesian, reinforce, random), the
-images and seconds AutoSimulate needs to reach B's best validation mIoU against the images and
-seconds B needed, per seed, and their ratio.
+images and seconds of search AutoSimulate needs for its psi to train a fresh model as good as B's
+final one, against those B needed, per seed, and their ratio; and how well a black-box
+evaluation's reward ranks the psi that the fresh models rank.
 """
 
 from __future__ import annotations
@@ -45,6 +47,11 @@ BASE: dict[str, Any] = {
     "validation": {"preset": "target", "count": 64, "seed": 1001},
     "test": {"preset": "target", "count": 128, "seed": 2002},
 }
+# The fresh model that scores every method's psi (autosim train): 480 renders of it, 8 epochs
+# (240 minibatch steps of 16) with the demo's Adam at 3e-3, from scratch; the psi each run hands
+# over at a quarter, half and all of its budget.
+FINAL: dict[str, Any] = {"images": 480, "epochs": 8, "at": [0.25, 0.5, 1.0]}
+BASE["final_training"] = FINAL
 
 # One black-box evaluation: 120 images, a fresh UNet trained on them for 16 epochs (120 steps of
 # 16 images, about what AutoSimulate's model has seen by its 8th iteration), scored on the
@@ -65,6 +72,9 @@ METHODS: dict[str, dict[str, Any]] = {
     "fixed_initial": {"searcher": {"name": "fixed", "settings": {"scenes_per_iteration": 32}}},
     "oracle": {"searcher": {"name": "fixed", "settings": {"scenes_per_iteration": 32}},
                "simulator": {**BASE["simulator"], "start": "target"}},
+    # Broad domain randomisation kept fixed: the sim-to-real baseline a user would try first.
+    "wide": {"searcher": {"name": "fixed", "settings": {"scenes_per_iteration": 32}},
+             "simulator": {**BASE["simulator"], "start": "wide"}},
 }
 # AutoSimulate as it was before the variance-reduction options and floors (docs/hypergradient.md):
 # iid scenes, batch-mean baseline, no reuse, no floors. Not in the default list; name them with
@@ -75,6 +85,9 @@ for _name in ("autosimulate_linear", "autosimulate_quadratic"):
     _plain["searcher"]["settings"].update(PLAIN)
     METHODS[f"{_name}_plain"] = _plain
 DEFAULT_METHODS = [m for m in METHODS if not m.endswith("_plain")]
+ORDER = ["autosimulate_quadratic", "autosimulate_quadratic_plain", "autosimulate_linear", "autosimulate_linear_plain",
+         "bayesian", "reinforce", "random", "oracle", "wide", "fixed_initial"]
+"""The runs' order in the pool: longest first, so that its last runs are short ones."""
 AUTOSIMULATE = ("autosimulate_linear", "autosimulate_quadratic", "autosimulate_linear_plain",
                 "autosimulate_quadratic_plain")
 BASELINES = ("bayesian", "reinforce", "random")
@@ -94,42 +107,61 @@ def write_configs(folder: Path) -> list[Path]:
     return paths
 
 
-def history(folder: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in (folder / "history.jsonl").read_text().splitlines() if line.strip()]
+def curve_reaching(curve: list[dict[str, Any]], threshold: float) -> dict[str, Any] | None:
+    """The first psi of a psi-quality curve whose fresh-model metric is at least ``threshold``."""
+    return next((p for p in curve if p["metric"] is not None and p["metric"] >= threshold), None)
 
 
-def first_reaching(rows: list[dict[str, Any]], threshold: float) -> dict[str, Any] | None:
-    return next((r for r in rows if r.get("val_metric") is not None and r["val_metric"] >= threshold), None)
-
-
-def seed_folders(out: Path, method: str) -> list[Path]:
-    return sorted((p for p in (out / method).glob("seed-*") if (p / "summary.json").exists()),
-                  key=lambda p: int(p.name.split("-")[1]))
-
-
-def ratios(out: Path) -> dict[str, Any]:
-    """Per AutoSimulate variant and baseline: images/seconds to reach the baseline's best."""
+def ratios(comparison: dict[str, Any]) -> dict[str, Any]:
+    """Per AutoSimulate variant and baseline B, per seed: B's final fresh-model metric as the threshold,
+    the images and seconds of search B's psi-quality curve needed to reach it, those AutoSimulate's
+    curve needed, and their ratios (None where AutoSimulate's curve never reaches it)."""
+    runs = {(r["run"], r["seed_index"]): r for r in comparison["runs"]}
+    methods = {r["run"] for r in comparison["runs"]}
     result: dict[str, Any] = {}
     for baseline in BASELINES:
         for method in AUTOSIMULATE:
-            per_seed = []
-            if not seed_folders(out, method) or not seed_folders(out, baseline):
+            if baseline not in methods or method not in methods:
                 continue
-            for b_dir, a_dir in zip(seed_folders(out, baseline), seed_folders(out, method), strict=False):
-                b_rows, a_rows = history(b_dir), history(a_dir)
-                threshold = max(r["val_metric"] for r in b_rows)
-                b_row = first_reaching(b_rows, threshold)
-                a_row = first_reaching(a_rows, threshold)
-                assert b_row is not None
-                entry = {"seed": b_dir.name, "threshold": threshold, "baseline_images": b_row["images"],
-                         "baseline_seconds": b_row["seconds"], "images": None, "seconds": None}
-                if a_row is not None:
-                    entry.update(images=a_row["images"], seconds=a_row["seconds"],
-                                 image_ratio=b_row["images"] / a_row["images"],
-                                 seconds_ratio=b_row["seconds"] / a_row["seconds"])
+            per_seed = []
+            for (name, seed), b_row in sorted(runs.items()):
+                a_row = runs.get((method, seed))
+                if name != baseline or a_row is None or b_row["fresh_metric"] is None:
+                    continue
+                threshold = b_row["fresh_metric"]
+                b_point = curve_reaching(b_row["quality_curve"], threshold)
+                a_point = curve_reaching(a_row["quality_curve"], threshold)
+                assert b_point is not None  # its own final psi reaches it
+                entry = {"seed": seed, "threshold": threshold, "baseline_images": b_point["images"],
+                         "baseline_seconds": b_point["seconds"], "images": None, "seconds": None}
+                if a_point is not None:
+                    entry.update(images=a_point["images"], seconds=a_point["seconds"],
+                                 image_ratio=b_point["images"] / a_point["images"],
+                                 seconds_ratio=b_point["seconds"] / a_point["seconds"])
                 per_seed.append(entry)
             result[f"{method} vs {baseline}"] = per_seed
     return result
+
+
+def reward_ranking(comparison: dict[str, Any]) -> dict[str, Any]:
+    """Over the black-box runs' snapshots (each the best point so far): its reward (the in-loop
+    validation metric of its one evaluation) against its fresh-model test metric, ranked."""
+    from reward_rank import spearman
+
+    pairs = []
+    for row in comparison["runs"]:
+        if row["run"] not in BASELINES:
+            continue
+        history = [json.loads(line) for line in (Path(row["folder"]) / "history.jsonl").read_text().splitlines()
+                   if line.strip() and "event" not in json.loads(line)]
+        for point in row["quality_curve"]:
+            seen = [r for r in history if r["images"] <= point["images"] and r.get("val_metric") is not None]
+            if seen and point["metric"] is not None:
+                pairs.append({"run": row["run"], "seed": row["seed_index"], "at": point["at"],
+                              "reward": max(r["val_metric"] for r in seen), "fresh": point["metric"]})
+    distinct = list({(p["run"], p["seed"], p["reward"]): p for p in pairs}.values())
+    value = spearman([p["reward"] for p in distinct], [p["fresh"] for p in distinct]) if len(distinct) > 2 else None
+    return {"pairs": distinct, "spearman": value}
 
 
 def _mean_std(values: list[float]) -> str:
@@ -141,7 +173,7 @@ def _mean_std(values: list[float]) -> str:
 
 
 def ratio_table(result: dict[str, Any]) -> str:
-    lines = ["| comparison | seeds reaching the baseline's best | baseline: images / seconds to its best | "
+    lines = ["| comparison | seeds reaching the baseline's fresh-model score | baseline: images / seconds to it | "
              "AutoSimulate: images / seconds to it | fewer images (×) | less time (×) |",
              "|---|---|---|---|---|---|"]
     for key, per_seed in result.items():
@@ -179,6 +211,14 @@ def render_evaluation_sets(config: dict[str, Any], folder: Path) -> None:
     run.load_data("test")
 
 
+def commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                              cwd=Path(__file__).resolve().parent).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("bench-results/table2"))
@@ -194,23 +234,26 @@ def main() -> None:
     wall_start = time.perf_counter()
     render_evaluation_sets(copy.deepcopy(BASE), args.out / "evaluation-sets")
     # Longest first, so that the last runs of the pool are short ones.
-    order = ["autosimulate_quadratic", "autosimulate_quadratic_plain", "autosimulate_linear",
-             "autosimulate_linear_plain", "bayesian", "reinforce", "random", "oracle", "fixed_initial"]
-    configs.sort(key=lambda path: order.index(path.stem))
-    compare(configs, args.out, args.seeds, args.budget_images, args.jobs,
-            *(["--threshold-from", "bayesian"] if "bayesian" in args.methods else []))
+    configs.sort(key=lambda path: ORDER.index(path.stem))
+    compare(configs, args.out, args.seeds, args.budget_images, args.jobs, "--final-training")
     wall = time.perf_counter() - wall_start
 
-    result = ratios(args.out)
+    comparison = json.loads((args.out / "comparison.json").read_text())
+    result = ratios(comparison)
+    ranking = reward_ranking(comparison)
     machine = {"python": platform.python_version(), "torch": torch.__version__, "cpus": cpus,
                "processor": platform.processor() or platform.machine(), "jobs": args.jobs,
                "threads_per_run": threads}
-    (args.out / "table2.json").write_text(json.dumps({"machine": machine, "seeds": args.seeds, "wall_seconds": wall,
-                                                      "budget_images": args.budget_images,
-                                                      "ratios": result}, indent=2) + "\n")
+    report = {"commit": commit(), "machine": machine, "seeds": args.seeds, "wall_seconds": wall,
+              "budget_images": args.budget_images, "final_training": FINAL, "evaluation": EVALUATION,
+              "ratios": result, "reward_ranking": ranking, "comparison": comparison}
+    (args.out / "table2.json").write_text(json.dumps(report, indent=2) + "\n")
     table = ratio_table(result)
     (args.out / "table2.md").write_text(table)
     print(table)
+    if ranking["spearman"] is not None:
+        print(f"black-box reward against fresh-model metric: Spearman {ranking['spearman']:.2f} over "
+              f"{len(ranking['pairs'])} psi")
     print(f"wall: {wall / 60:.1f} min for {len(configs) * args.seeds} runs, {args.jobs} at a time with {threads} "
           "thread(s) each")
 
