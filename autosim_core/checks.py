@@ -8,7 +8,9 @@ everything that is wrong, so that a user fixes a config once, not once per line.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pluggy
@@ -19,7 +21,7 @@ from .config import ConfigError, Data, RunConfig, format_validation_error, valid
 from .executors import ray_available
 from .observers import configured_observers
 from .plugins import Registry, has_impl, plugin_manager
-from .space import ParameterSpace
+from .space import Categorical, ParameterSpace
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -66,12 +68,81 @@ def _dump(settings: Any) -> Any:
     return settings.model_dump(mode="json") if isinstance(settings, BaseModel) else settings
 
 
+def is_psi_file(start: str | None) -> bool:
+    """Whether ``simulator.start`` names a run's psi.json rather than a preset."""
+    return start is not None and start.endswith(".json")
+
+
+def _structure(fam: Any) -> dict[str, Any]:
+    """What a renderer relies on in a parameter's values: its family, draws per scene and choices."""
+    out: dict[str, Any] = {"family": fam.family, "repeat": fam.repeat}
+    if isinstance(fam, Categorical):
+        out["choices"] = list(fam.choices)
+    return out
+
+
+def load_psi_space(path: str, base: ParameterSpace, key: str, errors: list[str]) -> ParameterSpace | None:
+    """The space a finished run's psi.json defines (its ``space``), checked against ``base``, the
+    simulator's declared space: the same parameters, each of the same family, draws per scene and
+    choices. The declared ``learn`` flags replace the file's: the file says where psi starts, the
+    new config (its simulator and overrides) what is learnt. Each problem is one line in
+    ``errors`` (then None is returned)."""
+    where = f"{key}.start: {path}"
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        errors.append(f"{where}: cannot read ({exc.strerror or exc})")
+        return None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        errors.append(f"{where}: not JSON ({exc})")
+        return None
+    spec = data.get("space") if isinstance(data, dict) else None
+    if not isinstance(spec, dict) or not spec:
+        errors.append(f"{where}: no 'space' table of parameters (a finished run's psi.json has one)")
+        return None
+    problems = []
+    missing, extra = [n for n in base if n not in spec], [n for n in spec if n not in base]
+    if missing or extra:
+        problems.append(f"{where}: its parameters are not the simulator's: "
+                        + "; ".join(f"{what} {', '.join(repr(n) for n in names)}"
+                                    for what, names in (("missing", missing), ("extra", extra)) if names))
+    for name in (n for n in base if n in spec):
+        family, declared = spec[name].get("family") if isinstance(spec[name], dict) else None, _structure(base[name])
+        if family != declared["family"]:
+            problems.append(f"{where}: parameter {name!r} is {family!r} in the file, {declared['family']!r} in the "
+                            "simulator's space")
+    if problems:
+        errors.extend(problems)
+        return None
+    try:
+        space = base.override(spec)
+    except (KeyError, TypeError, ValueError) as exc:
+        errors.append(f"{where}: space.{exc.args[0] if exc.args else exc}")
+        return None
+    for name in base:
+        declared, found = _structure(base[name]), _structure(space[name])
+        problems += [f"{where}: parameter {name!r} has {k} {found[k]!r} in the file, {declared[k]!r} in the "
+                     "simulator's space" for k in declared if k != "family" and found[k] != declared[k]]
+    if problems:
+        errors.extend(problems)
+        return None
+    return space.override({name: {"learn": base[name].learn} for name in base})
+
+
 def resolve_space(base: ParameterSpace, presets: dict[str, dict[str, dict[str, Any]]], preset: str | None,
                   overrides: dict[str, dict[str, Any]], key: str, errors: list[str]) -> ParameterSpace:
     """``base`` with ``preset`` and ``overrides`` applied; what is wrong goes to ``errors`` as
-    ``key``'s problem (and the space is returned as far as it could be built)."""
+    ``key``'s problem (and the space is returned as far as it could be built). The simulator's
+    start may instead name a run's psi.json (``is_psi_file``), whose space then takes the
+    preset's place."""
     space = base
-    if preset is not None:
+    if key == "simulator" and is_psi_file(preset):
+        assert preset is not None
+        loaded = load_psi_space(preset, base, key, errors)
+        if loaded is None:
+            return space
+        space = loaded
+    elif preset is not None:
         if preset not in presets:
             allowed = ", ".join(repr(p) for p in presets) or "none (the simulator declares no presets)"
             field = "start" if key == "simulator" else "preset"

@@ -313,6 +313,7 @@ def generate(
     """Render a dataset from a run's learned psi, with manifest.json (psi, seeds, versions)."""
     import platform
 
+    from .checks import is_psi_file
     from .config import ConfigError, load_config
     from .export import FORMATS, DatasetWriter, atomic_write, package_versions
     from .run import Run
@@ -326,7 +327,12 @@ def generate(
         raise typer.Exit(2)
     try:
         psi_file = json.loads((run_dir / "psi.json").read_text())
-        runner = Run(load_config(run_dir / "config.toml"), run_dir)
+        run_config = load_config(run_dir / "config.toml")
+        if is_psi_file(run_config.simulator.start):
+            # The scenes come from this run's own psi.json; the one it started from need not be
+            # found again (the copied config.toml resolves a relative path against the run folder).
+            run_config.simulator.start = None
+        runner = Run(run_config, run_dir)
         writer = DatasetWriter(out, fmt, runner.labels)
     except FileNotFoundError as exc:
         typer.echo(f"error: {run_dir} is not a finished run folder ({exc.filename} is missing)", err=True)

@@ -39,7 +39,9 @@ class PluginChoice(_Strict):
 class SimulatorChoice(PluginChoice):
     """The simulator, and the distribution psi starts from."""
 
-    start: str | None = Field(None, description="preset that psi starts from (default: the space as declared)")
+    start: str | None = Field(None, description="preset that psi starts from, or a finished run's psi.json (a "
+                              "path ending in .json, relative to the config file) whose learned space it starts "
+                              "from (default: the space as declared)")
     overrides: dict[str, dict[str, Any]] = Field(default_factory=dict,
                                                  description="changes to the starting space, per parameter")
 
@@ -334,10 +336,13 @@ def load_config(path: str | Path) -> RunConfig:
 
 
 def _resolve_paths(config: RunConfig, base: Path) -> RunConfig:
-    """Folder paths of evaluation sets are relative to the config file."""
+    """Folder paths of evaluation sets, and a psi.json that psi starts from, are relative to the config file."""
     for data_cfg in (config.validation, config.test):
         if data_cfg is not None and data_cfg.path is not None and not data_cfg.path.is_absolute():
             data_cfg.path = (base / data_cfg.path).resolve()
+    start = config.simulator.start
+    if start is not None and start.endswith(".json") and not Path(start).is_absolute():
+        config.simulator.start = str((base / start).resolve())
     return config
 
 

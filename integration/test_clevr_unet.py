@@ -103,3 +103,17 @@ def test_black_box_searchers_run_on_the_demo(tmp_path: Path) -> None:
         assert {"bounces.choice", "image_size.choice", "metal.p", "x.mean", "x.log_std",
                 "ambient.log_median"} <= set(rows[0]["point"])
         assert len(rows[0]["point"]) == 17
+
+
+def test_the_wide_example_trains_on_the_wide_preset(tmp_path: Path) -> None:
+    from autosim_clevr.params import clevr_presets, clevr_space
+
+    config = shrunk("clevr_unet_wide.toml", tmp_path, tmp_path / "cache")
+    run_dir = tmp_path / "run"
+    result = CliRunner().invoke(app, ["run", str(config), "--out", str(run_dir)])
+    assert result.exit_code == 0, result.output
+    overrides = tomllib.loads(config.read_text())["simulator"]["overrides"]
+    wide = clevr_space().override(clevr_presets()["wide"]).override(overrides)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["psi_start"] == summary["psi"] == json.loads(json.dumps(wide.describe(wide.init_psi())))
+    assert json.loads((run_dir / "config.json").read_text())["space"] == json.loads(json.dumps(wide.to_dict()))

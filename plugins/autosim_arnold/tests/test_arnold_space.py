@@ -4,9 +4,11 @@ import math
 
 import pytest
 import torch
-from arnold_testing import record
+from arnold_testing import needs_bpy, record
+from autosim_core import Categorical, ParameterSpace
+from autosim_core.space import GaussianLatent
 
-from autosim_arnold.params import ArnoldSettings, arnold_presets, arnold_space, cells, useful_cells
+from autosim_arnold.params import MAX_OBJECTS, ArnoldSettings, arnold_presets, arnold_space, cells, useful_cells
 from autosim_arnold.scene import ALL_ROOMS, parse_cell
 
 
@@ -73,7 +75,7 @@ def test_log_prob_matches_the_logits() -> None:
 def test_presets() -> None:
     s = ArnoldSettings()
     presets = arnold_presets(s)
-    assert set(presets) == {"uniform", "matched", "target"}
+    assert set(presets) == {"uniform", "matched", "target", "wide"}
     space = arnold_space(s)
     matched = space.override(presets["matched"]).parameters["cell"]
     useful = set(useful_cells(s))
@@ -84,6 +86,63 @@ def test_presets() -> None:
     assert all(parse_cell(c)[0].name == "workshop" for c in target.choices)
     assert not set(target.choices) & set(cells(s))  # held out: no training cell renders the target room
     assert "workshop" in ALL_ROOMS
+
+
+# ------------------------------------------------------------------ the wide preset ---
+def spread(space: ParameterSpace, name: str) -> float:
+    """How broad a parameter's draws are: a Gaussian family's latent std, a categorical's entropy."""
+    psi = {k: v.detach() for k, v in space.init_psi().items()}
+    if isinstance(space[name], GaussianLatent):
+        return float(psi[f"{name}.log_std"].exp())
+    assert isinstance(space[name], Categorical)
+    p = torch.softmax(psi[f"{name}.logits"].double(), -1)
+    return float(-(p * p.log()).sum())
+
+
+@pytest.mark.parametrize("settings", [ArnoldSettings(), ArnoldSettings(rooms=["office"], locations=4,
+                                                                        qualities=["high"])])
+def test_wide_is_broader_than_the_default_wherever_it_differs(settings: ArnoldSettings) -> None:
+    declared = arnold_space(settings)
+    presets = arnold_presets(settings)
+    start = declared.override(presets["uniform"])  # where the placement runs start
+    wide = declared.override(presets["wide"])
+    changed = [n for n in wide if wide[n] != start[n]]
+    assert set(changed) == {"light", "camera_distance", "n_objects"}
+    for name in changed:
+        assert spread(wide, name) > spread(start, name), name
+    cell = wide["cell"]
+    assert cell.choices == cells(settings)
+    assert spread(wide, "cell") == pytest.approx(math.log(len(cell.choices)))  # every cell equally likely
+    assert [n for n in wide if wide[n].learn] == ["cell"]  # it changes what is sampled, not what is learnt
+
+
+def test_wide_spreads_the_knobs_over_their_declared_ranges() -> None:
+    wide = arnold_space().override(arnold_presets()["wide"])
+    psi = {k: v.detach() for k, v in wide.init_psi().items()}
+    for name in ("light", "camera_distance"):
+        lo, hi = wide[name].psi_bounds()["loc"]
+        loc, std = float(psi[f"{name}.loc"]), float(psi[f"{name}.log_std"].exp())
+        assert loc == pytest.approx((lo + hi) / 2, abs=0.02), name  # centred (in log units)
+        assert 0.85 < (hi - lo) / (2 * std) / 1.96 < 1.15, name  # ~95 % of the draws inside the range
+    counts = [r["n_objects"] for r in wide.records(wide.sample(psi, 4000, torch.Generator().manual_seed(0)))]
+    shares = [counts.count(k) / len(counts) for k in range(1, MAX_OBJECTS + 1)]
+    assert min(shares) > 0.07 and max(shares) < 0.2, shares  # every count of objects is common
+
+
+@needs_bpy
+def test_wide_renders() -> None:
+    from autosim_arnold.plugin import render_records
+
+    wide = arnold_space().override(arnold_presets()["wide"])
+    gen = torch.Generator().manual_seed(4)
+    records = wide.records(wide.sample(wide.init_psi(), 3, gen))
+    for i, r in enumerate(records):
+        r["id"], r["seed"] = i, 100 + i
+        r["cell"] = r["cell"].replace(":high", ":low")  # the cheap quality: this checks the knobs' values
+    examples = render_records(records, ArnoldSettings(image_size=24, threads=1))
+    assert len(examples) == 3
+    for example in examples:
+        assert example.image.shape == (3, 24, 24) and torch.isfinite(example.image).all()
 
 
 def test_bad_cell_is_named() -> None:

@@ -34,9 +34,21 @@ def test_yolo_collates_the_boxes_it_is_given() -> None:
             assert labels[int(row[4])] == obj["category"]
 
 
-@pytest.mark.parametrize("name", ["placement_yolo.toml", "placement_yolo_fixed.toml", "placement_yolo_oracle.toml"])
+@pytest.mark.parametrize("name", ["placement_yolo.toml", "placement_yolo_fixed.toml", "placement_yolo_oracle.toml",
+                                  "placement_yolo_wide.toml"])
 def test_example_configs_are_valid(name: str) -> None:
     from autosim_core.config import load_config
 
     config = load_config(EXAMPLES / name)
     assert config.simulator.name == "arnold"
+
+
+def test_the_wide_example_starts_from_the_wide_preset(tmp_path: Path) -> None:
+    from autosim_core.run import open_run
+
+    from autosim_arnold.params import arnold_presets, arnold_space
+
+    run = open_run(EXAMPLES / "placement_yolo_wide.toml", tmp_path / "run")
+    settings = ArnoldSettings(image_size=64, threads=1)
+    assert run.space.to_dict() == arnold_space(settings).override(arnold_presets(settings)["wide"]).to_dict()
+    assert run.config.searcher.name == "fixed"

@@ -1,4 +1,4 @@
-"""The simulator's settings, its parameter space q_psi and the two named presets.
+"""The simulator's settings, its parameter space q_psi and the named presets.
 
 Every knob of §5.1 of the AutoSimulate paper is a learnable distribution here, next to what
 CLEVR's own generator randomises. Per-object quantities use ``repeat=MAX_OBJECTS``: each scene
@@ -81,8 +81,38 @@ def clevr_space() -> ParameterSpace:
     )
 
 
+def _uniform(choices: list[Any]) -> list[float]:
+    return [1.0 / len(choices)] * len(choices)
+
+
+def wide_preset() -> dict[str, dict[str, Any]]:
+    """Broad domain randomisation, set by hand from what each parameter means.
+
+    Each Gaussian-latent parameter is centred in its plausible range (the log-centre for the
+    log-normals) with a std that puts about 95 % of the draws inside that range (range / 3.92
+    of the latent); every categorical choice and both materials are equally likely. The
+    parameters the space already declares uniform (object count, shape, colour, size) and the
+    fixed rotation are left as declared.
+    """
+    lamp = {"median": 1.0, "std": 1.0}  # about 1/8 to 8 times CLEVR's strength (the space's cap is 8)
+    return {
+        **{name: dict(lamp) for name in ("ambient", "key_light", "fill_light", "back_light")},
+        "light_jitter": {"mean": 0.0, "std": 1.5},  # the declared [-3, 3]
+        "camera_jitter": {"mean": 0.0, "std": 1.0},  # the declared [-2, 2]
+        "samples": {"median": 16, "std": 1.4},  # 1 (grainy) to the declared 256
+        "bounces": {"probs": _uniform(BOUNCES)},
+        "image_size": {"probs": _uniform(IMAGE_SIZES)},
+        "x": {"mean": 0.0, "std": 2.5},  # the whole declared floor, [-5, 5]
+        "y": {"mean": 0.0, "std": 2.5},
+        "metal": {"p": 0.5},
+        # from nearly touching (1/16) to a gap of 1, more than a large object's radius (0.7)
+        "min_dist": {"median": 0.25, "std": 0.7},
+    }
+
+
 def clevr_presets() -> dict[str, dict[str, dict[str, Any]]]:
-    """``target``: CLEVR-like data (validation/test); ``initial``: a visibly wrong start.
+    """``target``: CLEVR-like data (validation/test); ``initial``: a visibly wrong start;
+    ``wide``: broad hand-set randomisation, the usual sim-to-real baseline (:func:`wide_preset`).
 
     The initial preset is off in every direction the optimiser can move: dim ambient and key
     with a glaring back light, one or two samples per pixel without bounces, square low-res
@@ -115,4 +145,5 @@ def clevr_presets() -> dict[str, dict[str, dict[str, Any]]]:
             "y": {"mean": 2.0, "std": 0.8},
             "metal": {"p": 0.9},
         },
+        "wide": wide_preset(),
     }

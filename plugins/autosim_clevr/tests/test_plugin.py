@@ -38,7 +38,7 @@ def test_entry_point_loads_the_simulator() -> None:
 def test_presets_apply_to_the_space_and_differ() -> None:
     space = clevr_space()
     presets = clevr_presets()
-    assert set(presets) == {"target", "initial"}
+    assert set(presets) == {"target", "initial", "wide"}
     target, initial = (space.override(presets[p]) for p in ("target", "initial"))
     dt, di = target.describe(target.init_psi()), initial.describe(initial.init_psi())
     assert di["ambient"]["median"] < dt["ambient"]["median"]

@@ -103,3 +103,17 @@ def test_unknown_format_is_an_error(run_dir: Path, tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["generate", str(run_dir), "-n", "1", "-o", str(tmp_path / "d"),
                                       "--format", "voc"])
     assert result.exit_code == 2 and "unknown format 'voc'; allowed: png, coco, bop" in result.output
+
+
+def test_a_run_started_from_a_psi_json_generates_from_its_own(run_dir: Path, tmp_path: Path) -> None:
+    """The run folder's config.toml is the config as written, so a relative ``start`` path now
+    points nowhere; generate renders from the folder's own psi.json and needs the other one no more."""
+    started = tmp_path / "started"
+    started.mkdir()
+    config = {**CONFIG, "cache_dir": str(tmp_path / "cache"),
+              "simulator": {**CONFIG["simulator"], "start": "../earlier/psi.json"}}
+    (started / "config.toml").write_text(tomli_w.dumps(config))
+    (started / "psi.json").write_text((run_dir / "psi.json").read_text())
+    assert not (started.parent / "earlier" / "psi.json").exists()
+    manifest = generate(started, tmp_path / "data", "png", count=2)
+    assert manifest["psi"] == json.loads((run_dir / "psi.json").read_text())["psi"]
