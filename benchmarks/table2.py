@@ -47,10 +47,10 @@ BASE: dict[str, Any] = {
     "validation": {"preset": "target", "count": 64, "seed": 1001},
     "test": {"preset": "target", "count": 128, "seed": 2002},
 }
-# The fresh model that scores every method's psi (autosim train): 480 renders of it, 8 epochs
-# (240 minibatch steps of 16) with the demo's Adam at 3e-3, from scratch; the psi each run hands
+# The fresh model that scores every method's psi (autosim train): 384 renders of it, 8 epochs
+# (192 minibatch steps of 16) with the demo's Adam at 3e-3, from scratch; the psi each run hands
 # over at a quarter, half and all of its budget.
-FINAL: dict[str, Any] = {"images": 480, "epochs": 8, "at": [0.25, 0.5, 1.0]}
+FINAL: dict[str, Any] = {"images": 384, "epochs": 8, "at": [0.25, 0.5, 1.0]}
 BASE["final_training"] = FINAL
 
 # One black-box evaluation: 120 images, a fresh UNet trained on them for 16 epochs (120 steps of
@@ -226,7 +226,10 @@ def main() -> None:
     ap.add_argument("--budget-images", type=int, default=960)
     ap.add_argument("--jobs", type=int, default=2, help="runs at a time")
     ap.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, choices=list(METHODS))
+    ap.add_argument("--final-images", type=int, default=FINAL["images"], help="fresh models' images (a quick try)")
+    ap.add_argument("--final-epochs", type=int, default=FINAL["epochs"], help="fresh models' epochs (a quick try)")
     args = ap.parse_args()
+    FINAL.update(images=args.final_images, epochs=args.final_epochs)
     cpus = os.cpu_count() or 1
     threads = max(1, cpus // args.jobs)
 
