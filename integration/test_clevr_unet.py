@@ -28,6 +28,7 @@ def shrunk(name: str, folder: Path, cache: Path) -> Path:
     config["training"]["epochs"] = 1
     config["validation"]["count"] = 4
     config["test"]["count"] = 4
+    config["final_training"] = {"images": 8, "epochs": 1}
     config["cache_dir"] = str(cache)
     path = folder / name
     path.write_text(tomli_w.dumps(config))
@@ -37,9 +38,9 @@ def shrunk(name: str, folder: Path, cache: Path) -> Path:
 def test_demo_configs_run_and_compare(tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     configs = [shrunk(n, tmp_path, cache) for n in ("clevr_unet.toml", "clevr_unet_initial.toml",
-                                                    "clevr_unet_oracle.toml")]
+                                                    "clevr_unet_oracle.toml", "clevr_unet_wide.toml")]
     out = tmp_path / "runs"
-    result = CliRunner().invoke(app, ["compare", *map(str, configs), "--out", str(out)])
+    result = CliRunner().invoke(app, ["compare", *map(str, configs), "--out", str(out), "--final-training"])
     assert result.exit_code == 0, result.output
 
     rows = [json.loads(line) for line in (out / "clevr_unet" / "seed-0" / "history.jsonl").read_text().splitlines()]
@@ -55,9 +56,14 @@ def test_demo_configs_run_and_compare(tmp_path: Path) -> None:
     assert "psi_validation" in summary
 
     comparison = json.loads((out / "comparison.json").read_text())
-    assert [r["searcher"] for r in comparison["runs"]] == ["autosimulate", "fixed", "fixed"]
+    assert [r["searcher"] for r in comparison["runs"]] == ["autosimulate", "fixed", "fixed", "fixed"]
     assert comparison["references"]["oracle"] == "clevr_unet_oracle"
     assert comparison["references"]["initial"] == "clevr_unet_initial"
+    assert [m["role"] for m in comparison["methods"]] == ["method", "initial", "oracle", "reference"]
+    assert comparison["score"] == "fresh"
+    final = json.loads((out / "clevr_unet" / "seed-0" / "final" / "final.json").read_text())
+    assert 0.0 <= final["final"]["test_metric"]["mean"] <= 1.0
+    assert comparison["runs"][0]["fresh_metric"] == final["final"]["test_metric"]["mean"]
     assert (out / "comparison.png").stat().st_size > 0
     assert (out / "clevr_unet" / "seed-0" / "curves.png").stat().st_size > 0
 
