@@ -391,6 +391,7 @@ def diagnose(
     from .config import ConfigError, load_config
     from .diagnose import OPTIONS, markdown
     from .diagnose import diagnose as measure
+    from .rundir import atomic_write
 
     try:
         cfg = load_config(config)
@@ -404,7 +405,8 @@ def diagnose(
         raise typer.Exit(2) from None
     path = out or Path("runs") / "diagnose" / f"{config.stem}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2) + "\n")
+    text = json.dumps(report, indent=2) + "\n"
+    atomic_write(path, lambda f: f.write(text.encode()))
     typer.echo(markdown(report), nl=False)
 
 

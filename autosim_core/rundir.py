@@ -41,14 +41,18 @@ class DamagedHistoryError(ValueError):
 def atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> None:
     """Write ``path`` whole or not at all: into a temporary file beside it, flushed to disk,
     then renamed over ``path`` (a rename within a folder is atomic), and the folder synced so
-    the rename itself survives a crash. A process killed mid-way leaves the old file intact
-    and at most a ``.NAME.tmp`` file, which a resumed run removes."""
+    the rename itself survives a crash. A write that fails leaves the old file intact; a
+    process killed mid-way also leaves at most a ``.NAME.tmp`` file, which a resumed run removes."""
     tmp = path.with_name(f".{path.name}{TMP_SUFFIX}")
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a failed write (a full disk) leaves no half file behind
+        raise
     folder = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(folder)
