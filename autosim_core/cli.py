@@ -77,11 +77,11 @@ def run(
     from .evaluations import EvaluationError
     from .executors import RenderError
     from .run import NonFiniteError
-    from .rundir import DamagedHistoryError
+    from .rundir import DamagedHistoryError, RunFolderBusyError
 
     try:
         summary = runner.execute(resume=resume)
-    except (FileExistsError, FileNotFoundError, NonFiniteError, DamagedHistoryError) as exc:
+    except (FileExistsError, FileNotFoundError, NonFiniteError, DamagedHistoryError, RunFolderBusyError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     except (RenderError, EvaluationError) as exc:  # failed after every retry: the message says how to resume

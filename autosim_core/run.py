@@ -366,9 +366,16 @@ class Run:
 
         Each iteration appends its history row (flushed to disk) and then replaces the
         checkpoint; every file is written whole or not at all, so a run killed at any moment
-        resumes from its last checkpoint to the same result.
+        resumes from its last checkpoint to the same result. The folder stays locked to this
+        process until the run ends (``RunFolder.prepare``).
         """
         state = self.folder.prepare(resume, self.settings_json())
+        try:
+            return self._execute(state, resume)
+        finally:
+            self.folder.unlock()
+
+    def _execute(self, state: dict[str, Any] | None, resume: bool) -> dict[str, Any]:
         self.history_events = True
         self.folder.write_json(CONFIG_JSON, self.settings_json())
         # On resume too if the first start died before writing it (``generate`` reads it).

@@ -6,8 +6,10 @@ started from), ``history.jsonl`` (one row per iteration, plus event lines), ``ch
 ``summary.json``; ``autosim train`` adds ``final/``. Every file is written whole or not at all
 (``atomic_write``); history rows are appended, flushed and synced before the checkpoint that
 includes them, so a run killed at any moment resumes from its last checkpoint to the same
-result. The run, ``autosim compare``, ``autosim generate`` and the observers all read and write
-a run folder through this module.
+result. One process at a time runs in a folder: it holds ``.lock`` (an exclusive ``flock``) from
+``prepare`` until the run ends, and the kernel drops it when the process dies. The run,
+``autosim compare``, ``autosim generate`` and the observers all read and write a run folder
+through this module.
 """
 
 from __future__ import annotations
@@ -19,6 +21,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
+try:
+    import fcntl
+except ImportError:  # Windows has no flock: a run folder goes unlocked there
+    fcntl = None  # type: ignore[assignment]
+
 CHECKPOINT = "checkpoint.pt"
 HISTORY = "history.jsonl"
 CONFIG_JSON = "config.json"
@@ -28,6 +35,8 @@ SUMMARY = "summary.json"
 SNAPSHOTS = "snapshots.json"
 FINAL = "final"
 """The folder ``autosim train`` writes into by default (``final.json``, ``model.pt``)."""
+LOCK = ".lock"
+"""The file whose ``flock`` the process running the folder holds; it holds that process's pid."""
 RESUMABLE_CHANGES = frozenset({"budget", "executor", "observers", "final_training"})
 """Top-level config tables a resumed run may change."""
 TMP_SUFFIX = ".tmp"
@@ -36,6 +45,10 @@ TMP_SUFFIX = ".tmp"
 
 class DamagedHistoryError(ValueError):
     """A run folder's history.jsonl cannot be matched with its checkpoint."""
+
+
+class RunFolderBusyError(RuntimeError):
+    """Another live process runs in the run folder (it holds the folder's lock)."""
 
 
 def atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> None:
@@ -97,6 +110,7 @@ class RunFolder:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self._lock_fd: int | None = None
 
     def __truediv__(self, name: str) -> Path:
         return self.path / name
@@ -112,8 +126,44 @@ class RunFolder:
     def holds_run(self) -> bool:
         return self.history.exists() or self.checkpoint.exists()
 
+    def lock(self) -> None:
+        """Take the (existing) folder's exclusive lock for this process.
+
+        ``flock`` belongs to the open file: the kernel releases it when the process dies, however
+        it dies, so a kill never strands it, and a lock file left behind locks nothing. The file
+        is opened close-on-exec, so worker processes started by exec do not hold it.
+        """
+        if fcntl is None or self._lock_fd is not None:
+            return
+        fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise RunFolderBusyError(f"{self.path} is locked by a run in progress (pid {holder}); wait for it to "
+                                     "end or stop it") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def unlock(self) -> None:
+        """Release the folder's lock (if this process holds it)."""
+        fd, self._lock_fd = self._lock_fd, None
+        if fd is None:
+            return
+        try:
+            os.ftruncate(fd, 0)  # no pid names a process that no longer runs here
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
     def prepare(self, resume: bool, config: dict[str, Any]) -> dict[str, Any] | None:
-        """The checkpoint to resume from (None: start from scratch), with the folder made ready.
+        """The checkpoint to resume from (None: start from scratch), with the folder made ready
+        and locked for this process (``lock``; ``unlock`` when the run ends).
 
         A run that has written ``config.json`` but no checkpoint yet (it died during set-up)
         resumes from scratch, which gives the same run. Resuming also drops the history rows
@@ -121,6 +171,15 @@ class RunFolder:
         checkpoint are logged once. ``config`` is the run's resolved config (``config.json``), which
         must match the stored one (``check_resumable``).
         """
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.lock()
+        try:
+            return self._prepare(resume, config)
+        except BaseException:
+            self.unlock()
+            raise
+
+    def _prepare(self, resume: bool, config: dict[str, Any]) -> dict[str, Any] | None:
         if resume:
             if not self.checkpoint.exists() and not (self.path / CONFIG_JSON).exists():
                 raise FileNotFoundError(f"--resume: no run to resume in {self.path} (no {CHECKPOINT}, "
@@ -134,7 +193,6 @@ class RunFolder:
         if self.holds_run():
             raise FileExistsError(f"{self.path} already holds a run; pass --resume to continue it "
                                   "or choose another --out")
-        self.path.mkdir(parents=True, exist_ok=True)
         return None
 
     def check_resumable(self, config: dict[str, Any]) -> None:
