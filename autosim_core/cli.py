@@ -59,7 +59,8 @@ def list_plugins(
 def run(
     config: Annotated[Path, typer.Argument(help="TOML file naming simulator, task, searcher, budget...")],
     out: Annotated[Path | None, typer.Option("--out", help="run folder (default: runs/<config name>)")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="continue from the folder's last checkpoint")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="continue from the folder's last checkpoint (start the "
+                                         "run if the folder holds none yet)")] = False,
 ) -> None:
     """Run one searcher; writes history.jsonl, checkpoints, psi.json, summary.json, curves.png."""
     from .config import ConfigError

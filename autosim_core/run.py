@@ -371,15 +371,16 @@ class Run:
         """
         state = self.folder.prepare(resume, self.settings_json())
         try:
-            return self._execute(state, resume)
+            return self._execute(state)
         finally:
             self.folder.unlock()
 
-    def _execute(self, state: dict[str, Any] | None, resume: bool) -> dict[str, Any]:
+    def _execute(self, state: dict[str, Any] | None) -> dict[str, Any]:
         self.history_events = True
         self.folder.write_json(CONFIG_JSON, self.settings_json())
-        # On resume too if the first start died before writing it (``generate`` reads it).
-        if self.config_text is not None and (not resume or not (self.out_dir / CONFIG_TOML).exists()):
+        # A run that starts from scratch writes it; one resumed from a checkpoint keeps the text
+        # it started from, unless the first start died before writing it (``generate`` reads it).
+        if self.config_text is not None and (state is None or not (self.out_dir / CONFIG_TOML).exists()):
             self.folder.write_text(CONFIG_TOML, self.config_text)
 
         setup_start = time.perf_counter()

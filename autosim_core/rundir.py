@@ -15,6 +15,7 @@ through this module.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from collections.abc import Callable
@@ -166,10 +167,12 @@ class RunFolder:
         and locked for this process (``lock``; ``unlock`` when the run ends).
 
         A run that has written ``config.json`` but no checkpoint yet (it died during set-up)
-        resumes from scratch, which gives the same run. Resuming also drops the history rows
-        past the checkpoint (and a row torn by a kill), so that the iterations redone from the
-        checkpoint are logged once. ``config`` is the run's resolved config (``config.json``), which
-        must match the stored one (``check_resumable``).
+        resumes from scratch, which gives the same run; so does ``resume`` on a folder that holds
+        nothing of a run yet (none, or one killed before ``config.json``), so that a requeued
+        ``--resume`` command finishes a run killed in its first second. Resuming also drops the
+        history rows past the checkpoint (and a row torn by a kill), so that the iterations redone
+        from the checkpoint are logged once. ``config`` is the run's resolved config
+        (``config.json``), which must match the stored one (``check_resumable``).
         """
         self.path.mkdir(parents=True, exist_ok=True)
         self.lock()
@@ -181,12 +184,16 @@ class RunFolder:
 
     def _prepare(self, resume: bool, config: dict[str, Any]) -> dict[str, Any] | None:
         if resume:
-            if not self.checkpoint.exists() and not (self.path / CONFIG_JSON).exists():
-                raise FileNotFoundError(f"--resume: no run to resume in {self.path} (no {CHECKPOINT}, "
-                                        f"no {CONFIG_JSON}); start it without --resume")
-            self.check_resumable(config)
             for leftover in self.path.glob(f".*{TMP_SUFFIX}"):  # files a kill left half-written
                 leftover.unlink()
+            if not (self.path / CONFIG_JSON).exists():
+                found = [name for name in (CHECKPOINT, HISTORY, SNAPSHOTS, PSI, SUMMARY) if (self.path / name).exists()]
+                if found:
+                    raise FileNotFoundError(f"--resume: {self.path} holds {', '.join(found)} but no {CONFIG_JSON}, so "
+                                            "the config it ran under cannot be checked; it is not resumed")
+                logging.getLogger("autosim").warning("--resume: nothing to resume in %s; starting the run", self.path)
+                return None
+            self.check_resumable(config)
             state = self.load_checkpoint() if self.checkpoint.exists() else None
             self.truncate_history(int(state["iteration"]) if state is not None else 0, started=state is not None)
             return state
@@ -200,10 +207,7 @@ class RunFolder:
         renders and what watches it (``RESUMABLE_CHANGES``) may change, as they change no result."""
         from .config import RunConfig
 
-        stored_path = self.path / CONFIG_JSON
-        if not stored_path.exists():
-            return
-        stored = json.loads(stored_path.read_text())
+        stored = json.loads((self.path / CONFIG_JSON).read_text())
         current = json.loads(json.dumps(config, default=str))
         # A top-level key added to the config since the run started is the same when the run
         # uses its default (a folder written before ``max_nonfinite`` existed resumes with 3).
@@ -230,6 +234,10 @@ class RunFolder:
         """
         path = self.history
         if not path.exists():
+            # The first checkpoint (iteration 0) is written before history.jsonl is opened.
+            if iteration > 0:
+                raise DamagedHistoryError(f"{path} is missing, but the checkpoint is at iteration {iteration}; "
+                                          "the history is lost")
             return
         text = path.read_text()
         lines = text.split("\n")

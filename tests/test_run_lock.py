@@ -36,8 +36,9 @@ def test_a_second_run_on_a_live_runs_folder_is_refused_until_the_first_dies(tmp_
     env = dict(os.environ, OMP_NUM_THREADS="1", MPLBACKEND="Agg",
                PYTHONPATH=os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]))
     with open(tmp_path / "first.log", "wb") as log:
-        first = subprocess.Popen([sys.executable, "-m", "autosim_core.cli", "run", str(long), "--out", str(out)],
-                                 env=env, stdout=log, stderr=log)
+        # --resume on a folder that does not exist yet: the run starts, and says so.
+        first = subprocess.Popen([sys.executable, "-m", "autosim_core.cli", "run", str(long), "--out", str(out),
+                                  "--resume"], env=env, stdout=log, stderr=log)
     try:
         deadline = time.monotonic() + 120
         while not (out / CHECKPOINT).exists():  # the first run is in its loop
@@ -61,6 +62,8 @@ def test_a_second_run_on_a_live_runs_folder_is_refused_until_the_first_dies(tmp_
 
         first.send_signal(signal.SIGKILL)
         assert first.wait(timeout=30) == -signal.SIGKILL
+        started = f"--resume: nothing to resume in {out}; starting the run"
+        assert started in (tmp_path / "first.log").read_text().splitlines()
         # The kernel dropped the dead process's lock: a resume takes the folder (its budget, now
         # smaller than the iterations done, ends it at once).
         result = runner.invoke(app, ["run", str(short), "--out", str(out), "--resume"])
