@@ -59,7 +59,8 @@ def list_plugins(
 def run(
     config: Annotated[Path, typer.Argument(help="TOML file naming simulator, task, searcher, budget...")],
     out: Annotated[Path | None, typer.Option("--out", help="run folder (default: runs/<config name>)")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="continue from the folder's last checkpoint")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="continue from the folder's last checkpoint (start the "
+                                         "run if the folder holds none yet)")] = False,
 ) -> None:
     """Run one searcher; writes history.jsonl, checkpoints, psi.json, summary.json, curves.png."""
     from .config import ConfigError
@@ -77,11 +78,11 @@ def run(
     from .evaluations import EvaluationError
     from .executors import RenderError
     from .run import NonFiniteError
-    from .rundir import DamagedHistoryError
+    from .rundir import DamagedHistoryError, RunFolderBusyError
 
     try:
         summary = runner.execute(resume=resume)
-    except (FileExistsError, FileNotFoundError, NonFiniteError, DamagedHistoryError) as exc:
+    except (FileExistsError, FileNotFoundError, NonFiniteError, DamagedHistoryError, RunFolderBusyError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     except (RenderError, EvaluationError) as exc:  # failed after every retry: the message says how to resume
@@ -391,6 +392,7 @@ def diagnose(
     from .config import ConfigError, load_config
     from .diagnose import OPTIONS, markdown
     from .diagnose import diagnose as measure
+    from .rundir import atomic_write
 
     try:
         cfg = load_config(config)
@@ -404,7 +406,8 @@ def diagnose(
         raise typer.Exit(2) from None
     path = out or Path("runs") / "diagnose" / f"{config.stem}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2) + "\n")
+    text = json.dumps(report, indent=2) + "\n"
+    atomic_write(path, lambda f: f.write(text.encode()))
     typer.echo(markdown(report), nl=False)
 
 

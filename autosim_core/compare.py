@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .rundir import CONFIG_JSON, FINAL, HISTORY, SUMMARY, read_rows
+from .rundir import CONFIG_JSON, FINAL, HISTORY, SUMMARY, atomic_write, read_rows
 
 FINAL_JSON = "final.json"
 
@@ -604,8 +604,10 @@ def plot_comparison(records: Mapping[str, Mapping[int, RunRecord]], out_path: Pa
         ax.grid(alpha=0.3)
     axes[1].legend(loc="lower right", fontsize="small")
     fig.tight_layout()
-    fig.savefig(out_path, dpi=120)
-    plt.close(fig)
+    try:
+        atomic_write(out_path, lambda f: fig.savefig(f, format="png", dpi=120))
+    finally:
+        plt.close(fig)
 
 
 def plot_quality(records: Mapping[str, Mapping[int, RunRecord]], out_path: Path) -> None:
@@ -637,8 +639,10 @@ def plot_quality(records: Mapping[str, Mapping[int, RunRecord]], out_path: Path)
         ax.grid(alpha=0.3)
     axes[1].legend(loc="lower right", fontsize="small")
     fig.tight_layout()
-    fig.savefig(out_path, dpi=120)
-    plt.close(fig)
+    try:
+        atomic_write(out_path, lambda f: fig.savefig(f, format="png", dpi=120))
+    finally:
+        plt.close(fig)
 
 
 def write_comparison(runs: Mapping[str, Mapping[int, str | Path]], out_dir: Path, *,
@@ -654,8 +658,10 @@ def write_comparison(runs: Mapping[str, Mapping[int, str | Path]], out_dir: Path
     comparison = summarize(records, threshold_from=threshold_from, oracle=oracle, initial=initial,
                            real_reference=real or None)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "comparison.json").write_text(json.dumps(comparison, indent=2, default=float) + "\n")
-    (out_dir / "comparison.md").write_text(markdown(comparison))
+    text = json.dumps(comparison, indent=2, default=float) + "\n"
+    atomic_write(out_dir / "comparison.json", lambda f: f.write(text.encode()))
+    table = markdown(comparison)
+    atomic_write(out_dir / "comparison.md", lambda f: f.write(table.encode()))
     threshold = comparison["threshold"]
     label = f"threshold: best of {threshold['method']} (mean over seeds)" if threshold["method"] else ""
     plot_comparison(records, out_dir / "comparison.png", None if comparison["score"] == "fresh" else threshold["mean"],

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .hookspecs import hookimpl
-from .rundir import read_rows
+from .rundir import atomic_write, read_rows
 
 if TYPE_CHECKING:
     import torch
@@ -247,7 +247,7 @@ def plot_history(history_path: str | Path, out_path: str | Path, title: str = ""
     fig = curves_figure(read_history(history_path), names, target, title)
     if fig is None:
         return None
-    fig.savefig(out_path, dpi=110)
+    atomic_write(Path(out_path), lambda f: fig.savefig(f, format="png", dpi=110))
     return Path(out_path)
 
 

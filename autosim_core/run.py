@@ -366,13 +366,21 @@ class Run:
 
         Each iteration appends its history row (flushed to disk) and then replaces the
         checkpoint; every file is written whole or not at all, so a run killed at any moment
-        resumes from its last checkpoint to the same result.
+        resumes from its last checkpoint to the same result. The folder stays locked to this
+        process until the run ends (``RunFolder.prepare``).
         """
         state = self.folder.prepare(resume, self.settings_json())
+        try:
+            return self._execute(state)
+        finally:
+            self.folder.unlock()
+
+    def _execute(self, state: dict[str, Any] | None) -> dict[str, Any]:
         self.history_events = True
         self.folder.write_json(CONFIG_JSON, self.settings_json())
-        # On resume too if the first start died before writing it (``generate`` reads it).
-        if self.config_text is not None and (not resume or not (self.out_dir / CONFIG_TOML).exists()):
+        # A run that starts from scratch writes it; one resumed from a checkpoint keeps the text
+        # it started from, unless the first start died before writing it (``generate`` reads it).
+        if self.config_text is not None and (state is None or not (self.out_dir / CONFIG_TOML).exists()):
             self.folder.write_text(CONFIG_TOML, self.config_text)
 
         setup_start = time.perf_counter()

@@ -6,18 +6,26 @@ started from), ``history.jsonl`` (one row per iteration, plus event lines), ``ch
 ``summary.json``; ``autosim train`` adds ``final/``. Every file is written whole or not at all
 (``atomic_write``); history rows are appended, flushed and synced before the checkpoint that
 includes them, so a run killed at any moment resumes from its last checkpoint to the same
-result. The run, ``autosim compare``, ``autosim generate`` and the observers all read and write
-a run folder through this module.
+result. One process at a time runs in a folder: it holds ``.lock`` (an exclusive ``flock``) from
+``prepare`` until the run ends, and the kernel drops it when the process dies. The run,
+``autosim compare``, ``autosim generate`` and the observers all read and write a run folder
+through this module.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
+
+try:
+    import fcntl
+except ImportError:  # Windows has no flock: a run folder goes unlocked there
+    fcntl = None  # type: ignore[assignment]
 
 CHECKPOINT = "checkpoint.pt"
 HISTORY = "history.jsonl"
@@ -28,6 +36,8 @@ SUMMARY = "summary.json"
 SNAPSHOTS = "snapshots.json"
 FINAL = "final"
 """The folder ``autosim train`` writes into by default (``final.json``, ``model.pt``)."""
+LOCK = ".lock"
+"""The file whose ``flock`` the process running the folder holds; it holds that process's pid."""
 RESUMABLE_CHANGES = frozenset({"budget", "executor", "observers", "final_training"})
 """Top-level config tables a resumed run may change."""
 TMP_SUFFIX = ".tmp"
@@ -38,17 +48,25 @@ class DamagedHistoryError(ValueError):
     """A run folder's history.jsonl cannot be matched with its checkpoint."""
 
 
+class RunFolderBusyError(RuntimeError):
+    """Another live process runs in the run folder (it holds the folder's lock)."""
+
+
 def atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> None:
     """Write ``path`` whole or not at all: into a temporary file beside it, flushed to disk,
     then renamed over ``path`` (a rename within a folder is atomic), and the folder synced so
-    the rename itself survives a crash. A process killed mid-way leaves the old file intact
-    and at most a ``.NAME.tmp`` file, which a resumed run removes."""
+    the rename itself survives a crash. A write that fails leaves the old file intact; a
+    process killed mid-way also leaves at most a ``.NAME.tmp`` file, which a resumed run removes."""
     tmp = path.with_name(f".{path.name}{TMP_SUFFIX}")
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a failed write (a full disk) leaves no half file behind
+        raise
     folder = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(folder)
@@ -93,6 +111,7 @@ class RunFolder:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self._lock_fd: int | None = None
 
     def __truediv__(self, name: str) -> Path:
         return self.path / name
@@ -108,29 +127,79 @@ class RunFolder:
     def holds_run(self) -> bool:
         return self.history.exists() or self.checkpoint.exists()
 
+    def lock(self) -> None:
+        """Take the (existing) folder's exclusive lock for this process.
+
+        ``flock`` belongs to the open file: the kernel releases it when the process dies, however
+        it dies, so a kill never strands it, and a lock file left behind locks nothing. The file
+        is opened close-on-exec, so worker processes started by exec do not hold it.
+        """
+        if fcntl is None or self._lock_fd is not None:
+            return
+        fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise RunFolderBusyError(f"{self.path} is locked by a run in progress (pid {holder}); wait for it to "
+                                     "end or stop it") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def unlock(self) -> None:
+        """Release the folder's lock (if this process holds it)."""
+        fd, self._lock_fd = self._lock_fd, None
+        if fd is None:
+            return
+        try:
+            os.ftruncate(fd, 0)  # no pid names a process that no longer runs here
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
     def prepare(self, resume: bool, config: dict[str, Any]) -> dict[str, Any] | None:
-        """The checkpoint to resume from (None: start from scratch), with the folder made ready.
+        """The checkpoint to resume from (None: start from scratch), with the folder made ready
+        and locked for this process (``lock``; ``unlock`` when the run ends).
 
         A run that has written ``config.json`` but no checkpoint yet (it died during set-up)
-        resumes from scratch, which gives the same run. Resuming also drops the history rows
-        past the checkpoint (and a row torn by a kill), so that the iterations redone from the
-        checkpoint are logged once. ``config`` is the run's resolved config (``config.json``), which
-        must match the stored one (``check_resumable``).
+        resumes from scratch, which gives the same run; so does ``resume`` on a folder that holds
+        nothing of a run yet (none, or one killed before ``config.json``), so that a requeued
+        ``--resume`` command finishes a run killed in its first second. Resuming also drops the
+        history rows past the checkpoint (and a row torn by a kill), so that the iterations redone
+        from the checkpoint are logged once. ``config`` is the run's resolved config
+        (``config.json``), which must match the stored one (``check_resumable``).
         """
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.lock()
+        try:
+            return self._prepare(resume, config)
+        except BaseException:
+            self.unlock()
+            raise
+
+    def _prepare(self, resume: bool, config: dict[str, Any]) -> dict[str, Any] | None:
         if resume:
-            if not self.checkpoint.exists() and not (self.path / CONFIG_JSON).exists():
-                raise FileNotFoundError(f"--resume: no run to resume in {self.path} (no {CHECKPOINT}, "
-                                        f"no {CONFIG_JSON}); start it without --resume")
-            self.check_resumable(config)
             for leftover in self.path.glob(f".*{TMP_SUFFIX}"):  # files a kill left half-written
                 leftover.unlink()
+            if not (self.path / CONFIG_JSON).exists():
+                found = [name for name in (CHECKPOINT, HISTORY, SNAPSHOTS, PSI, SUMMARY) if (self.path / name).exists()]
+                if found:
+                    raise FileNotFoundError(f"--resume: {self.path} holds {', '.join(found)} but no {CONFIG_JSON}, so "
+                                            "the config it ran under cannot be checked; it is not resumed")
+                logging.getLogger("autosim").warning("--resume: nothing to resume in %s; starting the run", self.path)
+                return None
+            self.check_resumable(config)
             state = self.load_checkpoint() if self.checkpoint.exists() else None
             self.truncate_history(int(state["iteration"]) if state is not None else 0, started=state is not None)
             return state
         if self.holds_run():
             raise FileExistsError(f"{self.path} already holds a run; pass --resume to continue it "
                                   "or choose another --out")
-        self.path.mkdir(parents=True, exist_ok=True)
         return None
 
     def check_resumable(self, config: dict[str, Any]) -> None:
@@ -138,10 +207,7 @@ class RunFolder:
         renders and what watches it (``RESUMABLE_CHANGES``) may change, as they change no result."""
         from .config import RunConfig
 
-        stored_path = self.path / CONFIG_JSON
-        if not stored_path.exists():
-            return
-        stored = json.loads(stored_path.read_text())
+        stored = json.loads((self.path / CONFIG_JSON).read_text())
         current = json.loads(json.dumps(config, default=str))
         # A top-level key added to the config since the run started is the same when the run
         # uses its default (a folder written before ``max_nonfinite`` existed resumes with 3).
@@ -168,6 +234,10 @@ class RunFolder:
         """
         path = self.history
         if not path.exists():
+            # The first checkpoint (iteration 0) is written before history.jsonl is opened.
+            if iteration > 0:
+                raise DamagedHistoryError(f"{path} is missing, but the checkpoint is at iteration {iteration}; "
+                                          "the history is lost")
             return
         text = path.read_text()
         lines = text.split("\n")

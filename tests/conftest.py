@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import copy
+import errno
+import os
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -69,3 +72,34 @@ def fake_processes(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     monkeypatch.setattr(flaky_simulator, "crash", fake_workers.crash)
     monkeypatch.setattr(flaky_simulator, "hang", fake_workers.hang)
     return made
+
+
+def _no_space(*args: Any, **kwargs: Any) -> None:
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def _half_written_savefig(self: Any, fname: Any, *args: Any, **kwargs: Any) -> None:
+    """``Figure.savefig`` on a full disk: half a PNG reaches the target, then ENOSPC."""
+    half = b"\x89PNG\r\n\x1a\nhalf"
+    if isinstance(fname, str | os.PathLike):
+        with open(fname, "wb") as f:
+            f.write(half)
+    else:
+        fname.write(half)
+    _no_space()
+
+
+@pytest.fixture
+def full_disk(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
+    """``full_disk()`` fills the disk from then on: figures are written half, then fail, and so does
+    every ``os.fsync`` (where a full disk shows when the data is flushed); ``figures=True``: only the
+    figures."""
+
+    def fill(*, figures: bool = False) -> None:
+        from matplotlib.figure import Figure
+
+        monkeypatch.setattr(Figure, "savefig", _half_written_savefig)
+        if not figures:
+            monkeypatch.setattr(os, "fsync", _no_space)
+
+    return fill

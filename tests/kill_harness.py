@@ -1,10 +1,12 @@
 """Kill ``autosim run`` with SIGKILL at random moments, resuming it each time.
 
 ``python tests/kill_harness.py FOLDER --kills 10 --seed 0`` takes a small toy config (from
-examples/toy.toml) and, in FOLDER/killed, starts ``autosim run``, sends SIGKILL after a random
-0.1-0.9 s, looks at what the folder holds, starts ``autosim run --resume``, and so on
-``--kills`` times, then lets the last one finish; then it runs the same config uninterrupted
-(FOLDER/reference). It prints one line per kill and writes FOLDER/report.json.
+examples/toy.toml) and, in FOLDER/killed, starts ``autosim run --resume``, sends SIGKILL after a
+random 0.1-0.9 s (``--low``, ``--high``), looks at what the folder holds, starts the same command
+again, and so on ``--kills`` times, then lets the last one finish; then it runs the same config
+uninterrupted (FOLDER/reference). Every start, the first included, passes ``--resume``, as a job
+scheduler requeueing the same command line does: a start killed before it wrote anything is
+started again. It prints one line per kill and writes FOLDER/report.json.
 
 Two short runs first go through the CLI's entry point in this process; each killed ``autosim
 run`` is a child forked from it afterwards, running the same entry point. A kill then
@@ -141,12 +143,15 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--low", type=float, default=0.1)
     parser.add_argument("--high", type=float, default=0.9)
+    parser.add_argument("--delays", help="the kills' delays in seconds, comma-separated (instead of --kills "
+                        "random ones between --low and --high)")
     parser.add_argument("--cache", type=Path, help="cache of rendered validation sets (default: FOLDER/cache)")
     args = parser.parse_args()
     args.cache = args.cache or args.folder / "cache"
 
     rng = random.Random(args.seed)
-    delays = [rng.uniform(args.low, args.high) for _ in range(args.kills)]
+    delays = [rng.uniform(args.low, args.high) for _ in range(args.kills)] if args.delays is None else [
+        float(d) for d in args.delays.split(",")]
     # Two short runs first. The first imports everything a run imports on its way (plugins,
     # observers, lazily imported modules), so that later runs, and the children, start at once;
     # the second times a start's set-up and an iteration.
@@ -184,10 +189,10 @@ def main() -> None:
     kills: list[dict[str, Any]] = []
     extended: list[int] = []
     starts = 0
-    while len(kills) < args.kills:
-        resume = (killed / "config.json").exists()
+    while len(kills) < len(delays):
+        resume = (killed / "config.json").exists()  # whether this start has a run to resume
         delay = delays[len(kills)]
-        pid = run_cli(["run", str(config), "--out", str(killed), *(["--resume"] if resume else [])])
+        pid = run_cli(["run", str(config), "--out", str(killed), "--resume"])
         starts += 1
         time.sleep(delay)
         try:

@@ -180,7 +180,8 @@ def test_fast_start_does_not_import_torch(body: str) -> None:
     assert proc.returncode == 0, proc.stderr
 
 
-def test_cli_run_end_to_end(tmp_path: Path, toy_example: dict[str, Any], cache_dir: Path) -> None:
+def test_cli_run_end_to_end(tmp_path: Path, toy_example: dict[str, Any], cache_dir: Path,
+                            caplog: pytest.LogCaptureFixture) -> None:
     """`autosim run` on a short toy config writes the run folder and prints a one-line summary."""
     text = (Path(__file__).resolve().parents[1] / "examples" / "toy.toml").read_text()
     text = text.replace("iterations = 40", "iterations = 2").replace("count = 500", "count = 50")
@@ -188,8 +189,10 @@ def test_cli_run_end_to_end(tmp_path: Path, toy_example: dict[str, Any], cache_d
     config = tmp_path / "toy.toml"
     config.write_text(text)
     out = tmp_path / "run"
-    result = CliRunner().invoke(app, ["run", str(config), "--out", str(out)])
+    # --resume on a folder that does not exist yet starts the run (a requeued job's command line)
+    result = CliRunner().invoke(app, ["run", str(config), "--out", str(out), "--resume"])
     assert result.exit_code == 0, result.output
+    assert f"--resume: nothing to resume in {out}; starting the run" in caplog.messages
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["iterations"] == 2 and summary["images"] == 2 * 64
     assert (out / "config.toml").read_text() == text

@@ -404,3 +404,22 @@ def test_the_real_data_reference_is_compared_with_every_learned_distribution(
     assert comparison["real_reference"]["beats_every_method"] is True
     real[1]["final"]["test_metric"]["mean"] = 0.50  # 0.54 on average: below autosim's 0.55
     assert summarize(load_records(three_methods), real_reference=real)["real_reference"]["beats_every_method"] is False
+
+
+def test_the_comparison_files_are_written_whole_or_not_at_all(three_methods: dict[str, dict[int, Path]],
+                                                              tmp_path: Path, full_disk: Any) -> None:
+    out = tmp_path / "cmp"
+    write_comparison(three_methods, out)
+    names = ("comparison.json", "comparison.md", "comparison.png")
+    before = {name: (out / name).read_bytes() for name in names}
+    full_disk(figures=True)
+    with pytest.raises(OSError, match="No space left"):
+        write_comparison(three_methods, out)
+    assert (out / "comparison.png").read_bytes() == before["comparison.png"]
+    full_disk()
+    for name in ("comparison.json", "comparison.md"):
+        (out / name).write_text("the last comparison")
+    with pytest.raises(OSError, match="No space left"):
+        write_comparison(three_methods, out)
+    assert [(out / name).read_bytes() for name in names] == [b"the last comparison"] * 2 + [before["comparison.png"]]
+    assert sorted(p.name for p in out.iterdir()) == sorted(names)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -43,3 +45,28 @@ def test_diagnose_names_an_estimator_that_is_not_installed(cache_dir: Path, make
     config = parse_config(make_toy_data(cache_dir, estimator="linear", val_count=64))
     with pytest.raises(ValueError, match="'nope' is not an installed estimator"):
         diagnose(config, warmup=0, draws=2, scenes=16, reference=64, estimators=("nope",), options=("mean",))
+
+
+
+def test_the_cli_writes_the_report_whole_or_not_at_all(tmp_path: Path, cache_dir: Path, make_toy_data,
+                                                      monkeypatch: pytest.MonkeyPatch, full_disk: Any) -> None:
+    from kill_harness import toml
+    from typer.testing import CliRunner
+
+    from autosim_core import diagnose as diagnose_module
+    from autosim_core.cli import app
+
+    monkeypatch.setattr(diagnose_module, "diagnose", lambda config, **kwargs: {"estimators": {"quadratic": {}}})
+    monkeypatch.setattr(diagnose_module, "markdown", lambda report: "the report\n")
+    config = tmp_path / "toy.toml"
+    config.write_text(toml(make_toy_data(cache_dir)))
+    out = tmp_path / "diagnose.json"
+    result = CliRunner().invoke(app, ["diagnose", str(config), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(out.read_text()) == {"estimators": {"quadratic": {}}}
+    out.write_text("the last report")
+    full_disk()
+    result = CliRunner().invoke(app, ["diagnose", str(config), "--out", str(out)])
+    assert isinstance(result.exception, OSError)
+    assert out.read_text() == "the last report"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["diagnose.json", "toy.toml"]

@@ -14,10 +14,11 @@ import torch
 from typer.testing import CliRunner
 
 from autosim_core import hookimpl
+from autosim_core import run as run_module
 from autosim_core.cli import app
 from autosim_core.config import parse_config
 from autosim_core.run import NonFiniteError, Run
-from autosim_core.rundir import CHECKPOINT, HISTORY
+from autosim_core.rundir import CHECKPOINT, HISTORY, DamagedHistoryError
 from autosim_core.training import Training
 
 ITERATIONS = 4
@@ -102,6 +103,15 @@ def dies_writing_the_checkpoint(m: pytest.MonkeyPatch) -> None:
     m.setattr(torch, "save", half_save)
 
 
+def dies_before_the_history_opens(m: pytest.MonkeyPatch) -> None:
+    """Dies after the first checkpoint (iteration 0), before history.jsonl is opened."""
+
+    def dying(self: Any, folder: Any) -> None:
+        raise Died("died before opening the history")
+
+    m.setattr(run_module.HistoryWriter, "__init__", dying)
+
+
 def dies_in_setup(m: pytest.MonkeyPatch) -> None:
     """Dies after config.json is written, while the model is built (no checkpoint yet)."""
 
@@ -113,6 +123,7 @@ def dies_in_setup(m: pytest.MonkeyPatch) -> None:
 
 FAULTS: dict[str, Callable[[pytest.MonkeyPatch], None]] = {
     "set-up": dies_in_setup,
+    "before the history opens": dies_before_the_history_opens,
     "first render": dies_at("render_training", 1),
     "render": dies_at("render_training", CRASH_AT),
     "fine-tune": dies_at("fine_tune", CRASH_AT),
@@ -126,7 +137,7 @@ FAULTS: dict[str, Callable[[pytest.MonkeyPatch], None]] = {
 # What the folder holds when the process dies: the last checkpoint's iteration (None: no
 # checkpoint) and the history rows on disk.
 ON_DISK = {
-    "set-up": (None, []), "first render": (0, []),
+    "set-up": (None, []), "before the history opens": (0, []), "first render": (0, []),
     "render": (2, [1, 2]), "fine-tune": (2, [1, 2]), "hypergradient": (2, [1, 2]), "validation scores": (2, [1, 2]),
     "between history row and checkpoint": (2, [1, 2, 3]), "checkpoint write": (2, [1, 2, 3]),
     "after the checkpoint": (3, [1, 2, 3]),
@@ -191,9 +202,45 @@ def test_resume_refuses_a_damaged_history(tmp_path: Path, toy_config: Any) -> No
         Run(toy_config, folder).execute(resume=True)
 
 
-def test_resume_needs_a_started_run(tmp_path: Path, toy_config: Any) -> None:
-    with pytest.raises(FileNotFoundError, match="no run to resume"):
-        Run(toy_config, tmp_path / "nothing").execute(resume=True)
+@pytest.mark.parametrize("folder_exists", [False, True])
+def test_resume_on_a_folder_without_a_run_starts_it(folder_exists: bool, tmp_path: Path, toy_config: Any,
+                                                    uninterrupted: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A requeued ``--resume`` whose first start died before config.json starts the run."""
+    folder = tmp_path / "run"
+    if folder_exists:
+        folder.mkdir()
+        (folder / ".config.json.tmp").write_bytes(b'{"half')  # a kill while config.json was written
+    with caplog.at_level("WARNING", logger="autosim"):
+        Run(toy_config, folder).execute(resume=True)
+    assert f"--resume: nothing to resume in {folder}; starting the run" in caplog.messages
+    assert not list(folder.glob(".*.tmp"))
+    assert_same_run(folder, uninterrupted)
+
+
+def test_resume_refuses_a_checkpoint_without_its_history_or_config(tmp_path: Path, toy_config: Any) -> None:
+    folder = tmp_path / "run"
+    with pytest.MonkeyPatch.context() as m:
+        FAULTS["after the checkpoint"](m)
+        with pytest.raises(Died):
+            Run(toy_config, folder).execute()
+    history = (folder / HISTORY).read_bytes()
+    (folder / HISTORY).unlink()
+    with pytest.raises(DamagedHistoryError) as info:
+        Run(toy_config, folder).execute(resume=True)
+    assert str(info.value) == (f"{folder / HISTORY} is missing, but the checkpoint is at iteration {CRASH_AT}; "
+                               "the history is lost")
+    assert not (folder / HISTORY).exists()
+
+    (folder / HISTORY).write_bytes(history)
+    (folder / "config.json").unlink()
+    changed = toy_config.model_copy(update={"training": toy_config.training.model_copy(update={"lr": 0.07})})
+    for config in (toy_config, changed):
+        with pytest.raises(FileNotFoundError) as refused:
+            Run(config, folder).execute(resume=True)
+        assert str(refused.value) == (f"--resume: {folder} holds {CHECKPOINT}, {HISTORY}, snapshots.json but no "
+                                      "config.json, so the config it ran under cannot be checked; it is not resumed")
+    assert not (folder / "config.json").exists()
+    assert torch.load(folder / CHECKPOINT, weights_only=True)["iteration"] == CRASH_AT
 
 
 # ------------------------------------------------------------------------- NaN and inf ---

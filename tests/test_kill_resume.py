@@ -1,5 +1,6 @@
-"""``autosim run`` killed with SIGKILL ten times at random moments and resumed each time ends
-as the uninterrupted run: the same psi, model and history, no row lost or logged twice."""
+"""``autosim run`` killed with SIGKILL at random moments, or again and again in its first second,
+and requeued with ``--resume`` each time ends as the uninterrupted run: the same psi, model and
+history, no row lost or logged twice."""
 
 from __future__ import annotations
 
@@ -17,25 +18,26 @@ from autosim_core.rundir import CHECKPOINT, HISTORY, SNAPSHOTS
 
 HARNESS = Path(__file__).with_name("kill_harness.py")
 COMPARED = ("iteration", "images", "train_loss", "val_loss", "val_metric", "psi", "estimator")
+FIRST_SECOND = (0.0, 0.01, 0.02, 0.03, 0.05, 0.08, 0.12, 0.2, 0.4, 0.7)
+"""Delays of the start-up kills: the first few land before the run folder is written."""
 
 
 def rows(folder: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in (folder / HISTORY).read_text().splitlines()]
 
 
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="the harness forks the killed runs")
-def test_ten_sigkills_at_random_moments_leave_the_run_unchanged(tmp_path: Path, cache_dir: Path) -> None:
+def kill_and_resume(folder: Path, cache_dir: Path, *args: str) -> dict[str, Any]:
+    """The harness's report after it killed and resumed FOLDER/killed and ran FOLDER/reference."""
     env = dict(os.environ, OMP_NUM_THREADS="1", MPLBACKEND="Agg")
-    done = subprocess.run([sys.executable, str(HARNESS), str(tmp_path), "--kills", "10", "--seed", "0",
-                           "--cache", str(cache_dir)], env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, str(HARNESS), str(folder), "--cache", str(cache_dir), *args],
+                          env=env, capture_output=True, text=True, timeout=300)
     print(done.stdout)
     assert done.returncode == 0, done.stdout + done.stderr[-3000:]
-    report = json.loads((tmp_path / "report.json").read_text())
-    assert len(report["kills"]) == 10
-    # The harness checks that each start died by the kill; most must have died in the loop.
-    assert sum(k["checkpoint"] is not None and k["checkpoint"] < report["iterations"] for k in report["kills"]) >= 5
+    return json.loads((folder / "report.json").read_text())
 
-    killed, reference = tmp_path / "killed", tmp_path / "reference"
+
+def assert_same_as_uninterrupted(folder: Path, report: dict[str, Any]) -> None:
+    killed, reference = folder / "killed", folder / "reference"
     a = torch.load(killed / CHECKPOINT, weights_only=True)
     b = torch.load(reference / CHECKPOINT, weights_only=True)
     assert a["iteration"] == b["iteration"] == report["iterations"]
@@ -59,3 +61,26 @@ def test_ten_sigkills_at_random_moments_leave_the_run_unchanged(tmp_path: Path, 
         for sa, sb in zip(snapshots_a, snapshots_b, strict=True):
             assert {k: v for k, v in sa.items() if k != "seconds"} == {k: v for k, v in sb.items() if k != "seconds"}
     assert not list(killed.glob(".*.tmp"))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="the harness forks the killed runs")
+def test_ten_sigkills_at_random_moments_leave_the_run_unchanged(tmp_path: Path, cache_dir: Path) -> None:
+    report = kill_and_resume(tmp_path, cache_dir, "--kills", "10", "--seed", "0")
+    assert len(report["kills"]) == 10
+    # The harness checks that each start died by the kill; most must have died in the loop.
+    assert sum(k["checkpoint"] is not None and k["checkpoint"] < report["iterations"] for k in report["kills"]) >= 5
+    assert_same_as_uninterrupted(tmp_path, report)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="the harness forks the killed runs")
+def test_kills_in_the_first_second_requeued_with_resume_leave_the_run_unchanged(tmp_path: Path,
+                                                                               cache_dir: Path) -> None:
+    """A job scheduler requeues the same ``autosim run --resume`` after each kill, from the very
+    first start on: a start killed before it wrote anything is started again."""
+    report = kill_and_resume(tmp_path, cache_dir, "--delays", ",".join(map(str, FIRST_SECOND)))
+    kills = report["kills"]
+    assert [k["delay"] for k in kills] == list(FIRST_SECOND)
+    assert not kills[0]["resumed"]
+    assert sum(not k["config"] for k in kills) >= 1  # before config.json: nothing to resume
+    assert sum(k["config"] and k["checkpoint"] is None for k in kills) >= 1  # during set-up
+    assert_same_as_uninterrupted(tmp_path, report)

@@ -19,6 +19,7 @@ from autosim_core.observers import (
     TensorBoardObserver,
     annotated_image,
     curves_figure,
+    plot_history,
     render_grid,
     scalars,
 )
@@ -222,3 +223,18 @@ def test_an_observer_that_fails_to_start_is_a_config_error(tmp_path, cache_dir, 
     registry.plugins["observers"]["broken"] = broken
     with pytest.raises(ConfigError, match=r"observers: observer plugin 'broken' failed to start: RuntimeError"):
         Run(parse_config(make_toy_data(cache_dir, iterations=1)), tmp_path / "run", registry=registry)
+
+
+def test_curves_png_is_written_whole_or_not_at_all(tmp_path, full_disk):
+    rows = [{"iteration": i, "images": 64 * i, "seconds": 0.1 * i, "val_metric": 0.5 + 0.1 * i,
+             "psi": {"x1": {"mean": 0.2 * i, "p10": 0.2 * i - 1, "p90": 0.2 * i + 1}}} for i in (1, 2, 3)]
+    (tmp_path / HISTORY).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    curves = tmp_path / "curves.png"
+    assert plot_history(tmp_path / HISTORY, curves) == curves
+    before = curves.read_bytes()
+    assert before.startswith(b"\x89PNG")
+    full_disk(figures=True)
+    with pytest.raises(OSError, match="No space left"):
+        plot_history(tmp_path / HISTORY, curves)
+    assert curves.read_bytes() == before  # the last whole figure, not half a new one
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["curves.png", HISTORY]

@@ -246,13 +246,10 @@ def test_resume_after_a_crash_between_checkpoint_and_history(tmp_path: Path, cac
     assert_same_run(folder, uninterrupted)
 
 
-def test_run_refuses_to_overwrite_and_resume_needs_a_started_run(tmp_path: Path, cache_dir: Path,
-                                                                uninterrupted: Path, make_toy_data) -> None:
+def test_run_refuses_to_overwrite(cache_dir: Path, uninterrupted: Path, make_toy_data) -> None:
     config = parse_config(make_toy_data(cache_dir, iterations=RESUME_ITERATIONS))
     with pytest.raises(FileExistsError):
         Run(config, uninterrupted).execute()
-    with pytest.raises(FileNotFoundError):
-        Run(config, tmp_path / "empty").execute(resume=True)
 
 
 def test_resume_refuses_a_changed_config_but_accepts_a_larger_budget(tmp_path: Path, cache_dir: Path,
