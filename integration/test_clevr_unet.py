@@ -89,6 +89,8 @@ def test_generate_writes_a_dataset_the_unet_task_reads_back(tmp_path: Path) -> N
 
 def test_black_box_searchers_run_on_the_demo(tmp_path: Path) -> None:
     """Each baseline searches the demo's learnable parameters: two evaluations of 4 images."""
+    from autosim_clevr.params import clevr_space
+
     cache = tmp_path / "cache"
     base = tomllib.loads(shrunk("clevr_unet.toml", tmp_path, cache).read_text())
     base.pop("estimator")
@@ -105,10 +107,12 @@ def test_black_box_searchers_run_on_the_demo(tmp_path: Path) -> None:
         rows = [json.loads(line) for line in (out / path.stem / "seed-0" / "history.jsonl").read_text().splitlines()]
         assert [r["images"] for r in rows] == [4, 8]
         # the demo's 10 learnable parameters: four lights, samples, x and y with their spreads (14),
-        # bounces and image_size (choices) and metal (p)
-        assert {"bounces.choice", "image_size.choice", "metal.p", "x.mean", "x.log_std",
+        # bounces and image_size (a weight per choice: any mix) and metal (p)
+        assert {"bounces.weight.0", "image_size.weight.0", "metal.p", "x.mean", "x.log_std",
                 "ambient.log_median"} <= set(rows[0]["point"])
-        assert len(rows[0]["point"]) == 17
+        space = clevr_space()
+        choices = len(space["bounces"].choices) + len(space["image_size"].choices)
+        assert len(rows[0]["point"]) == 14 + choices + 1
 
 
 def test_the_wide_example_trains_on_the_wide_preset(tmp_path: Path) -> None:
