@@ -223,13 +223,15 @@ def compare(
         from .compare_runs import FinalJob
         from .rundir import FINAL
 
-        finals: list[Any] = [FinalJob(name, i, str(r.out_dir), str(r.out_dir / FINAL))
+        finals: list[Any] = [FinalJob(name, i, str(r.out_dir), str(r.out_dir / FINAL),
+                                      final_training=r.config.final_training.model_dump())
                              for name, by_seed in runners.items() for i, r in by_seed.items()]
         first = next(iter(runners.values()))
         if first[0].config.validation is not None and first[0].config.validation.source == "folder":
             # Real validation data: the model trained on it alone is the reference a small real set gives.
             real_reference = {i: out / "trained-on-validation" / f"seed-{i}" for i in first}
-            finals += [FinalJob("trained-on-validation", i, str(r.out_dir), str(real_reference[i]), on="validation")
+            finals += [FinalJob("trained-on-validation", i, str(r.out_dir), str(real_reference[i]), on="validation",
+                                final_training=r.config.final_training.model_dump())
                        for i, r in first.items()]
         failures = [(job, error) for job, error in zip(finals, run_jobs(finals, executor, workers, address, registry),
                                                        strict=True) if error is not None]

@@ -56,6 +56,8 @@ class FinalJob:
     run_dir: str
     out_dir: str
     on: str = "renders"
+    final_training: dict[str, Any] | None = None
+    """The comparison's ``[final_training]``: it scores a run finished under another one too."""
 
     @property
     def label(self) -> str:
@@ -71,7 +73,7 @@ class FinalJob:
         (out_dir / ERROR_LOG).unlink(missing_ok=True)
         trainer = None
         try:
-            trainer = FinalTrainer(self.run_dir, registry=registry)
+            trainer = FinalTrainer(self.run_dir, final_training=self.final_training, registry=registry)
             trainer.score(out_dir, snapshots=self.on == "renders", on=self.on)  # type: ignore[arg-type]
             return None
         except Exception as exc:

@@ -26,8 +26,8 @@ import torch
 
 from .clock import Clock
 from .compare import stats
+from .config import FinalTraining, parse_config
 from .config import Training as TrainingSettings
-from .config import parse_config
 from .records import Batch
 from .rundir import CONFIG_JSON, FINAL, PSI, SNAPSHOTS, SUMMARY, atomic_write, write_json
 from .space import ParameterSpace
@@ -95,11 +95,13 @@ class FinalTrainer:
     """Fresh models for one run folder under one recipe (see the module's docstring)."""
 
     def __init__(self, run_dir: str | Path, *, images: int | None = None, epochs: int | None = None,
-                 seeds: int | None = None, registry: Any = None):
+                 seeds: int | None = None, final_training: dict[str, Any] | None = None, registry: Any = None):
         from .run import Run
 
         self.run_dir = Path(run_dir)
         config = run_config(self.run_dir)
+        if final_training is not None:  # a comparison's own recipe, for runs it finished before
+            config = config.model_copy(update={"final_training": FinalTraining.model_validate(final_training)})
         final = config.final_training
         self.images = images or final.images
         self.recipe: TrainingSettings = final.recipe(config.training)

@@ -381,6 +381,14 @@ def test_compare_with_final_training_end_to_end(tmp_path: Path, cache_dir: Path)
         assert row["fresh_metric"] == final["final"]["test_metric"]["mean"]
         assert [p["images"] for p in row["quality_curve"]] == [64, 128, 256]  # iterations 1, 2, 4 of 64 scenes
     assert "fresh-model metric" in result.stdout
+    # Finished runs scored again under another recipe: the comparison's, not the one they ran with.
+    for path in configs:
+        Path(path).write_text(Path(path).read_text().replace("images = 128", "images = 64"))
+    again = CliRunner().invoke(app, ["compare", *configs, "--out", str(out), "--budget-iterations", "4",
+                                     "--final-training", "--resume"])
+    assert again.exit_code == 0, again.output
+    final = json.loads((out / "toy" / "seed-0" / "final" / "final.json").read_text())
+    assert final["images"] == 64
 
 
 def test_a_different_final_recipe_per_config_is_refused(tmp_path: Path, cache_dir: Path) -> None:
