@@ -27,6 +27,7 @@ import statistics
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -247,8 +248,6 @@ def main() -> None:
     machine = {"python": platform.python_version(), "torch": torch.__version__, "cpus": cpus,
                "processor": platform.processor() or platform.machine(), "jobs": args.jobs,
                "threads_per_run": threads}
-    import tomllib
-
     report = {"commit": commit(), "machine": machine, "seeds": args.seeds, "wall_seconds": wall,
               "configs": {path.stem: tomllib.loads(path.read_text()) for path in configs},
               "budget_images": args.budget_images, "final_training": FINAL, "evaluation": EVALUATION,
