@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .compare_plots import plot_comparison, plot_quality
 from .rundir import CONFIG_JSON, FINAL, HISTORY, SUMMARY, atomic_write, read_rows
 
 FINAL_JSON = "final.json"
@@ -540,109 +541,6 @@ def markdown(comparison: Mapping[str, Any]) -> str:
         cells = {**row, "seed": row["seed_index"]}
         lines.append("| " + " | ".join(_cell(c, cells[c]) for c in RUN_COLUMNS) + " |")
     return "\n".join(lines) + "\n"
-
-
-# -------------------------------------------------------------------------------- curves ---
-def running_best(rows: Sequence[Mapping[str, Any]], key: str) -> tuple[list[float], list[float]]:
-    """x (``images`` or ``seconds``) and the best validation metric so far, one point per evaluation."""
-    xs: list[float] = []
-    ys: list[float] = []
-    best = -math.inf
-    for row in rows:
-        if row.get("val_metric") is None:
-            continue
-        best = max(best, float(row["val_metric"]))
-        xs.append(float(row[key]))
-        ys.append(best)
-    return xs, ys
-
-
-def banded_curves(curves: Sequence[tuple[Sequence[float], Sequence[float]]]
-                  ) -> tuple[list[float], list[float], list[float], list[float]]:
-    """Step curves of several seeds on one grid of x: (x, mean, min, max).
-
-    The grid is every x at which some seed evaluated, from the point where all seeds have a
-    value; a seed that ended earlier keeps its final best (it is still the best it found).
-    """
-    import numpy as np
-
-    curves = [(list(x), list(y)) for x, y in curves if len(x)]
-    if not curves:
-        return [], [], [], []
-    start = max(x[0] for x, _ in curves)
-    grid = sorted({v for x, _ in curves for v in x if v >= start})
-    values = np.array([[y[int(np.searchsorted(x, g, side="right")) - 1] for g in grid] for x, y in curves])
-    return grid, values.mean(axis=0).tolist(), values.min(axis=0).tolist(), values.max(axis=0).tolist()
-
-
-def plot_comparison(records: Mapping[str, Mapping[int, RunRecord]], out_path: Path,
-                    threshold: float | None = None, threshold_label: str = "") -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
-    for method, seeds in records.items():
-        for ax, key in zip(axes, ("images", "seconds"), strict=True):
-            curves = [running_best(r.history, key) for r in seeds.values()]
-            if len(curves) == 1:
-                line, = ax.plot(*curves[0], drawstyle="steps-post", marker=".", label=method)
-                continue
-            grid, mean, low, high = banded_curves(curves)
-            line, = ax.plot(grid, mean, drawstyle="steps-post", label=f"{method} ({len(curves)} seeds)")
-            ax.fill_between(grid, low, high, step="post", alpha=0.2, color=line.get_color(), linewidth=0)
-    if threshold is not None:
-        for ax in axes:
-            ax.axhline(threshold, color="0.4", linestyle="--", linewidth=0.8,
-                       label=threshold_label if ax is axes[1] else None)
-    axes[0].set_xlabel("images generated")
-    axes[1].set_xlabel("seconds")
-    band = "\n(mean; band: min–max over seeds)" if any(len(s) > 1 for s in records.values()) else ""
-    axes[0].set_ylabel(f"best validation metric so far{band}")
-    for ax in axes:
-        ax.grid(alpha=0.3)
-    axes[1].legend(loc="lower right", fontsize="small")
-    fig.tight_layout()
-    try:
-        atomic_write(out_path, lambda f: fig.savefig(f, format="png", dpi=120))
-    finally:
-        plt.close(fig)
-
-
-def plot_quality(records: Mapping[str, Mapping[int, RunRecord]], out_path: Path) -> None:
-    """The psi-quality curves: fresh-model metric of the psi handed over against the search's images
-    and seconds so far (mean over seeds at each fraction of the budget; band: min–max)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
-    for method, seeds in records.items():
-        curves = [r.quality_curve for r in seeds.values() if r.quality_curve]
-        length = min((len(c) for c in curves), default=0)
-        if not length:
-            continue
-        for ax, key in zip(axes, ("images", "seconds"), strict=True):
-            x = np.array([[p[key] for p in c[:length]] for c in curves], dtype=float).mean(axis=0)
-            y = np.array([[np.nan if p["metric"] is None else p["metric"] for p in c[:length]] for c in curves])
-            line, = ax.plot(x, np.nanmean(y, axis=0), marker="o", label=f"{method} ({len(curves)} seeds)")
-            if len(curves) > 1:
-                ax.fill_between(x, np.nanmin(y, axis=0), np.nanmax(y, axis=0), alpha=0.2, color=line.get_color(),
-                                linewidth=0)
-    axes[0].set_xlabel("images generated by the search")
-    axes[1].set_xlabel("seconds of search")
-    axes[0].set_ylabel("fresh-model metric of the psi handed over")
-    for ax in axes:
-        ax.grid(alpha=0.3)
-    axes[1].legend(loc="lower right", fontsize="small")
-    fig.tight_layout()
-    try:
-        atomic_write(out_path, lambda f: fig.savefig(f, format="png", dpi=120))
-    finally:
-        plt.close(fig)
 
 
 def write_comparison(runs: Mapping[str, Mapping[int, str | Path]], out_dir: Path, *,

@@ -13,15 +13,14 @@ from typer.testing import CliRunner
 
 from autosim_core.cli import app
 from autosim_core.compare import (
-    banded_curves,
     detect_references,
     load_records,
     method_role,
-    running_best,
     seeded_config_text,
     summarize,
     write_comparison,
 )
+from autosim_core.compare_plots import banded_curves, running_best
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
