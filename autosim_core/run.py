@@ -28,8 +28,9 @@ from .hookspecs import MetricAccumulator
 from .hypergrad import Params
 from .plugins import Registry, has_impl, load_registry
 from .records import Batch, Example, SceneBatch
-from .rundir import CHECKPOINT, CONFIG_JSON, CONFIG_TOML, PSI, SNAPSHOTS, SUMMARY, HistoryWriter, RunFolder
+from .rundir import CHECKPOINT, CONFIG_JSON, CONFIG_TOML, PSI, SUMMARY, HistoryWriter, RunFolder
 from .scenes import Scenes
+from .snapshots import Snapshots, budget_fraction
 from .space import ParameterSpace, Psi
 from .training import Training, ValidationPass
 
@@ -95,8 +96,7 @@ class Run:
         self.history_events = False
         """Whether ``record_event`` also appends to history.jsonl (set while the run executes)."""
         self.iteration = 0
-        self.snapshots: list[dict[str, Any]] = []
-        """The psi handed over at the fractions ``final_training.at`` of the budget, in order."""
+        self.snapshots = Snapshots(self.folder, config.final_training.at)
         self.test: Batch | None = None
         self.model: torch.nn.Module | None = None
 
@@ -272,31 +272,14 @@ class Run:
             return False
         return not (b.seconds is not None and self.elapsed >= b.seconds)
 
-    def budget_fraction(self) -> float:
-        """How much of the budget is spent: the largest share of any limit set."""
-        b = self.config.budget
-        shares = [used / limit for used, limit in ((self.iteration, b.iterations), (self.images, b.images),
-                                                  (self.elapsed, b.seconds)) if limit is not None]
-        return max(shares)
-
     def _take_snapshots(self, final: bool = False) -> None:
-        """Keep the psi the run would hand over now for every fraction of ``final_training.at``
-        it has reached (all that are left when ``final``), and write ``snapshots.json``.
-
-        The psi handed over is the run's psi: AutoSimulate's current one, a black-box searcher's
-        best point, ``fixed``'s start.
-        """
-        taken = {s["at"] for s in self.snapshots}
-        spent = 1.0 if final else self.budget_fraction()
-        due = [f for f in self.config.final_training.at if f not in taken and f <= spent]
-        if not due:
-            return
-        space = self.space.with_psi(self.psi).to_dict()
-        for fraction in due:
-            self.snapshots.append({"at": fraction, "iteration": self.iteration, "images": self.images,
-                                   "seconds": self.elapsed, "psi": self.space.describe(self.psi),
-                                   "raw": {k: v.detach().tolist() for k, v in self.psi.items()}, "space": space})
-        self.folder.write_json(SNAPSHOTS, self.snapshots)
+        """Keep the psi the run hands over now (AutoSimulate's current one, a black-box searcher's best
+        point, ``fixed``'s start) for every fraction of the budget reached (all left when ``final``)."""
+        spent = 1.0 if final else budget_fraction(self.config.budget, self.iteration, self.images, self.elapsed)
+        self.snapshots.take(spent, lambda: {
+            "iteration": self.iteration, "images": self.images, "seconds": self.elapsed,
+            "psi": self.space.describe(self.psi), "raw": {k: v.detach().tolist() for k, v in self.psi.items()},
+            "space": self.space.with_psi(self.psi).to_dict()})
 
     def _checkpoint(self, searcher: Searcher, best: dict[str, Any]) -> None:
         assert self.model is not None
@@ -306,7 +289,7 @@ class Run:
             "model": self.model.state_dict(), "model_optimizer": self.model_optimizer.state_dict(),
             "searcher": searcher.state_dict(), "generator": self.generator.get_state(),
             "torch_rng": torch.get_rng_state(), "best": best, "nonfinite_in_row": self.nonfinite_in_row,
-            "snapshots": self.snapshots,
+            "snapshots": self.snapshots.taken,
         })
 
     def _load_step_state(self, state: dict[str, Any], searcher: Searcher) -> None:
@@ -321,7 +304,8 @@ class Run:
         self.iteration = int(state["iteration"])
         self.clock.load_state_dict(state)
         self.nonfinite_in_row = int(state.get("nonfinite_in_row", 0))
-        self.snapshots = list(state.get("snapshots", []))
+        spent = budget_fraction(self.config.budget, self.iteration, self.images, self.clock.seconds_before)
+        self.snapshots.resume(list(state.get("snapshots", [])), spent)
         self._load_step_state(state, searcher)
         self.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
@@ -401,12 +385,6 @@ class Run:
             self._take_snapshots()
             # The state before the first step: what a step with a NaN goes back to.
             self._checkpoint(searcher, best)
-        else:
-            # A budget grown on resume moves the fractions: those not reached under it are taken again.
-            # The file is rewritten either way: a kill between it and the checkpoint can leave it ahead.
-            spent = self.budget_fraction()
-            self.snapshots = [s for s in self.snapshots if s["at"] <= spent]
-            self.folder.write_json(SNAPSHOTS, self.snapshots)
 
         max_nonfinite = self.config.max_nonfinite
         self.pm.hook.on_run_start(run=self)
