@@ -149,12 +149,13 @@ def reward_ranking(comparison: dict[str, Any]) -> dict[str, Any]:
     validation metric of its one evaluation) against its fresh-model test metric, ranked."""
     from reward_rank import spearman
 
+    from autosim_core.rundir import read_rows
+
     pairs = []
     for row in comparison["runs"]:
         if row["run"] not in BASELINES:
             continue
-        history = [json.loads(line) for line in (Path(row["folder"]) / "history.jsonl").read_text().splitlines()
-                   if line.strip() and "event" not in json.loads(line)]
+        history = read_rows(Path(row["folder"]) / "history.jsonl")
         for point in row["quality_curve"]:
             seen = [r for r in history if r["images"] <= point["images"] and r.get("val_metric") is not None]
             if seen and point["metric"] is not None:
