@@ -106,6 +106,9 @@ class FinalTraining(_Strict):
     lr: float | None = Field(None, gt=0, description="learning rate (default: [training] lr)")
     momentum: float | None = Field(None, ge=0, lt=1, description="momentum of sgd (default: [training] momentum)")
     weight_decay: float | None = Field(None, ge=0, description="L2 weight decay (default: [training] weight_decay)")
+    schedule: Literal["constant", "cosine"] = Field(
+        "constant", description="learning rate over the fresh model's steps: 'constant', or 'cosine' (decayed to "
+        "0 by the last step, which leaves the trained model less dependent on its last minibatches)")
 
     @model_validator(mode="after")
     def _fractions(self) -> FinalTraining:

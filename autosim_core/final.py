@@ -105,6 +105,7 @@ class FinalTrainer:
         final = config.final_training
         self.images = images or final.images
         self.recipe: TrainingSettings = final.recipe(config.training)
+        self.schedule = final.schedule
         if epochs is not None:
             self.recipe = self.recipe.model_copy(update={"epochs": epochs})
         self.seeds = final.model_seeds(config.seed, seeds)
@@ -120,7 +121,8 @@ class FinalTrainer:
         self.test: Batch | None = None
 
     def settings(self) -> dict[str, Any]:
-        return {"images": self.images, "recipe": self.recipe.model_dump(mode="json"), "seeds": self.seeds}
+        return {"images": self.images, "recipe": self.recipe.model_dump(mode="json"), "schedule": self.schedule,
+                "seeds": self.seeds}
 
     def load_sets(self) -> None:
         if self.val is None and self.run.config.validation is not None:
@@ -152,7 +154,8 @@ class FinalTrainer:
         batch = self.render(data, training.generator) if isinstance(data, ParameterSpace) else data
         rendered = time.perf_counter()
         model = training.create_model()
-        loss = training.fine_tune(model, training.create_model_optimizer(model), batch)
+        optimizer = training.create_model_optimizer(model)
+        loss = training.fine_tune(model, optimizer, batch, after_step=self._schedule(optimizer, len(batch)))
         trained = time.perf_counter()
         result: dict[str, Any] = {"seed": seed, "train_loss": loss, "val": None, "test": None}
         for key, evaluation in (("val", self.val), ("test", self.test)):
@@ -163,12 +166,22 @@ class FinalTrainer:
                              "eval": time.perf_counter() - trained}
         return model, result
 
+    def _schedule(self, optimizer: torch.optim.Optimizer, examples: int) -> Any:
+        """The learning-rate schedule's step, or None for a constant rate."""
+        if self.schedule == "constant":
+            return None
+        steps = self.recipe.epochs * -(-examples // self.recipe.batch_size)
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+        return scheduler.step
+
     def part_key(self, what: Any, seed: int) -> str:
         """What determines a fresh model's scores, hashed: the data, the seed, the recipe, the task
         and simulator as configured, and the evaluation sets."""
         config = self.run.settings_json()
         key = {"data": what, "seed": seed, "images": self.images, "recipe": self.recipe.model_dump(mode="json"),
                **{k: config[k] for k in ("simulator", "task", "validation", "test")}}
+        if self.schedule != "constant":
+            key["schedule"] = self.schedule
         return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
     def trained_part(self, out: Path, data: Batch | ParameterSpace, what: Any, seed: int, label: str,

@@ -173,11 +173,13 @@ class Training:
         return hvp_operator(mean_loss, theta)
 
     def fine_tune(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: Batch,
-                  epochs: int | None = None, orders: list[torch.Tensor] | None = None) -> float:
+                  epochs: int | None = None, orders: list[torch.Tensor] | None = None,
+                  after_step: Callable[[], None] | None = None) -> float:
         """epsilon epochs of minibatch training on ``batch``; returns the last epoch's mean loss.
 
         Each epoch visits the examples in a random order drawn from the run's generator, or in
-        the given ``orders`` (one per epoch; see ``epoch_orders``)."""
+        the given ``orders`` (one per epoch; see ``epoch_orders``). ``after_step`` is called after
+        every optimiser step (a learning-rate schedule's step)."""
         t = self.settings
         model.train()
         last: list[float] = []
@@ -189,6 +191,8 @@ class Training:
                     minibatch = batch.select(order[start:start + t.batch_size])
                     last.append(self.pm.hook.train_step(model=model, batch=minibatch, optimizer=optimizer,
                                                         loss_fn=self.losses, settings=self.task_settings))
+                    if after_step is not None:
+                        after_step()
         return sum(last) / max(len(last), 1)
 
     def epoch_orders(self, count: int, epochs: int | None = None) -> list[torch.Tensor]:

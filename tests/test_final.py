@@ -142,3 +142,29 @@ def test_a_fresh_seed_equal_to_an_evaluation_sets_seed_is_refused(runs: dict[str
     finally:
         config["final_training"]["seed"] = 10_000
         (runs["initial"] / "config.json").write_text(json.dumps(config))
+
+
+def test_a_cosine_schedule_decays_the_rate_to_zero_over_the_fresh_models_steps(
+        runs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from autosim_core.training import Training
+
+    rates: list[float] = []
+    fine_tune = Training.fine_tune
+
+    def recording(self: Training, model: Any, optimizer: Any, batch: Any, *args: Any, **kwargs: Any) -> float:
+        step = kwargs["after_step"]
+
+        def after_step() -> None:
+            step()
+            rates.append(optimizer.param_groups[0]["lr"])
+        return fine_tune(self, model, optimizer, batch, *args, **dict(kwargs, after_step=after_step))
+
+    monkeypatch.setattr(Training, "fine_tune", recording)
+    trainer = FinalTrainer(runs["target"], final_training={"images": 40, "epochs": 3, "batch_size": 16,
+                                                           "schedule": "cosine"})
+    report = trainer.score(tmp_path / "cosine")
+    lr, steps = trainer.recipe.lr, 3 * 3  # ceil(40 / 16) minibatches per epoch
+    assert rates == pytest.approx([lr * (1 + math.cos(math.pi * t / steps)) / 2 for t in range(1, steps + 1)])
+    assert report["schedule"] == "cosine"
+    constant = FinalTrainer(runs["target"], final_training={"images": 40, "epochs": 3, "batch_size": 16})
+    assert constant.part_key("psi", 1) != trainer.part_key("psi", 1)
