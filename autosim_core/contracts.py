@@ -161,7 +161,8 @@ class Searcher(Protocol):
     ``val_metric``, ``psi`` and anything else); the run adds ``iteration``, ``images`` and the
     ``seconds`` fields. A searcher holding workers may define ``close()``, which the run calls
     when it stops, and one that computes results ahead of its steps ``drop_results_ahead()``,
-    called after a step is skipped (NaN).
+    called after a step is skipped (NaN). A static ``plugin_problems(settings, space, simulator,
+    has_hook, differentiable)`` returns the config errors of settings the simulator cannot serve.
     """
 
     settings_model: type[BaseModel] | None

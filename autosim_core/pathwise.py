@@ -61,7 +61,8 @@ class Pathwise:
                 ``render_differentiable``).
     losses:     batch -> (theta -> per-sample training losses of the batch), as
                 ``functional_losses``.
-    chunk:      scenes rendered and differentiated at a time (None: all at once).
+    chunk:      scenes rendered and differentiated at a time: the renderer's graph lives for
+                one chunk.
     """
 
     space: ParameterSpace
@@ -70,7 +71,7 @@ class Pathwise:
     parameters: list[str]
     render: DifferentiableRender
     losses: Callable[[Batch], Callable[[Params], torch.Tensor]]
-    chunk: int | None = None
+    chunk: int = 32
     used: bool = field(default=False, init=False)
     """Whether an estimator asked for the terms (a third-party one may not)."""
 
@@ -83,7 +84,7 @@ class Pathwise:
         with v = ``direction``, or f = l when it is None."""
         self.used = True
         n = len(self.scenes)
-        size = self.chunk or n
+        size = self.chunk
         parts = [self._chunk_terms(list(range(i, min(i + size, n))), params, direction) for i in range(0, n, size)]
         return {k: torch.cat([p[k] for p in parts]) for k in self.keys}
 

@@ -152,9 +152,10 @@ def hypergrad_problem(run: SearchContext, model: torch.nn.Module, pool: Sequence
     )
 
 
-def pathwise_for(run: SearchContext, model: torch.nn.Module, scenes: SceneBatch, chunk: int | None = None) -> Pathwise:
+def pathwise_for(run: SearchContext, model: torch.nn.Module, scenes: SceneBatch, chunk: int = 32) -> Pathwise:
     """The pathwise estimate over ``scenes`` (this iteration's) at the model's theta: the
-    simulator's differentiable parameters, rendered again under autograd by the run."""
+    simulator's differentiable parameters, rendered again under autograd by the run, ``chunk``
+    scenes at a time."""
     return Pathwise(run.space, run.psi, scenes, run.differentiable_parameters, run.render_differentiable,
                     lambda batch: run.functional_losses(model, batch), chunk)
 
