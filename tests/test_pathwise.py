@@ -185,3 +185,23 @@ def test_no_val_differentiates_the_training_loss_itself() -> None:
         plus[key], minus[key] = base[key] + h, base[key] - h
         ref = (expected_loss(plus) - expected_loss(minus)) / (2 * h)
         assert abs(float(est.grad[key]) - ref) <= Z * float(est.stderr[key]) + 1e-9, (key, est.grad[key], ref)
+
+
+def test_the_documented_figures_are_those_of_the_committed_json() -> None:
+    """docs/hypergradient.md's pathwise table is what docs/results/pathwise.json holds."""
+    import json
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    report = json.loads((root / "docs" / "results" / "pathwise.json").read_text())
+    page = (root / "docs" / "hypergradient.md").read_text()
+    for seed in ("0", "1"):
+        entry = report[f"seed-{seed}"]["estimators"]["linear"]
+        for option, x in entry["options"].items():
+            p = x["pathwise_coordinates"]
+            c, e = p["cosine_pathwise_reference"], p["relative_error_pathwise_reference"]
+            row = (f"| {seed} | {option} | {x['scenes_scored']} | {c['mean']:.2f} ({c['min']:.2f} … {c['max']:.2f}) "
+                   f"| {e['mean']:.2f} ± {e['std']:.2f} | {p['cosine']['mean']:.2f} "
+                   f"| {p['relative_error']['mean']:.2f} | {x['cosine']['mean']:.2f} "
+                   f"| {x['seconds']:.2f} + {x['render_seconds']:.2f} |")
+            assert row in page, row
