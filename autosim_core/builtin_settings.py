@@ -35,6 +35,10 @@ class AutoSimulateSettings(BaseModel):
     reuse_iterations: int = Field(
         3, ge=0, description="also score the scenes of this many previous iterations, importance-weighted")
     reuse_clip: float = Field(5.0, ge=1, description="importance ratios q_psi / q_psi_old are clipped here")
+    pathwise: bool = Field(
+        False, description="the coordinates of the parameters the simulator differentiates its renders in "
+                           "(its render_differentiable hook) get the pathwise estimate, through the renderer; "
+                           "the others keep the score function")
     # -- the step on psi ----------------------------------------------------------------------
     natural_gradient: bool = Field(
         False, description="precondition the hypergradient by the inverse Fisher information of q_psi")

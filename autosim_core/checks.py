@@ -316,6 +316,11 @@ def check_run(config: RunConfig, registry: Registry, observers: tuple[Any, ...] 
         else:
             errors.append(f"validation: required by the {config.estimator.name!r} estimator "
                           "(add a [validation] table, or use estimator 'no-val')")
+    plugin_problems = getattr(searcher_cls, "plugin_problems", None)
+    if plugin_problems is not None and searcher_settings is not None and space is not None and sim_usable:
+        errors.extend(plugin_problems(searcher_settings, space, config.simulator.name,
+                                      lambda hook: has_impl(pm, hook, "simulator"),
+                                      hook.differentiable_parameters(settings=space_settings)))
     missing = getattr(searcher_cls, "missing_requirements", lambda: [])()
     if missing:
         errors.append(f"searcher.name: {config.searcher.name!r} needs {', '.join(missing)} "

@@ -387,19 +387,21 @@ def diagnose(
     estimator: Annotated[list[str] | None, typer.Option("--estimator", help="repeatable (default: the config's)")
                          ] = None,
     option: Annotated[list[str] | None, typer.Option("--option", help="repeatable: mean, loo, sobol, reuse, "
-                                                     "sobol+reuse (default: all)")] = None,
+                                                     "sobol+reuse, sobol+pathwise, sobol+reuse+pathwise (default: "
+                                                     "all; the pathwise ones where the simulator has gradients)")
+                      ] = None,
     reuse_iterations: Annotated[int, typer.Option("--reuse-iterations", min=1)] = 3,
 ) -> None:
     """Measure the hypergradient's noise: K-scene estimates against a large-K reference."""
     from .config import ConfigError, load_config
-    from .diagnose import OPTIONS, markdown
     from .diagnose import diagnose as measure
+    from .diagnose import markdown
     from .rundir import atomic_write
 
     try:
         cfg = load_config(config)
         report = measure(cfg, warmup=warmup, draws=draws, scenes=scenes, reference=reference,
-                         estimators=tuple(estimator or [cfg.estimator.name]), options=tuple(option or OPTIONS),
+                         estimators=tuple(estimator or [cfg.estimator.name]), options=tuple(option) if option else None,
                          reuse_iterations=reuse_iterations, progress=lambda line: typer.echo(line, err=True))
     except (ConfigError, ValueError) as exc:
         lines = exc.lines if isinstance(exc, ConfigError) else [str(exc)]

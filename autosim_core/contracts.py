@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .hypergrad import Baseline, Params, ScoreEstimate, score_function_terms
+from .pathwise import Pathwise, replace_terms
 
 if TYPE_CHECKING:
     import torch
@@ -43,6 +44,9 @@ class HypergradProblem:
     weights:      importance weights of the N scenes (mean 1); None when all were drawn from
                   q_psi.
     baseline:     "mean" (of the batch), "loo" (leave-one-out) or "none".
+    pathwise:     the pathwise estimate of the coordinates the simulator differentiates, over
+                  this iteration's scenes (``autosimulate``'s ``pathwise`` option); None: the
+                  score function for every coordinate.
     """
 
     params: Params
@@ -53,6 +57,7 @@ class HypergradProblem:
     psi: dict[str, torch.Tensor]
     weights: torch.Tensor | None = None
     baseline: Baseline = "mean"
+    pathwise: Pathwise | None = None
 
     def score_function(self, values: torch.Tensor) -> ScoreEstimate:
         """The score-function estimate of grad_psi E[f] from per-scene values f_k."""
@@ -60,6 +65,15 @@ class HypergradProblem:
         # The model (and so the values) may live on a GPU; psi and log q stay on the CPU.
         return score_function_terms(values.to(log_q.device), log_q, self.psi, baseline=self.baseline,
                                     weights=self.weights)
+
+    def estimate(self, values: torch.Tensor, direction: Params | None) -> ScoreEstimate:
+        """grad_psi E[f] from per-scene values f_k: the score function, except for the coordinates
+        ``pathwise`` covers (if set), which get their pathwise estimate. ``direction`` says what f
+        is: f_k = -grad_theta l_k . v for v = ``direction``, or f_k = l_k when it is None."""
+        est = self.score_function(values)
+        if self.pathwise is None:
+            return est
+        return replace_terms(est, self.pathwise.terms(self.params, direction))
 
     def require_val_gradient(self, estimator: str) -> Params:
         if self.val_gradient is None:
@@ -110,6 +124,10 @@ class SearchContext(Protocol):
     def sample_scenes(self, space: ParameterSpace, psi: Psi, count: int, generator: torch.Generator,
                       ids: list[Any], sampler: Sampler | None = None) -> SceneBatch: ...
     def render_training_records(self, records: list[dict[str, Any]]) -> Batch: ...
+    def render_differentiable(self, records: list[dict[str, Any]], values: dict[str, torch.Tensor]) -> Batch: ...
+    @property
+    def differentiable_parameters(self) -> list[str]:
+        """The parameters the simulator's ``render_differentiable`` differentiates (none without it)."""
     def count_images(self, count: int) -> None: ...
     def book_seconds(self, seconds: dict[str, float]) -> None: ...
     def set_psi(self, values: Psi) -> None: ...
@@ -143,7 +161,8 @@ class Searcher(Protocol):
     ``val_metric``, ``psi`` and anything else); the run adds ``iteration``, ``images`` and the
     ``seconds`` fields. A searcher holding workers may define ``close()``, which the run calls
     when it stops, and one that computes results ahead of its steps ``drop_results_ahead()``,
-    called after a step is skipped (NaN).
+    called after a step is skipped (NaN). A static ``plugin_problems(settings, space, simulator,
+    has_hook, differentiable)`` returns the config errors of settings the simulator cannot serve.
     """
 
     settings_model: type[BaseModel] | None

@@ -23,10 +23,11 @@ import torch
 from .config import ConfigError, RunConfig, validate_settings
 from .contracts import Hypergrad, HypergradProblem
 from .hypergrad import Baseline, Params
-from .plugins import Registry, load_registry, plugin_manager
+from .pathwise import pathwise_keys
+from .plugins import Registry, has_impl, load_registry, plugin_manager
 from .records import Batch, SceneBatch
 from .run import Run
-from .searchers import AutoSimulate, Rendered, hypergrad_problem, sobol_sampler
+from .searchers import AutoSimulate, Rendered, hypergrad_problem, pathwise_for, sobol_sampler
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,7 @@ class Option:
     baseline: Baseline
     sampling: str = "iid"
     reuse: bool = False
+    pathwise: bool = False
 
 
 OPTIONS = {
@@ -45,7 +47,13 @@ OPTIONS = {
     "sobol": Option("sobol", "none", "sobol"),
     "reuse": Option("reuse", "loo", reuse=True),
     "sobol+reuse": Option("sobol+reuse", "none", "sobol", reuse=True),
+    "sobol+pathwise": Option("sobol+pathwise", "none", "sobol", pathwise=True),
+    "sobol+reuse+pathwise": Option("sobol+reuse+pathwise", "none", "sobol", reuse=True, pathwise=True),
 }
+"""The ``+pathwise`` options replace the score function by the pathwise estimate on the
+coordinates the simulator differentiates (``render_differentiable``) and need that hook."""
+REFERENCE = Option("loo", "loo")
+REFERENCE_PATHWISE = Option("loo+pathwise", "loo", pathwise=True)
 
 
 def _flat(tree: Params, keys: list[str]) -> torch.Tensor:
@@ -102,8 +110,11 @@ class _Scorer:
         with torch.no_grad():
             log_q = run.log_prob(run.psi, scenes).detach()
         pool = [Rendered(scenes, batch, log_q), *(Rendered(s, b, lq) for s, b, lq in reused)]
-        return hypergrad_problem(run, self.model, pool, baseline=option.baseline, reuse_clip=clip, hvp=hvp,
-                                 chunk=self.chunk)
+        problem = hypergrad_problem(run, self.model, pool, baseline=option.baseline, reuse_clip=clip, hvp=hvp,
+                                    chunk=self.chunk)
+        if option.pathwise:
+            problem.pathwise = pathwise_for(run, self.model, scenes, chunk=self.chunk)
+        return problem
 
 
 def _estimator(name: str, run: Run, registry: Registry) -> Callable[[HypergradProblem], Hypergrad]:
@@ -127,13 +138,14 @@ def _estimator(name: str, run: Run, registry: Registry) -> Callable[[HypergradPr
 
 def diagnose(config: RunConfig, *, warmup: int = 10, draws: int = 8, scenes: int | None = None,
              reference: int = 1024, estimators: tuple[str, ...] = ("linear",),
-             options: tuple[str, ...] = tuple(OPTIONS), reuse_iterations: int = 3, reuse_clip: float = 5.0,
+             options: tuple[str, ...] | None = None, reuse_iterations: int = 3, reuse_clip: float = 5.0,
              chunk: int = 128, progress: Callable[[str], None] | None = None,
              registry: Registry | None = None) -> dict[str, Any]:
     """Measure the hypergradient's noise for ``config``; returns the JSON-ready report. The
-    estimators are looked up among the installed ones (``registry``, default: all installed)."""
+    estimators are looked up among the installed ones (``registry``, default: all installed).
+    ``options`` default to all, the ``+pathwise`` ones where the simulator can differentiate."""
     say = progress or (lambda _: None)
-    unknown = [o for o in options if o not in OPTIONS]
+    unknown = [o for o in options or () if o not in OPTIONS]
     if unknown:
         raise ValueError(f"unknown option {unknown[0]!r}; allowed: {', '.join(OPTIONS)}")
     registry = registry or load_registry()
@@ -141,6 +153,14 @@ def diagnose(config: RunConfig, *, warmup: int = 10, draws: int = 8, scenes: int
         run = Run(config, tmp, registry=registry)
     if not isinstance(run.searcher_settings, AutoSimulate.settings_model):
         raise ValueError("diagnose needs a config whose searcher is 'autosimulate'")
+    problems = AutoSimulate.plugin_problems(run.searcher_settings.model_copy(update={"pathwise": True}), run.space,
+                                            config.simulator.name, lambda hook: has_impl(run.pm, hook, "simulator"),
+                                            run.differentiable_parameters)
+    if options is None:
+        options = tuple(o for o, opt in OPTIONS.items() if not (opt.pathwise and problems))
+    elif problems and any(OPTIONS[o].pathwise for o in options):
+        raise ValueError(f"the '+pathwise' options: {problems[0].split(': ', 1)[1]}")
+    with_pathwise = any(OPTIONS[o].pathwise for o in options)
     k = scenes or run.searcher_settings.scenes_per_iteration
     run.val = run.load_data("validation")
     run.psi = run.space.init_psi()
@@ -161,6 +181,11 @@ def diagnose(config: RunConfig, *, warmup: int = 10, draws: int = 8, scenes: int
     scorer = _Scorer(run, chunk)
     keys = list(run.space.learnable(run.psi))
     names = coordinate_names(run.psi, keys)
+    # the pathwise coordinates' positions in the flattened gradient, where the options compare
+    # the two estimators on the same coordinates
+    pw_keys = pathwise_keys(run.space, run.psi, run.differentiable_parameters) if with_pathwise else []
+    pw_names = coordinate_names(run.psi, pw_keys)
+    subset = torch.tensor([names.index(n) for n in pw_names], dtype=torch.long)
     old_psis = list(reversed(history))[:reuse_iterations] if history else []
     gen = torch.Generator().manual_seed(config.seed + 7919)
 
@@ -178,13 +203,13 @@ def diagnose(config: RunConfig, *, warmup: int = 10, draws: int = 8, scenes: int
         "warmup": warmup, "draws": draws, "scenes": k, "reference": reference,
         "reuse_iterations": reuse_iterations, "reuse_clip": reuse_clip,
         "coordinates": names, "iteration_seconds": statistics.fmean(iteration_seconds) if iteration_seconds else None,
-        "estimators": {},
+        "pathwise_coordinates": pw_names, "estimators": {},
     }
     for est_name in estimators:
         estimate = _estimator(est_name, run, registry)
         say(f"{est_name}: reference estimate")
         start = time.perf_counter()
-        ref = estimate(scorer.problem((ref_scenes, ref_batch), [], OPTIONS["loo"], reuse_clip))
+        ref = estimate(scorer.problem((ref_scenes, ref_batch), [], REFERENCE, reuse_clip))
         ref_seconds = time.perf_counter() - start
         g_ref = _flat(ref.grad, keys)
         assert ref.stderr is not None
@@ -197,8 +222,22 @@ def diagnose(config: RunConfig, *, warmup: int = 10, draws: int = 8, scenes: int
                           "snr_at_k": [s * math.sqrt(k / reference) for s in snr]},
             "options": {},
         }
-        results: dict[str, dict[str, list[float]]] = {o: {"cos": [], "err": [], "seconds": [], "render": []}
-                                                      for o in options}
+        g_ref_pw = None
+        if with_pathwise:
+            say(f"{est_name}: pathwise reference estimate")
+            start = time.perf_counter()
+            ref_pw = estimate(scorer.problem((ref_scenes, ref_batch), [], REFERENCE_PATHWISE, reuse_clip))
+            assert ref_pw.stderr is not None
+            g_ref_pw, se_ref_pw = _flat(ref_pw.grad, keys), _flat(ref_pw.stderr, keys)
+            gap = (g_ref_pw - g_ref)[subset] / (se_ref_pw[subset] ** 2 + se_ref[subset] ** 2).sqrt().clamp_min(1e-300)
+            entry["reference_pathwise"] = {
+                "grad": g_ref_pw.tolist(), "stderr": se_ref_pw.tolist(), "seconds": time.perf_counter() - start,
+                "relative_stderr": float(se_ref_pw[subset].norm() / g_ref_pw[subset].norm()),
+                "score_relative_stderr": float(se_ref[subset].norm() / g_ref[subset].norm()),
+                "z_against_score": gap.tolist(), "cosine_with_score": compare(g_ref_pw[subset], g_ref[subset])[0]}
+        results: dict[str, dict[str, list[float]]] = {
+            o: {"cos": [], "err": [], "seconds": [], "render": [], "cos_pw": [], "err_pw": [], "cos_pw_ref": [],
+                "err_pw_ref": []} for o in options}
         for d in range(draws):
             fresh = {s: render(k, run.psi, s) for s in {OPTIONS[o].sampling for o in options}}
             old = [render(k, p) for p in old_psis] if any(OPTIONS[o].reuse for o in options) else []
@@ -211,10 +250,16 @@ def diagnose(config: RunConfig, *, warmup: int = 10, draws: int = 8, scenes: int
                 start = time.perf_counter()
                 est = estimate(scorer.problem((scenes_, batch), old_reused if opt.reuse else [], opt, reuse_clip))
                 seconds = time.perf_counter() - start
-                cos, err = compare(_flat(est.grad, keys), g_ref)
+                g = _flat(est.grad, keys)
+                cos, err = compare(g, g_ref)
                 r = results[o]
                 r["cos"].append(cos)
                 r["err"].append(err)
+                if g_ref_pw is not None:
+                    for name, ref_ in (("pw", g_ref), ("pw_ref", g_ref_pw)):
+                        c_, e_ = compare(g[subset], ref_[subset])
+                        r[f"cos_{name}"].append(c_)
+                        r[f"err_{name}"].append(e_)
                 r["seconds"].append(seconds)
                 r["render"].append(render_s)
             say(f"{est_name}: draw {d + 1}/{draws}")
@@ -223,6 +268,12 @@ def diagnose(config: RunConfig, *, warmup: int = 10, draws: int = 8, scenes: int
                                    "seconds": statistics.fmean(r["seconds"]),
                                    "render_seconds": statistics.fmean(r["render"]),
                                    "scenes_scored": k * (1 + (len(old_psis) if OPTIONS[o].reuse else 0))}
+            if g_ref_pw is not None:
+                # on the pathwise coordinates only, against each reference
+                entry["options"][o]["pathwise_coordinates"] = {
+                    "cosine": _stats(r["cos_pw"]), "relative_error": _stats(r["err_pw"]),
+                    "cosine_pathwise_reference": _stats(r["cos_pw_ref"]),
+                    "relative_error_pathwise_reference": _stats(r["err_pw_ref"])}
         report["estimators"][est_name] = entry
     return report
 
@@ -247,4 +298,21 @@ def markdown(report: dict[str, Any]) -> str:
         r = entry["reference"]
         lines.append(f"| {est} | {r['relative_stderr']:.2f} | {r['snr_above_2']} of {len(r['snr'])} "
                      f"| {r['snr_median']:.2f} | {max(r['snr_at_k']):.2f} |")
+    if report.get("pathwise_coordinates"):
+        lines += ["", f"On the {len(report['pathwise_coordinates'])} coordinates the simulator differentiates, "
+                  "against the score-function reference and the pathwise one (same reference scenes):", "",
+                  "| estimator | option | cosine, score ref. | rel. error, score ref. | cosine, pathwise ref. "
+                  "| rel. error, pathwise ref. |", "|---|---|---|---|---|---|"]
+        for est, entry in report["estimators"].items():
+            for o, r in entry["options"].items():
+                p = r["pathwise_coordinates"]
+                lines.append(f"| {est} | {o} | {p['cosine']['mean']:.2f} | {p['relative_error']['mean']:.2f} "
+                             f"| {p['cosine_pathwise_reference']['mean']:.2f} "
+                             f"| {p['relative_error_pathwise_reference']['mean']:.2f} |")
+        for est, entry in report["estimators"].items():
+            pw = entry["reference_pathwise"]
+            lines.append(f"\n{est}: reference relative s.e. on these coordinates {pw['score_relative_stderr']:.2f} "
+                         f"(score function), {pw['relative_stderr']:.2f} (pathwise); the two references' cosine "
+                         f"{pw['cosine_with_score']:.2f}, largest |z| of their difference "
+                         f"{max(abs(z) for z in pw['z_against_score']):.1f}.")
     return "\n".join(lines) + "\n"

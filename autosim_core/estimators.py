@@ -11,6 +11,10 @@ or importance weights when the sum also runs over scenes drawn at earlier psi (r
 which the searcher *descends*. ``no-val`` uses no validation set and instead lowers the
 model's own expected training loss: g_psi = (1/K) sum_k (l_k - b) grad_psi log q_psi(s_k).
 
+With the searcher's ``pathwise`` option the coordinates of psi that the simulator can
+differentiate its renders in get the pathwise estimate of the same gradient instead, the chain
+rule through the renderer (``autosim_core/pathwise.py``); ``HypergradProblem.estimate`` does both.
+
 The paper prints the approximate-quadratic row with the opposite sign of the other rows; with
 a damped, positive-definite H, v = H g_val keeps the descent direction of the others (it is
 the quadratic row with H^-1 replaced by H), so that sign is the one used here.
@@ -32,7 +36,7 @@ from .hypergrad import Params, conjugate_gradient, directional_derivatives, tree
 
 def _from_direction(problem: HypergradProblem, v: Params, diagnostics: dict[str, Any]) -> Hypergrad:
     c = directional_derivatives(problem.train_losses, problem.params, v)
-    est = problem.score_function(-c)
+    est = problem.estimate(-c, v)
     diagnostics.update(v_norm=tree_norm(v), c_mean=float(c.mean()), c_std=float(c.std()) if len(c) > 1 else 0.0)
     return Hypergrad(est.grad, diagnostics, est.stderr())
 
@@ -65,7 +69,7 @@ def no_val(problem: HypergradProblem) -> Hypergrad:
     """Lower the model's own loss on the data it is trained on: no validation set."""
     with torch.no_grad():
         losses = problem.train_losses(problem.params).detach()
-    est = problem.score_function(losses)
+    est = problem.estimate(losses, None)
     return Hypergrad(est.grad, {"train_loss_mean": float(losses.mean())}, est.stderr())
 
 

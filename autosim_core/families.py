@@ -123,6 +123,22 @@ class BaseFamily(BaseModel):
     def floor_(self, psi: Psi, floors: Floors) -> None:
         """Move psi in place the least needed to respect ``floors`` (no-op by default)."""
 
+    @property
+    def continuous(self) -> bool:
+        """Whether the value a renderer gets is a continuous function of psi at fixed noise, so that
+        a pathwise (reparameterised) derivative exists: ``reparameterise`` and ``value_tensor``."""
+        return False
+
+    def reparameterise(self, psi: Psi, latent: torch.Tensor) -> torch.Tensor:
+        """``latent`` (drawn from q_psi) as a function of psi differentiable at fixed noise: equal to
+        ``latent`` in value. Continuous families only."""
+        raise TypeError(f"the {type(self).__name__} family has no reparameterisation")
+
+    def value_tensor(self, latent: torch.Tensor) -> torch.Tensor:
+        """The values ``to_value`` gives, as a float tensor differentiable in ``latent`` (same shape).
+        Continuous families only."""
+        raise TypeError(f"the {type(self).__name__} family's values are not continuous")
+
     # -- shared ----------------------------------------------------------------------------
     def log_prob(self, psi: Psi, latent: torch.Tensor) -> torch.Tensor:
         """Log-density of latents of shape (n, repeat), summed over repeats: shape (n,)."""
@@ -138,6 +154,10 @@ class BaseFamily(BaseModel):
 
 _Z90 = 1.2815515655446004
 """The standard normal's 90 % quantile."""
+
+
+def _clip(x: torch.Tensor, low: float | None, high: float | None) -> torch.Tensor:
+    return x if low is None and high is None else x.clamp(min=low, max=high)
 
 
 def _std_bounds(min_std: float, max_std: float | None) -> tuple[float, float]:
@@ -207,6 +227,17 @@ class GaussianLatent(BaseFamily):
             with_floor = math.log(floors.min_std_ratio * self.std)
             psi["log_std"].data.clamp_(min=with_floor)
 
+    @property
+    def continuous(self) -> bool:
+        return not getattr(self, "integer", False)
+
+    def reparameterise(self, psi: Psi, latent: torch.Tensor) -> torch.Tensor:
+        # u = loc + std * eps with eps = (u - loc) / std held fixed: the noise the draw came from
+        # (for a scene drawn at another psi, the noise that gives the same u at this one).
+        std = psi["log_std"].exp()
+        eps = ((latent - psi["loc"]) / std).detach()
+        return psi["loc"] + std * eps
+
     @model_validator(mode="after")
     def _check_std(self) -> GaussianLatent:
         if self.std < self.min_std:
@@ -251,6 +282,9 @@ class Normal(GaussianLatent):
             x = min(x, self.high)
         return round(x) if self.integer else x
 
+    def value_tensor(self, latent: torch.Tensor) -> torch.Tensor:
+        return _clip(latent, self.low, self.high)
+
     def describe(self, psi: Psi) -> dict[str, Any]:
         return {"mean": float(psi["loc"]), "std": float(psi["log_std"].exp()), **self._range(psi)}
 
@@ -279,6 +313,9 @@ class LogNormal(GaussianLatent):
         if self.high is not None:
             x = min(x, self.high)
         return round(x) if self.integer else x
+
+    def value_tensor(self, latent: torch.Tensor) -> torch.Tensor:
+        return _clip(latent.exp(), self.low, self.high)
 
     def describe(self, psi: Psi) -> dict[str, Any]:
         return {"median": math.exp(float(psi["loc"])), "std": float(psi["log_std"].exp()), **self._range(psi)}
@@ -313,6 +350,9 @@ class Bounded(GaussianLatent):
         u = float(latent)
         x = self.low + (self.high - self.low) / (1.0 + math.exp(-u)) if u > -700 else self.low
         return round(x) if self.integer else x
+
+    def value_tensor(self, latent: torch.Tensor) -> torch.Tensor:
+        return self.low + (self.high - self.low) * latent.sigmoid()
 
     def describe(self, psi: Psi) -> dict[str, Any]:
         centre = self.low + (self.high - self.low) * (1 / (1 + math.exp(-float(psi["loc"]))))

@@ -86,6 +86,29 @@ def render(scenes: list[dict[str, Any]], settings: Any) -> list[Example]:
     """
 
 
+@hookspec(firstresult=True)
+def differentiable_parameters(settings: Any) -> list[str] | None:
+    """Names of the continuous parameters whose values ``render_differentiable`` differentiates
+    (optional, with it). Each must be a parameter of a continuous family (normal, log-normal or
+    bounded, not integer) whose value changes the image smoothly: a light's strength, a colour,
+    not a position whose edge moves across pixels (a discontinuity the derivative cannot see).
+    """
+
+
+@hookspec(firstresult=True)
+def render_differentiable(scenes: list[dict[str, Any]], values: dict[str, torch.Tensor],
+                          settings: Any) -> list[Example]:
+    """Render ``scenes`` as ``render`` does, with the values of the parameters named by
+    ``differentiable_parameters`` taken from ``values`` (optional; ``autosimulate``'s
+    ``pathwise`` option needs it).
+
+    ``values[name]`` is a float tensor of shape (len(scenes), repeat) equal to the records'
+    values of that parameter, requiring grad; the examples' images must be the same as
+    ``render``'s and carry autograd to those tensors (the derivative of the image at the scene's
+    own seed). Runs in the run's process, on the scenes of one iteration.
+    """
+
+
 # --------------------------------------------------------------------------------- task ---
 @hookspec(firstresult=True)
 def task_settings_model() -> type[BaseModel] | None:

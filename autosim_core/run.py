@@ -172,6 +172,17 @@ class Run:
         with self.clock.timed("render"):
             return self._training_batch(records)
 
+    def render_differentiable(self, records: list[dict[str, Any]], values: dict[str, torch.Tensor]) -> Batch:
+        """Scenes rendered again in this process, their inputs carrying autograd to ``values``
+        (the simulator's ``render_differentiable``); render seconds, no new images."""
+        with self.clock.timed("render"):
+            return self.scenes.render_differentiable(records, values)
+
+    @property
+    def differentiable_parameters(self) -> list[str]:
+        """The parameters the simulator's ``render_differentiable`` differentiates (none without it)."""
+        return list(self.pm.hook.differentiable_parameters(settings=self.sim_settings) or [])
+
     def _training_batch(self, records: list[dict[str, Any]]) -> Batch:
         examples = self.scenes.render(records)
         self.clock.count_images(len(records))

@@ -65,6 +65,17 @@ class Scenes:
             raise RuntimeError(f"simulator {self.simulator!r} returned {exc.returned} examples for "
                                f"{exc.scenes} scenes") from None
 
+    def render_differentiable(self, records: list[dict[str, Any]], values: dict[str, torch.Tensor]) -> Batch:
+        """Records rendered in this process by the simulator's ``render_differentiable`` hook and
+        collated: the batch's inputs carry autograd to ``values``."""
+        examples = self.pm.hook.render_differentiable(scenes=records, values=values,
+                                                      settings=self.simulator_settings)
+        if examples is None or len(examples) != len(records):
+            raise RuntimeError(f"simulator {self.simulator!r} returned "
+                               f"{'no' if examples is None else len(examples)} differentiable examples for "
+                               f"{len(records)} scenes")
+        return self.collate(examples)
+
     def _render_here(self, records: list[dict[str, Any]]) -> list[Example]:
         return self.pm.hook.render(scenes=records, settings=self.simulator_settings)
 

@@ -14,6 +14,7 @@ import torch
 from .builtin_settings import AutoSimulateSettings, FixedSettings
 from .contracts import Hypergrad, HypergradProblem, SearchContext
 from .hypergrad import Baseline, Params, importance_weights
+from .pathwise import Pathwise, parameter_problems, pathwise_keys
 from .records import Batch, SceneBatch
 from .space import Floors, ParameterSpace, Psi
 
@@ -151,6 +152,30 @@ def hypergrad_problem(run: SearchContext, model: torch.nn.Module, pool: Sequence
     )
 
 
+def pathwise_for(run: SearchContext, model: torch.nn.Module, scenes: SceneBatch, chunk: int = 32) -> Pathwise:
+    """The pathwise estimate over ``scenes`` (this iteration's) at the model's theta: the
+    simulator's differentiable parameters, rendered again under autograd by the run, ``chunk``
+    scenes at a time."""
+    return Pathwise(run.space, run.psi, scenes, run.differentiable_parameters, run.render_differentiable,
+                    lambda batch: run.functional_losses(model, batch), chunk)
+
+
+def pathwise_problems(space: ParameterSpace, simulator: str, has_hook: Callable[[str], bool],
+                      parameters: list[str] | None) -> list[str]:
+    """Why ``pathwise = true`` cannot run with this simulator and space (one line each)."""
+    where = f"searcher.settings.pathwise: simulator {simulator!r}"
+    if not has_hook("render_differentiable"):
+        return [f"{where} implements no 'render_differentiable' hook (its renders have no gradient); "
+                "set pathwise = false"]
+    if has_hook("sample"):
+        return [f"{where} implements its own 'sample' hook; the pathwise estimate needs the core's sampler"]
+    problems = [f"{where}: {p}" for p in parameter_problems(space, parameters)]
+    if not problems and not pathwise_keys(space, space.init_psi(), parameters or []):
+        problems.append(f"{where}: none of its differentiable parameters ({', '.join(parameters or [])}) is "
+                        "learnable")
+    return problems
+
+
 def _tree_lists(tree: dict[str, torch.Tensor]) -> dict[str, Any]:
     return {k: v.detach().double().tolist() for k, v in tree.items()}
 
@@ -162,6 +187,12 @@ class AutoSimulate:
     on the validation set."""
 
     settings_model = AutoSimulateSettings
+
+    @staticmethod
+    def plugin_problems(settings: AutoSimulateSettings, space: ParameterSpace, simulator: str,
+                        has_hook: Callable[[str], bool], differentiable: list[str] | None) -> list[str]:
+        """What in ``settings`` the run's simulator cannot do (checked with the config)."""
+        return pathwise_problems(space, simulator, has_hook, differentiable) if settings.pathwise else []
 
     def __init__(self, run: SearchContext, settings: AutoSimulateSettings):
         self.run = run
@@ -190,6 +221,8 @@ class AutoSimulate:
                 log_q_drawn = run.log_prob(run.psi, scenes).detach()
             pool = [Rendered(scenes, batch, log_q_drawn), *self.reused]
             problem = hypergrad_problem(run, model, pool, baseline=s.resolved_baseline(), reuse_clip=s.reuse_clip)
+            if s.pathwise:
+                problem.pathwise = pathwise_for(run, model, scenes)
             weights = problem.weights
             estimate: Hypergrad = run.estimate_hypergrad(problem)
             grad_norm = float(torch.sqrt(sum((g.detach() ** 2).sum() for g in estimate.grad.values())))
@@ -202,6 +235,8 @@ class AutoSimulate:
         if estimate.stderr is not None:
             info["grad_se"] = _tree_lists(estimate.stderr)
             info["grad_se_norm"] = math.sqrt(sum(float((e.double() ** 2).sum()) for e in estimate.stderr.values()))
+        if problem.pathwise is not None:
+            info["pathwise"] = problem.pathwise.keys if problem.pathwise.used else []
         if weights is not None:
             info["scenes_scored"] = len(weights)
             info["weights_ess"] = float(weights.sum() ** 2 / (weights**2).sum())

@@ -127,3 +127,22 @@ def test_the_wide_example_trains_on_the_wide_preset(tmp_path: Path) -> None:
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["psi_start"] == summary["psi"] == json.loads(json.dumps(wide.describe(wide.init_psi())))
     assert json.loads((run_dir / "config.json").read_text())["space"] == json.loads(json.dumps(wide.to_dict()))
+
+
+def test_the_pathwise_option_runs_on_the_demo(tmp_path: Path) -> None:
+    """``pathwise = true``: the lights' coordinates get the pathwise estimate (the history says
+    which), the others the score function, and psi moves."""
+    config = shrunk("clevr_unet.toml", tmp_path, tmp_path / "cache")
+    data = tomllib.loads(config.read_text())
+    data["searcher"]["settings"]["pathwise"] = True
+    config.write_text(tomli_w.dumps(data))
+    run_dir = tmp_path / "run"
+    result = CliRunner().invoke(app, ["run", str(config), "--out", str(run_dir)])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
+    est = rows[-1]["estimator"]
+    lights = {f"{n}.{c}" for n in ("ambient", "key_light", "fill_light", "back_light") for c in ("loc", "log_std")}
+    assert set(est["pathwise"]) == lights
+    assert all(est["grad"][k] != 0.0 for k in lights)
+    assert {"bounces.logits", "image_size.logits"} <= set(est["grad"])
+    assert rows[0]["psi"] != rows[-1]["psi"]

@@ -92,5 +92,6 @@ def test_the_parts_and_the_searchers_stand_below_the_loop() -> None:
     for module in ("contracts", "checks", "clock", "scenes", "training", "cache", "rundir", "searchers", "blackbox",
                    "estimators", "hookspecs", "executors"):
         assert "run" not in graph[module], module
-    assert graph["contracts"] <= {"hypergrad", "config", "records", "space"}
+    assert graph["contracts"] <= {"hypergrad", "pathwise", "config", "records", "space"}
+    assert graph["pathwise"] <= {"hypergrad", "records", "space"}
     assert graph["clock"] == set()

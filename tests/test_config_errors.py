@@ -50,6 +50,8 @@ CASES: list[tuple[str, Mutation, str, list[str]]] = [
     ("bad-searcher-setting", plugin_setting("searcher", "scenes_per_iteration", 1),
      "searcher.settings.scenes_per_iteration", ["greater than or equal to 2"]),
     ("unknown-searcher-setting", plugin_setting("searcher", "lrate", 1), "searcher.settings.lrate", ["unknown key"]),
+    ("pathwise-without-gradients", plugin_setting("searcher", "pathwise", True), "searcher.settings.pathwise",
+     ["'toy-gaussians'", "render_differentiable", "pathwise = false"]),
     ("bad-task-setting", plugin_setting("task", "hidden", -4), "task.settings.hidden", ["greater than or equal to 0"]),
     ("unknown-simulator-setting", plugin_setting("simulator", "blur", 1), "simulator.settings.blur",
      ["unknown key"]),

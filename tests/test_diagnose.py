@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,12 @@ def test_diagnose_names_an_estimator_that_is_not_installed(cache_dir: Path, make
     with pytest.raises(ValueError, match="'nope' is not an installed estimator"):
         diagnose(config, warmup=0, draws=2, scenes=16, reference=64, estimators=("nope",), options=("mean",))
 
+
+def test_the_pathwise_options_need_a_simulator_with_gradients(cache_dir: Path, make_toy_data) -> None:
+    config = parse_config(make_toy_data(cache_dir, estimator="linear", val_count=64))
+    with pytest.raises(ValueError, match=re.escape("'+pathwise' options: simulator 'toy-gaussians' implements no "
+                                                   "'render_differentiable' hook")):
+        diagnose(config, warmup=0, draws=2, scenes=16, reference=64, options=("sobol", "sobol+pathwise"))
 
 
 def test_the_cli_writes_the_report_whole_or_not_at_all(tmp_path: Path, cache_dir: Path, make_toy_data,

@@ -2,7 +2,7 @@
 and ``reinforce``.
 
 Each class carries what a run reads before it starts (``settings_model``, ``uses_estimator``,
-``requires_validation``, ``missing_requirements()``); constructing it, ``cls(run, settings)``,
+``requires_validation``, ``missing_requirements()``, ``plugin_problems()``); constructing it, ``cls(run, settings)``,
 imports the implementation named by ``implementation`` and returns an instance of that class.
 """
 
@@ -51,6 +51,11 @@ class LightSearcher:
 class AutoSimulate(LightSearcher):
     implementation = "autosim_core.searchers:AutoSimulate"
     settings_model = AutoSimulateSettings
+
+    @classmethod
+    def plugin_problems(cls, settings: AutoSimulateSettings, *args: Any) -> list[str]:
+        """What in ``settings`` the run's simulator cannot do (the implementation's check)."""
+        return cls.load().plugin_problems(settings, *args) if settings.pathwise else []
 
 
 class Fixed(LightSearcher):

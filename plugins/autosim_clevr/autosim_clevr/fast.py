@@ -67,6 +67,11 @@ STRATIFIED = [2, 5]
 """Random numbers stratified over samples: the light choice and the occlusion ray's elevation."""
 
 
+DIFFERENTIABLE = ("ambient", "key_light", "fill_light", "back_light")
+"""The parameters a render is differentiable in, the columns of ``render_batch``'s ``intensities``:
+the image is linear in each (before the sRGB curve), at fixed random numbers and light picks."""
+
+
 def srgb_to_linear(c: float) -> float:
     return c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4
 
@@ -423,7 +428,8 @@ class _Batch:
                       cut(self.has_bounce), self.objects.map(cut))
 
 
-def _prepare(scenes: list[Scene3D], device: torch.device, max_samples: int | None) -> _Batch:
+def _prepare(scenes: list[Scene3D], device: torch.device, max_samples: int | None,
+             intensities: Tensor | None = None) -> _Batch:
     def col(values: list[float]) -> Tensor:
         return torch.tensor(values, dtype=torch.float32, device=device).unsqueeze(-1)
 
@@ -435,11 +441,19 @@ def _prepare(scenes: list[Scene3D], device: torch.device, max_samples: int | Non
                                 device=device) for i in range(3))
     power = torch.tensor([[lt.intensity * LIGHT_GAIN.get(lt.name, 1.0) for lt in s.lights] for s in scenes],
                          dtype=torch.float32, device=device)
+    ambient = col([s.ambient * AMBIENT_GAIN for s in scenes])
+    if intensities is not None:
+        gains = torch.tensor([LIGHT_GAIN.get(lt.name, 1.0) for lt in scenes[0].lights], device=device)
+        power = intensities[:, 1:].to(device, torch.float32) * gains
+        ambient = intensities[:, :1].to(device, torch.float32) * AMBIENT_GAIN
     dist2 = lights[0] ** 2 + lights[1] ** 2 + lights[2] ** 2
     total = power.sum(-1, keepdim=True)
-    prob = torch.where(total > 0, power / total.clamp_min(1e-12), 1.0 / power.shape[-1])
+    # The light each sample picks follows these probabilities, held fixed under autograd: the
+    # derivative is then that of an importance-sampled estimate with a fixed proposal, whose
+    # expectation is the derivative of the expected image (the pick itself is a step function).
+    chosen, chosen_total = power.detach(), total.detach()
+    prob = torch.where(chosen_total > 0, chosen / chosen_total.clamp_min(1e-12), 1.0 / power.shape[-1])
     cdf = prob.cumsum(-1)
-    ambient = col([s.ambient * AMBIENT_GAIN for s in scenes])
     bounce = col([(1 - 0.5 ** s.bounces) * BOUNCE_GAIN for s in scenes]) * (total + ambient)
     spp = [max(1, min(s.samples, max_samples or s.samples)) for s in scenes]
     return _Batch(scenes, spp, scenes[0].height, scenes[0].width, eye, fwd, right, up,  # type: ignore[arg-type]
@@ -554,10 +568,10 @@ def _sample(bt: _Batch, cols: Tensor, rows: Tensor, rnd: Tensor) -> V3:
     return tuple(out)  # type: ignore[return-value]
 
 
-def _render_same_size(scenes: list[Scene3D], device: torch.device, max_samples: int | None
-                      ) -> list[tuple[Tensor, Tensor]]:
+def _render_same_size(scenes: list[Scene3D], device: torch.device, max_samples: int | None,
+                      intensities: Tensor | None = None) -> list[tuple[Tensor, Tensor]]:
     """Render scenes of one size, ordered by samples per pixel (most first)."""
-    bt = _prepare(scenes, device, max_samples)
+    bt = _prepare(scenes, device, max_samples, intensities)
     h, w = bt.height, bt.width
     b = len(scenes)
     rows, cols = torch.meshgrid(torch.arange(h, device=device, dtype=torch.float32),
@@ -619,11 +633,15 @@ def check_scene(scene: Scene3D) -> None:
 
 
 def render_batch(scenes: list[Scene3D], device: str | torch.device = "cpu", *, batch_size: int = 8,
-                 max_samples: int | None = None) -> list[tuple[Tensor, Tensor]]:
+                 max_samples: int | None = None, intensities: Tensor | None = None) -> list[tuple[Tensor, Tensor]]:
     """Images (3, H, W) float32 sRGB in [0, 1] and class masks (H, W) int64, in input order.
 
     Scenes are grouped by size and, within a size, by samples per pixel and object count so
     that a batch wastes little work on scenes that have finished sampling or on padding.
+
+    ``intensities`` (n, 4), the scenes' ambient, key, fill and back strengths (``DIFFERENTIABLE``)
+    as tensors equal to theirs, renders under autograd: the images are the same and carry the
+    gradient to those tensors.
     """
     for s in scenes:
         check_scene(s)
@@ -641,8 +659,9 @@ def render_batch(scenes: list[Scene3D], device: str | torch.device = "cpu", *, b
                and (scenes[order[stop]].height, scenes[order[stop]].width) == (first.height, first.width)):
             stop += 1
         chunk = order[start:stop]
-        with torch.no_grad():
-            results = _render_same_size([scenes[i] for i in chunk], dev, max_samples)
+        with torch.no_grad() if intensities is None else torch.enable_grad():
+            rows = None if intensities is None else intensities[torch.tensor(chunk)]
+            results = _render_same_size([scenes[i] for i in chunk], dev, max_samples, rows)
         for i, res in zip(chunk, results, strict=True):
             out[i] = res
         start = stop

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from autosim_core import hookimpl
 
 if TYPE_CHECKING:
+    import torch
     from autosim_core import Example, ParameterSpace
     from pydantic import BaseModel
 
@@ -45,6 +46,15 @@ class ClevrSimulator:
     @hookimpl
     def render(self, scenes: list[dict[str, Any]], settings: Any) -> list[Example]:
         return _impl().render(scenes=scenes, settings=settings)
+
+    @hookimpl
+    def differentiable_parameters(self, settings: Any) -> list[str] | None:
+        return _impl().differentiable_parameters(settings=settings)
+
+    @hookimpl
+    def render_differentiable(self, scenes: list[dict[str, Any]], values: dict[str, torch.Tensor],
+                              settings: Any) -> list[Example]:
+        return _impl().render_differentiable(scenes=scenes, values=values, settings=settings)
 
 
 clevr_simulator = ClevrSimulator()

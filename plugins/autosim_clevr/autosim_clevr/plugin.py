@@ -103,14 +103,23 @@ def object_records(scene: Scene3D, mask: torch.Tensor, size: tuple[int, int]) ->
     return records
 
 
-def render_records(records: list[dict[str, Any]], settings: ClevrSettings) -> list[Example]:
+def render_records(records: list[dict[str, Any]], settings: ClevrSettings,
+                   intensities: torch.Tensor | None = None) -> list[Example]:
+    """Examples of the records; with ``intensities`` (the fast backend's, see its
+    ``render_batch``) the images carry autograd to the lights' strengths."""
     scenes = []
     for record in records:
         try:
             scenes.append(layout(record))
         except Exception as err:
             raise SceneRenderError(record.get("id"), err) from err
-    results = render_scenes(scenes, backend_for(settings)) if scenes else []
+    if intensities is not None:
+        from .fast import render_batch
+
+        results = render_batch(scenes, settings.device, batch_size=settings.batch_size,
+                               max_samples=settings.max_samples, intensities=intensities)
+    else:
+        results = render_scenes(scenes, backend_for(settings)) if scenes else []
     examples = []
     for record, scene, (image, mask) in zip(records, scenes, results, strict=True):
         objects = object_records(scene, mask, settings.output_size)
@@ -140,6 +149,24 @@ class ClevrSimulator:
     @hookimpl
     def render(self, scenes: list[dict[str, Any]], settings: Any) -> list[Example]:
         return render_records(scenes, as_settings(settings))
+
+    @hookimpl
+    def differentiable_parameters(self, settings: Any) -> list[str] | None:
+        """The lights' strengths, with the fast backend (Cycles gives no gradients)."""
+        from .fast import DIFFERENTIABLE
+
+        return list(DIFFERENTIABLE) if as_settings(settings).backend == "fast" else None
+
+    @hookimpl
+    def render_differentiable(self, scenes: list[dict[str, Any]], values: dict[str, torch.Tensor],
+                              settings: Any) -> list[Example]:
+        from .fast import DIFFERENTIABLE
+
+        s = as_settings(settings)
+        if s.backend != "fast":
+            raise ValueError(f"the {s.backend!r} backend renders without gradients; use backend = 'fast'")
+        return render_records(scenes, s, torch.cat([values[name].reshape(len(scenes), 1)
+                                                    for name in DIFFERENTIABLE], dim=1))
 
 
 clevr_simulator = ClevrSimulator()
