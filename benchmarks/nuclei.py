@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 METHODS = ["nuclei_unet", "nuclei_unet_initial", "nuclei_unet_wide", "nuclei_unet_random"]
 REFERENCE = "trained-on-validation"
 TILE = 64
-SMOKE = [("iterations = 20", "iterations = 1"), ("iterations = 7", "iterations = 1"), ("images = 384", "images = 16"),
+SMOKE = [("iterations = 8", "iterations = 1"), ("iterations = 3", "iterations = 1"), ("images = 256", "images = 16"),
          ("scenes_per_evaluation = 96", "scenes_per_evaluation = 8")]
 
 
