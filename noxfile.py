@@ -15,7 +15,7 @@ import sys
 import nox
 
 nox.options.default_venv_backend = "uv|virtualenv"
-nox.options.sessions = ["lint", "core", "ray", "clevr", "unet", "yolo", "clevr_unet", "cycles", "arnold"]
+nox.options.sessions = ["lint", "core", "ray", "clevr", "unet", "yolo", "clevr_unet", "cycles", "arnold", "nuclei"]
 
 CONSTRAINTS = ("-c", "constraints.txt")
 CORE = ("-e", ".[test,baselines]")
@@ -25,6 +25,10 @@ CLEVR = ("-e", "plugins/autosim_clevr")
 UNET = ("-e", "plugins/autosim_unet")
 YOLO = ("-e", "plugins/autosim_yolo")
 ARNOLD = ("-e", "plugins/autosim_arnold[blender,test]")
+NUCLEI = ("-e", "plugins/autosim_nuclei")
+# The real image ships inside the stardist wheel; only its files are read, so none of its own
+# dependencies (TensorFlow among them) is installed.
+REAL_NUCLEI = ("--no-deps", "stardist", "tifffile")
 PYTHON = "3.11"
 
 
@@ -133,6 +137,14 @@ def yolo(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def nuclei(session: nox.Session) -> None:
+    """autosim-nuclei with the UNet task, validated and tested on the real image of the stardist wheel."""
+    _install(session, CORE, NUCLEI, UNET)
+    _install(session, REAL_NUCLEI)
+    _pytest(session, "plugins/autosim_nuclei/tests")
+
+
+@nox.session(python=PYTHON)
 def clevr_unet(session: nox.Session) -> None:
     """The combination the demo uses: CLEVR renders, UNet segments."""
     _install(session, CORE, CLEVR, UNET, ("tomli-w",))
@@ -173,6 +185,16 @@ def bench_detection(session: nox.Session) -> None:
     2 seeds, about an hour on two cores (docs/results.md). ``-- --smoke`` proves it end to end."""
     _install(session, CORE, ARNOLD, ("-e", "plugins/autosim_yolo"), ("tomli-w",))
     session.run("python", "benchmarks/detection.py", "--out", "bench-results/detection", *session.posargs,
+                env={"AUTOSIM_CACHE": os.path.abspath("bench-results/autosim-cache")})
+
+
+@nox.session(python=PYTHON, name="bench-nuclei")
+def bench_nuclei(session: nox.Session) -> None:
+    """Sim-to-real on the real nuclei image: AutoSimulate, initial, wide and random search under the
+    fresh-model protocol over 3 seeds, about 20-30 minutes on two cores (docs/results.md)."""
+    _install(session, CORE, NUCLEI, UNET, ("matplotlib",))
+    _install(session, REAL_NUCLEI)
+    session.run("python", "benchmarks/nuclei.py", "--out", "bench-results/nuclei", *session.posargs,
                 env={"AUTOSIM_CACHE": os.path.abspath("bench-results/autosim-cache")})
 
 

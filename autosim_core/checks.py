@@ -17,7 +17,7 @@ import pluggy
 import torch
 from pydantic import BaseModel, ValidationError
 
-from .config import ConfigError, Data, RunConfig, format_validation_error, validate_settings
+from .config import PACKAGE_PREFIX, ConfigError, Data, RunConfig, format_validation_error, validate_settings
 from .executors import ray_available
 from .observers import configured_observers
 from .plugins import Registry, has_impl, plugin_manager
@@ -228,6 +228,38 @@ def _resolve_labels(pm: pluggy.PluginManager, config: RunConfig, sim_settings: A
     return labels, task_settings if adapted is None else adapted
 
 
+def _reads_pairs(pm: pluggy.PluginManager) -> bool:
+    """Whether the task's ``load_dataset`` takes the ``mask`` of an image + mask pair."""
+    return any(impl.plugin_name == "task" and "mask" in impl.argnames
+               for impl in pm.hook.load_dataset.get_hookimpls())
+
+
+def _check_data_paths(key: str, data: Data, errors: list[str]) -> None:
+    if data.path is None or str(data.path).startswith(PACKAGE_PREFIX):
+        return  # a package that is not installed was reported when the paths were resolved
+    if data.mask is None:
+        if not data.path.is_dir():
+            errors.append(f"{key}.path: {str(data.path)!r} is not a folder (an image file needs its mask)")
+        return
+    for field, path in (("path", data.path), ("mask", data.mask)):
+        if not str(path).startswith(PACKAGE_PREFIX) and not path.is_file():
+            errors.append(f"{key}.{field}: {str(path)!r} is not a file")
+
+
+def _check_disjoint(config: RunConfig, errors: list[str]) -> None:
+    """Validation and test cut from the same images must come from regions that do not overlap."""
+    val, test = config.validation, config.test
+    if val is None or test is None or val.source != "folder" or test.source != "folder":
+        return
+    if (val.path, val.mask) != (test.path, test.mask):
+        return
+    a = val.tiles.region if val.tiles is not None else (0.0, 0.0, 1.0, 1.0)
+    b = test.tiles.region if test.tiles is not None else (0.0, 0.0, 1.0, 1.0)
+    if a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]:
+        errors.append(f"test.tiles.region: {list(b)} overlaps validation's {list(a)} of the same images; the "
+                      "test set must be pixels the validation set does not see")
+
+
 def check_run(config: RunConfig, registry: Registry, observers: tuple[Any, ...] = ()) -> RunPlan:
     """The plan of a run of ``config``, or one ConfigError with every problem found."""
     errors: list[str] = []
@@ -302,8 +334,10 @@ def check_run(config: RunConfig, registry: Registry, observers: tuple[Any, ...] 
         if task is not None and not has_impl(pm, "load_dataset", "task"):
             errors.append(f"{key}.source: task {config.task.name!r} cannot load folders "
                           "(no 'load_dataset' hook); allowed: 'simulator'")
-        if data.path is not None and not data.path.is_dir():
-            errors.append(f"{key}.path: {str(data.path)!r} is not a folder")
+        elif task is not None and data.mask is not None and not _reads_pairs(pm):
+            errors.append(f"{key}.mask: task {config.task.name!r} reads folders only, not an image + mask pair")
+        _check_data_paths(key, data, errors)
+    _check_disjoint(config, errors)
     uses_estimator = bool(getattr(searcher_cls, "uses_estimator", True))
     searcher_needs_validation = bool(getattr(searcher_cls, "requires_validation", False))
     estimator_needs_validation = est is not None and est_settings is not None and bool(

@@ -180,6 +180,26 @@ class Budget(_Strict):
         return self
 
 
+class Tiles(_Strict):
+    """Real images cut into tiles of the size the task trains at, from one region of each image, so
+    that a validation and a test set can come from disjoint parts of the same images."""
+
+    size: int = Field(ge=1, description="side of a square tile in pixels")
+    stride: int | None = Field(None, ge=1, description="pixels between the corners of neighbouring tiles "
+                               "(default: size, tiles that touch without overlapping)")
+    region: tuple[float, float, float, float] = Field(
+        (0.0, 0.0, 1.0, 1.0), description="[left, top, right, bottom] of the part of each image the tiles "
+        "lie inside, as fractions of its width and height ([0, 0, 0.5, 1]: the left half)")
+
+    @model_validator(mode="after")
+    def _region(self) -> Tiles:
+        left, top, right, bottom = self.region
+        if not (0.0 <= left < right <= 1.0 and 0.0 <= top < bottom <= 1.0):
+            raise ValueError(f"region: [left, top, right, bottom] with 0 <= left < right <= 1 and "
+                             f"0 <= top < bottom <= 1 (got {list(self.region)})")
+        return self
+
+
 class Data(_Strict):
     """An evaluation set ([validation], [test]): rendered by the simulator or loaded from a folder."""
 
@@ -191,12 +211,20 @@ class Data(_Strict):
     count: int = Field(100, ge=1, description="examples rendered (source = 'simulator')")
     seed: int | None = Field(None, ge=0, description="seed of the rendered scenes (required for "
                              "source = 'simulator'; unused by folders)")
-    path: Path | None = Field(None, description="the folder (source = 'folder'); relative to the config file")
+    path: Path | None = Field(None, description="the folder (source = 'folder'), or one image file when mask "
+                              "is given; relative to the config file, or 'package:NAME/FILE' for a file shipped "
+                              "inside the installed Python package NAME")
+    mask: Path | None = Field(None, description="the label mask of the image file path (an image + mask pair; "
+                              "source = 'folder'); relative to the config file, or 'package:NAME/FILE'")
+    tiles: Tiles | None = Field(None, description="cut the loaded images and masks into tiles (source = "
+                                "'folder'; default: the images whole)")
 
     @model_validator(mode="after")
     def _folder_needs_path(self) -> Data:
         if self.source == "folder" and self.path is None:
             raise ValueError("source = 'folder' needs path")
+        if self.source == "simulator" and (self.mask is not None or self.tiles is not None):
+            raise ValueError("mask and tiles are for source = 'folder' (real images); a rendered set has neither")
         if self.source == "simulator" and self.seed is None:
             raise ValueError("source = 'simulator' needs seed (the seed its scenes are rendered from; "
                              "it must differ from the training seed)")
@@ -310,10 +338,16 @@ def _partial_config(data: dict[str, Any]) -> tuple[RunConfig | None, tuple[str, 
 
 def parse_config(data: dict[str, Any]) -> RunConfig:
     try:
-        return RunConfig.model_validate(data)
+        config = RunConfig.model_validate(data)
     except ValidationError as exc:
         partial, dropped = _partial_config(data) if isinstance(data, dict) else (None, ())
+        if partial is not None:
+            _resolve_package_paths(partial)
         raise ConfigError(format_validation_error(exc), partial, dropped) from None
+    errors = _resolve_package_paths(config)
+    if errors:
+        raise ConfigError(errors, config)
+    return config
 
 
 def load_config(path: str | Path) -> RunConfig:
@@ -338,11 +372,49 @@ def load_config(path: str | Path) -> RunConfig:
     return _resolve_paths(config, path.parent)
 
 
+PACKAGE_PREFIX = "package:"
+
+
+def package_file(spec: str) -> Path:
+    """``package:NAME/FILE`` as a path inside the installed package NAME, found without importing it
+    (importing a package can be heavy, or need what is not installed: only its files are wanted)."""
+    import importlib.util
+
+    name, _, rest = spec.removeprefix(PACKAGE_PREFIX).partition("/")
+    try:
+        found = importlib.util.find_spec(name) if name else None
+    except (ImportError, ValueError):
+        found = None
+    if found is None or not found.submodule_search_locations:
+        raise ConfigError([f"package {name!r} is not installed; its files are read from it "
+                           f"(pip install --no-deps {name})"])
+    return Path(next(iter(found.submodule_search_locations))) / rest
+
+
+def _resolve_package_paths(config: RunConfig) -> list[str]:
+    """The evaluation sets' ``package:NAME/FILE`` paths as files of the installed packages; one error
+    line for each package that is not installed (its path is left as it was)."""
+    errors = []
+    for key in ("validation", "test"):
+        data_cfg = getattr(config, key)
+        for field in ("path", "mask"):
+            path = None if data_cfg is None else getattr(data_cfg, field)
+            if path is not None and str(path).startswith(PACKAGE_PREFIX):
+                try:
+                    setattr(data_cfg, field, package_file(str(path)))
+                except ConfigError as exc:
+                    errors.append(f"{key}.{field}: {exc.lines[0]}")
+    return errors
+
+
 def _resolve_paths(config: RunConfig, base: Path) -> RunConfig:
-    """Folder paths of evaluation sets, and a psi.json that psi starts from, are relative to the config file."""
+    """Folder and file paths of evaluation sets, and a psi.json that psi starts from, are relative to the
+    config file."""
     for data_cfg in (config.validation, config.test):
-        if data_cfg is not None and data_cfg.path is not None and not data_cfg.path.is_absolute():
-            data_cfg.path = (base / data_cfg.path).resolve()
+        for field in ("path", "mask"):
+            path = None if data_cfg is None else getattr(data_cfg, field)
+            if path is not None and not str(path).startswith(PACKAGE_PREFIX) and not path.is_absolute():
+                setattr(data_cfg, field, (base / path).resolve())
     start = config.simulator.start
     if start is not None and start.endswith(".json") and not Path(start).is_absolute():
         config.simulator.start = str((base / start).resolve())

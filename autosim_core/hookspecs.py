@@ -181,8 +181,10 @@ def metric_accumulator(settings: Any) -> MetricAccumulator:
 
 
 @hookspec(firstresult=True)
-def load_dataset(path: str, settings: Any) -> list[Example]:
-    """Examples read from a folder the user gives (real validation/test data)."""
+def load_dataset(path: str, mask: str | None, settings: Any) -> list[Example]:
+    """Examples read from a folder the user gives (real validation/test data), or, when ``mask`` is
+    given, from the one image file ``path`` and its label mask file ``mask``. A task that reads no
+    such pair leaves ``mask`` out of its arguments; configs giving one are then refused."""
 
 
 @hookspec(firstresult=True)

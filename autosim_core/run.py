@@ -32,6 +32,7 @@ from .rundir import CHECKPOINT, CONFIG_JSON, CONFIG_TOML, PSI, SUMMARY, HistoryW
 from .scenes import Scenes
 from .snapshots import Snapshots, budget_fraction
 from .space import ParameterSpace, Psi
+from .tiles import cut_tiles
 from .training import Training, ValidationPass
 
 
@@ -265,9 +266,12 @@ class Run:
         if data is None:
             return None
         if data.source == "folder":
-            examples = self.pm.hook.load_dataset(path=str(data.path), settings=self.task_settings)
+            mask = None if data.mask is None else str(data.mask)
+            examples = self.pm.hook.load_dataset(path=str(data.path), mask=mask, settings=self.task_settings)
             if not examples:
                 raise ValueError(f"{key}.path: no examples found in {data.path}")
+            if data.tiles is not None:
+                examples = cut_tiles(examples, data.tiles, key)
         else:
             examples = self.scenes.evaluation_set(key, data, self.plan.space_for(data.preset, data.overrides, key),
                                                   self.config.cache_dir or default_cache_dir(),

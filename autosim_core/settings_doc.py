@@ -47,6 +47,7 @@ TABLES: list[tuple[str, str, type[BaseModel]]] = [
     ("budget", "`[budget]`", cfg.Budget),
     ("executor", "`[executor]`", cfg.Executor),
     ("validation", "`[validation]` and `[test]`", cfg.Data),
+    ("tiles", "`[validation.tiles]` and `[test.tiles]`", cfg.Tiles),
     ("observers", "`[observers]`", cfg.Observers),
 ]
 

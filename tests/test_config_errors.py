@@ -295,6 +295,28 @@ def test_every_error_of_a_config_in_one_pass(toy_example: dict[str, Any], tmp_pa
     assert not (tmp_path / "out").exists()
 
 
+def test_an_image_and_mask_pair_for_a_task_that_reads_folders_only_is_one_line(toy_example: dict[str, Any],
+                                                                                  tmp_path: Path) -> None:
+    from autosim_core.plugins import load_registry
+    from autosim_core.toy import ToyTask
+
+    class FolderTask(ToyTask):
+        @hookimpl
+        def load_dataset(self, path: str) -> list[Any]:
+            return []
+
+    registry = load_registry()
+    registry.plugins["tasks"]["toy-logistic"] = FolderTask()
+    image, mask = tmp_path / "image.png", tmp_path / "mask.png"
+    image.write_bytes(b"")
+    mask.write_bytes(b"")
+    data = copy.deepcopy(toy_example)
+    data["test"] = {"source": "folder", "path": str(image), "mask": str(mask)}
+    with pytest.raises(ConfigError) as info:
+        open_run(data, tmp_path / "out", registry=registry)
+    assert info.value.lines == ["test.mask: task 'toy-logistic' reads folders only, not an image + mask pair"]
+
+
 def test_errors_of_a_dropped_table_are_not_reported_twice(toy_example: dict[str, Any], tmp_path: Path) -> None:
     data = copy.deepcopy(toy_example)
     data["validation"]["source"] = "folder"  # no path: the table is invalid as a whole

@@ -32,3 +32,15 @@ def test_the_table2_tables_are_those_of_the_committed_json() -> None:
     assert not missing, f"docs/results.md lacks these rows of {TABLE2.name}: {missing}"
     assert report["comparison"]["score"] == "fresh" and report["seeds"] >= 3
     assert f"{report['reward_ranking']['spearman']:.2f}" in page
+
+
+def test_the_nuclei_table_is_that_of_the_committed_json() -> None:
+    report = json.loads((ROOT / "docs" / "results" / "nuclei.json").read_text())
+    page = RESULTS.read_text()
+    methods = {e["method"]: e["fresh_metric"] for e in report["comparison"]["methods"]}
+    real = report["comparison"]["real_reference"]["metric"]
+    for stat in [*methods.values(), real]:
+        assert f"{stat['mean']:.4f} ± {stat['std']:.4f}" in page, stat
+    for method, f1 in report["object_f1"].items():
+        assert f"{f1['mean']:.3f} ± {f1['std']:.3f}" in page, method
+    assert report["seeds"] >= 3 and report["comparison"]["score"] == "fresh" and not report["smoke"]

@@ -10,7 +10,7 @@ import importlib
 from typing import Any
 
 _SOURCES = {
-    "DatasetError": "data", "load_folder": "data",
+    "DatasetError": "data", "load_folder": "data", "load_pair": "data",
     "confusion_matrix": "metrics", "iou_per_class": "metrics", "per_image_cross_entropy": "metrics",
     "segmentation_metrics": "metrics",
     "UNet": "model", "conv_layer_count": "model",
@@ -19,7 +19,7 @@ _SOURCES = {
 
 __all__ = [
     "DatasetError", "UNet", "UNetSettings", "UNetTask", "confusion_matrix", "conv_layer_count",
-    "iou_per_class", "load_folder", "per_image_cross_entropy", "segmentation_metrics", "unet_task",
+    "iou_per_class", "load_folder", "load_pair", "per_image_cross_entropy", "segmentation_metrics", "unet_task",
 ]
 __version__ = "0.1.0"
 

@@ -57,8 +57,8 @@ class UNetTask:
         return _impl().metric_accumulator(settings=settings)
 
     @hookimpl
-    def load_dataset(self, path: str, settings: Any) -> list[Example]:
-        return _impl().load_dataset(path=path, settings=settings)
+    def load_dataset(self, path: str, mask: str | None, settings: Any) -> list[Example]:
+        return _impl().load_dataset(path=path, mask=mask, settings=settings)
 
 
 unet_task = UNetTask()

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from autosim_core.hookspecs import hookimpl
 from autosim_core.records import Batch, Example
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from .data import load_folder
+from .data import load_folder, load_pair
 from .metrics import confusion_matrix, per_image_cross_entropy, segmentation_metrics
 from .model import UNet, conv_layer_count
 
@@ -34,6 +34,13 @@ class UNetSettings(BaseModel):
     ignore_index: int | None = Field(255, description="mask value of unlabelled pixels, left out of loss and "
                                                       "metrics (None: every pixel is labelled)")
     class_weights: list[float] | None = Field(None, description="per-class weights of the cross-entropy")
+    intensity: Literal["dtype", "percentile"] = Field(
+        "dtype", description="how real images (load_dataset) scale to [0, 1]: 'dtype' divides integers by their "
+        "type's maximum (255 for 8-bit); 'percentile' maps each image's 1st and 99.8th percentiles to 0 and 1 "
+        "and clips, as fluorescence microscopy of any bit depth is normalised")
+    masks: Literal["classes", "instances"] = Field(
+        "classes", description="what the pixel values of real masks are: 'classes' (class ids) or 'instances' "
+        "(object ids, 0 = background; every object becomes class 1)")
 
     @model_validator(mode="after")
     def _check(self) -> UNetSettings:
@@ -181,9 +188,13 @@ class UNetTask:
         return ConfusionAccumulator(_settings(settings))
 
     @hookimpl
-    def load_dataset(self, path: str, settings: Any) -> list[Example]:
+    def load_dataset(self, path: str, mask: str | None, settings: Any) -> list[Example]:
         s = _settings(settings)
-        return load_folder(path, s.num_classes, ignore_index=s.ignore_index)
+        options = {"ignore_index": None if s.masks == "instances" else s.ignore_index,
+                   "channels": s.in_channels, "intensity": s.intensity, "masks": s.masks}
+        if mask is not None:
+            return load_pair(path, mask, s.num_classes, **options)
+        return load_folder(path, s.num_classes, **options)
 
 
 class ConfusionAccumulator:

@@ -1,5 +1,7 @@
 """Folder datasets: write examples, read them back, and the errors users see."""
 
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -7,7 +9,7 @@ from autosim_core.export import write_examples
 from autosim_core.records import Example
 from PIL import Image
 
-from autosim_unet.data import DatasetError, load_folder
+from autosim_unet.data import DatasetError, load_folder, load_pair
 from autosim_unet.plugin import UNetTask
 
 
@@ -24,7 +26,7 @@ def examples(n=3, h=5, w=7):
 def test_round_trip(tmp_path):
     original = examples()
     assert write_examples(original, tmp_path) == 3
-    loaded = UNetTask().load_dataset(path=str(tmp_path), settings={"num_classes": 4})
+    loaded = UNetTask().load_dataset(path=str(tmp_path), mask=None, settings={"num_classes": 4})
     assert [e.scene["id"] for e in loaded] == ["000000", "000001", "000002"]
     for a, b in zip(original, loaded, strict=True):
         assert b.image.shape == (3, 5, 7) and b.image.dtype == torch.float32
@@ -94,3 +96,70 @@ def test_collate_scales_uint8_and_rejects_mixed_sizes():
         task.collate(examples=[a, b], settings={})
     with pytest.raises(ValueError, match="no mask"):
         task.collate(examples=[Example(image=torch.rand(3, 4, 4))], settings={})
+
+
+# ------------------------------------------------------------- an image + mask pair, TIFF, 16 bit ---
+def _pair(tmp_path, image: np.ndarray, mask: np.ndarray, suffix: str = ".png"):
+    image_path, mask_path = tmp_path / f"img{suffix}", tmp_path / f"mask{suffix}"
+    if suffix == ".png":
+        Image.fromarray(image).save(image_path)
+        Image.fromarray(mask).save(mask_path)
+    else:
+        tifffile = pytest.importorskip("tifffile")
+        tifffile.imwrite(image_path, image)
+        tifffile.imwrite(mask_path, mask)
+    return image_path, mask_path
+
+
+def _instances() -> np.ndarray:
+    mask = np.zeros((6, 8), dtype=np.uint16)
+    mask[1:3, 1:4] = 7          # object ids, not classes
+    mask[4:6, 5:8] = 300
+    return mask
+
+
+def test_a_16_bit_pair_with_an_instance_mask_reads_as_grey_percentiles_and_one_class(tmp_path):
+    image = (np.arange(48, dtype=np.uint16).reshape(6, 8) * 1000)
+    path, mask = _pair(tmp_path, image, _instances())
+    loaded = UNetTask().load_dataset(path=str(path), mask=str(mask), settings={
+        "num_classes": 2, "in_channels": 1, "intensity": "percentile", "masks": "instances"})
+    [example] = loaded
+    assert example.image.shape == (1, 6, 8) and example.image.dtype == torch.float32
+    low, high = np.percentile(image.astype(np.float64), (1.0, 99.8))
+    expected = np.clip((image - low) / (high - low), 0, 1)
+    assert np.allclose(example.image[0].numpy(), expected, atol=1e-6)
+    assert torch.equal(example.mask, torch.from_numpy((_instances() > 0).astype(np.int64)))
+    dtype = UNetTask().load_dataset(path=str(path), mask=str(mask), settings={
+        "num_classes": 2, "in_channels": 3, "masks": "instances"})[0]
+    assert dtype.image.shape == (3, 6, 8) and torch.allclose(dtype.image[2], torch.from_numpy(image / 65535.0).float())
+
+
+def test_a_tiff_pair_reads_as_its_png_twin(tmp_path):
+    image = (np.arange(48, dtype=np.uint16).reshape(6, 8) * 37)
+    (tmp_path / "png").mkdir()
+    (tmp_path / "tif").mkdir()
+    png = load_pair(*_pair(tmp_path / "png", image, _instances()), 2, channels=1, masks="instances")
+    tif = load_pair(*_pair(tmp_path / "tif", image, _instances(), ".tif"), 2, channels=1, masks="instances")
+    assert torch.equal(png[0].image, tif[0].image) and torch.equal(png[0].mask, tif[0].mask)
+
+
+def test_a_mask_of_object_ids_read_as_classes_says_so(tmp_path):
+    path, mask = _pair(tmp_path, np.zeros((6, 8), dtype=np.uint8), _instances())
+    with pytest.raises(DatasetError, match=r"class ids \[7, 300\] but num_classes = 2"):
+        load_pair(path, mask, 2, channels=1)
+
+
+def test_a_pair_of_two_shapes_or_a_missing_file_is_one_line(tmp_path):
+    path, mask = _pair(tmp_path, np.zeros((6, 9), dtype=np.uint8), _instances())
+    with pytest.raises(DatasetError) as err:
+        load_pair(path, mask, 2, channels=1, masks="instances")
+    assert str(err.value) == f"{mask}: mask is 8x6 but its image is 9x6 (width x height)"
+    with pytest.raises(DatasetError, match=r"nothing\.png: file not found$"):
+        load_pair(tmp_path / "nothing.png", mask, 2)
+
+
+def test_a_tiff_without_tifffile_says_what_to_install(tmp_path, monkeypatch):
+    (tmp_path / "a.tif").write_bytes(b"II*\x00")
+    monkeypatch.setitem(sys.modules, "tifffile", None)      # import tifffile now raises ImportError
+    with pytest.raises(DatasetError, match=r"a\.tif: reading TIFF files needs tifffile \(pip install tifffile\)$"):
+        load_pair(tmp_path / "a.tif", tmp_path / "a.tif", 2)
