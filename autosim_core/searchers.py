@@ -54,13 +54,17 @@ class PsiStep:
         self.psi = psi
         self.settings = settings
         self.floors = settings.floors()
-        learnable = list(space.learnable(psi).values())
+        learnable = space.learnable(psi)
         if not learnable:
             raise ValueError("the simulator's parameter space has no learnable parameter")
+        # One group per coordinate, so that "scaled" steps each in its own unit (Adam moves a
+        # coordinate by about lr per step whatever its units).
+        scales = space.natural_scales() if settings.step_units == "scaled" else {}
+        groups = [{"params": [p], "lr": settings.lr * scales.get(k, 1.0)} for k, p in learnable.items()]
         if settings.optimizer == "adam":
-            self.optimizer: torch.optim.Optimizer = torch.optim.Adam(learnable, lr=settings.lr)
+            self.optimizer: torch.optim.Optimizer = torch.optim.Adam(groups, lr=settings.lr)
         else:
-            self.optimizer = torch.optim.SGD(learnable, lr=settings.lr)
+            self.optimizer = torch.optim.SGD(groups, lr=settings.lr)
 
     def __call__(self, grad: Params) -> dict[str, float]:
         space, psi, s = self.space, self.psi, self.settings
