@@ -108,6 +108,11 @@ class ReinforceSettings(BlackBoxSettings):
 
 
 # ----------------------------------------------------------------------- estimators ---
+Curvature = Literal["hessian", "gauss-newton"]
+CURVATURE_HELP = ("H: the training loss's Hessian, or its Gauss-Newton matrix J^T H_out J (one jvp and one vjp "
+                  "per product, positive semi-definite)")
+
+
 class EstimatorSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -116,10 +121,12 @@ class QuadraticSettings(EstimatorSettings):
     damping: float = Field(0.01, ge=0, description="Levenberg damping lambda added to H")
     max_iter: int = Field(10, ge=1, description="conjugate-gradient iterations at most")
     tol: float = Field(1e-4, gt=0, description="relative residual at which CG stops")
+    curvature: Curvature = Field("hessian", description=CURVATURE_HELP)
 
 
 class ApproxQuadraticSettings(EstimatorSettings):
     damping: float = Field(0.0, ge=0, description="lambda in v = (H + lambda I) g_val")
+    curvature: Curvature = Field("hessian", description=CURVATURE_HELP)
 
 
 # ------------------------------------------------------------------ toy simulator, task ---

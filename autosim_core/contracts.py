@@ -43,6 +43,9 @@ class HypergradProblem:
     weights:      importance weights of the N scenes (mean 1); None when all were drawn from
                   q_psi.
     baseline:     "mean" (of the batch), "loo" (leave-one-out) or "none".
+    ggn:          v -> G v, G = J^T H_out J the Gauss-Newton matrix of the mean training loss on
+                  the same examples as ``hvp``; None where the run cannot split that loss into
+                  the model's outputs and a loss of them.
     """
 
     params: Params
@@ -53,6 +56,7 @@ class HypergradProblem:
     psi: dict[str, torch.Tensor]
     weights: torch.Tensor | None = None
     baseline: Baseline = "mean"
+    ggn: Callable[[Params], Params] | None = None
 
     def score_function(self, values: torch.Tensor) -> ScoreEstimate:
         """The score-function estimate of grad_psi E[f] from per-scene values f_k."""
@@ -60,6 +64,18 @@ class HypergradProblem:
         # The model (and so the values) may live on a GPU; psi and log q stay on the CPU.
         return score_function_terms(values.to(log_q.device), log_q, self.psi, baseline=self.baseline,
                                     weights=self.weights)
+
+    def curvature(self, kind: str, estimator: str) -> Callable[[Params], Params]:
+        """The curvature products the estimator named asks for: ``hvp`` ("hessian") or ``ggn``
+        ("gauss-newton")."""
+        if kind == "hessian":
+            return self.hvp
+        if kind == "gauss-newton":
+            if self.ggn is None:
+                raise ValueError(f"the {estimator!r} estimator's curvature 'gauss-newton' needs the model's outputs "
+                                 "apart from the loss, which this run does not provide; use curvature 'hessian'")
+            return self.ggn
+        raise ValueError(f"unknown curvature {kind!r}; allowed: hessian, gauss-newton")
 
     def require_val_gradient(self, estimator: str) -> Params:
         if self.val_gradient is None:
@@ -123,6 +139,7 @@ class SearchContext(Protocol):
     def functional_losses(self, model: torch.nn.Module, batch: Batch) -> Callable[[Params], torch.Tensor]: ...
     def hvp_operator(self, per_sample: Callable[[Params], torch.Tensor],
                      theta: Params) -> Callable[[Params], Params]: ...
+    def ggn_operator(self, model: torch.nn.Module, batch: Batch, theta: Params) -> Callable[[Params], Params]: ...
     def val_gradient(self, model: torch.nn.Module) -> Params: ...
     def validation_row(self, model: torch.nn.Module) -> dict[str, Any]: ...
     def estimate_hypergrad(self, problem: HypergradProblem) -> Hypergrad: ...

@@ -140,6 +140,9 @@ def hypergrad_problem(run: SearchContext, model: torch.nn.Module, pool: Sequence
         if chunk:
             raise ValueError("a problem over chunked batches needs its own hvp")
         hvp = run.hvp_operator(losses[0], theta)
+    # Built on its first product (``ggn_operator``): free for an estimator that does not use it.
+    ggn = run.ggn_operator(model, pool[0].batch, theta) if not chunk else _chunked_ggn(run, model, pool[0].batch,
+                                                                                        theta, chunk)
     if val_gradient is None and run.val is not None:
         def val_gradient() -> Params:
             return run.val_gradient(model)
@@ -152,7 +155,25 @@ def hypergrad_problem(run: SearchContext, model: torch.nn.Module, pool: Sequence
         psi=run.psi,
         weights=weights,
         baseline=baseline,
+        ggn=ggn,
     )
+
+
+
+def _chunked_ggn(run: SearchContext, model: torch.nn.Module, batch: Batch, theta: Params,
+                 chunk: int) -> Callable[[Params], Params]:
+    """G v of the mean loss over ``batch``, chunk by chunk, each chunk's graph freed after its product."""
+    parts = batch.chunks(chunk)
+
+    def product(vector: Params) -> Params:
+        total = {k: torch.zeros_like(x) for k, x in theta.items()}
+        for part in parts:
+            gv = run.ggn_operator(model, part, theta)(vector)
+            for k in total:
+                total[k] += gv[k] * (len(part) / len(batch))
+        return total
+
+    return product
 
 
 def _tree_lists(tree: dict[str, torch.Tensor]) -> dict[str, Any]:
