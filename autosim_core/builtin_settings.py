@@ -38,6 +38,9 @@ class AutoSimulateSettings(BaseModel):
     reuse_iterations: int = Field(
         3, ge=0, description="also score the scenes of this many previous iterations, importance-weighted")
     reuse_clip: float = Field(5.0, ge=1, description="importance ratios q_psi / q_psi_old are clipped here")
+    warn_below_noise: int = Field(
+        5, ge=0, description="warn (history row and progress line) when the hypergradient's norm stays below its "
+                             "standard error this many iterations in a row; 0 = never")
     # -- the step on psi ----------------------------------------------------------------------
     natural_gradient: bool = Field(
         False, description="precondition the hypergradient by the inverse Fisher information of q_psi")

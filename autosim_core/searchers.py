@@ -14,6 +14,7 @@ import torch
 from .builtin_settings import AutoSimulateSettings, FixedSettings
 from .contracts import Hypergrad, HypergradProblem, SearchContext
 from .hypergrad import Baseline, Params, importance_weights
+from .noise_watch import NoiseWatch
 from .records import Batch, SceneBatch
 from .space import Floors, ParameterSpace, Psi
 
@@ -196,6 +197,7 @@ class AutoSimulate:
                              f"{run.config.simulator.name!r} implements its own 'sample' hook; use 'iid'")
         self.psi_step = PsiStep(run.space, run.psi, settings)
         self.reused: deque[Rendered] = deque(maxlen=settings.reuse_iterations or None)
+        self.noise_watch = NoiseWatch(settings.warn_below_noise)
 
     @property
     def optimizer(self) -> torch.optim.Optimizer:
@@ -232,13 +234,19 @@ class AutoSimulate:
             info["weights_ess"] = float(weights.sum() ** 2 / (weights**2).sum())
         row: dict[str, Any] = {"train_loss": train_loss, **run.validation_row(model)}
         row.update(psi=run.space.describe(run.psi), estimator=info, step=step)
+        warning = self.noise_watch.update(grad_norm, info.get("grad_se_norm"), train_loss, row.get("val_loss"))
+        if warning is not None:
+            info["below_noise"] = self.noise_watch.in_row
+            row["warning"] = warning
         return row
 
     def state_dict(self) -> dict[str, Any]:
-        return {"optimizer": self.psi_step.state_dict(), "reused": [r.to_state() for r in self.reused]}
+        return {"optimizer": self.psi_step.state_dict(), "reused": [r.to_state() for r in self.reused],
+                "noise_watch": self.noise_watch.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.psi_step.load_state_dict(state["optimizer"])
+        self.noise_watch.load_state_dict(state.get("noise_watch", {}))
         self.reused.clear()
         self.reused.extend(Rendered.from_state(r) for r in state.get("reused", []))
 
