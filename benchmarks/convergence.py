@@ -337,7 +337,8 @@ STEPS = {
     "adam-0.05-raw": {"optimizer": "adam", "lr": 0.05, "step_units": "raw"},
     "adam-0.05-scaled": {"optimizer": "adam", "lr": 0.05, "step_units": "scaled"},
     "adam-0.1-scaled": {"optimizer": "adam", "lr": 0.1, "step_units": "scaled"},
-    "sgd-natural-kl0.01": {"optimizer": "sgd", "lr": 1.0, "natural_gradient": True, "max_kl": 0.01},
+    "sgd-natural-kl0.01": {"optimizer": "sgd", "lr": 1.0, "natural_gradient": True, "max_kl": 0.01,
+                           "step_units": "raw"},
 }
 
 
