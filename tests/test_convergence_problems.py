@@ -12,7 +12,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import convergence  # noqa: E402
+import convergence
 
 PROBLEMS = {p.name: p for p in convergence.problems()}
 
