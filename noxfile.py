@@ -206,6 +206,8 @@ def bench(session: nox.Session) -> None:
     # Whole processes: autosim --help / list / list --settings, and run's time to its first render.
     session.run("python", "benchmarks/startup.py", "--out", "bench-results/startup.json")
     session.run("python", "benchmarks/core.py", "--out", "bench-results/core.json")
+    # The outer loop on problems with a known optimum: about 13 minutes of one core.
+    session.run("python", "benchmarks/convergence.py", "--out", "bench-results/convergence.json")
     session.run("python", "benchmarks/executors.py", "--out", "bench-results/executors.json", "--blackbox",
                 env={"RAY_AUTH_MODE": "disabled", "RAY_TMPDIR": f"/tmp/ray-{os.getpid()}"})
     session.run("python", "plugins/autosim_clevr/bench.py", "--out", "bench-results/clevr.json")

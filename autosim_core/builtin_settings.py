@@ -25,6 +25,9 @@ class AutoSimulateSettings(BaseModel):
     scenes_per_iteration: int = Field(32, ge=2, description="K: scenes rendered per iteration")
     optimizer: Literal["adam", "sgd"] = Field("adam", description="optimiser of psi (the step on the hypergradient)")
     lr: float = Field(0.05, gt=0, description="step size of the psi optimiser")
+    step_units: Literal["raw", "scaled"] = Field(
+        "raw", description="raw: lr in each psi coordinate's own units; scaled: a Gaussian-latent family's "
+                           "centre steps lr times its starting std (spreads and logits are unitless)")
     max_grad_norm: float | None = Field(None, gt=0, description="clip the hypergradient's norm")
     # -- variance of the hypergradient --------------------------------------------------------
     baseline: Literal["auto", "mean", "loo", "none"] = Field(
@@ -39,6 +42,9 @@ class AutoSimulateSettings(BaseModel):
         False, description="the coordinates of the parameters the simulator differentiates its renders in "
                            "(its render_differentiable hook) get the pathwise estimate, through the renderer; "
                            "the others keep the score function")
+    warn_below_noise: int = Field(
+        5, ge=0, description="warn (history row and progress line) when the hypergradient's norm stays below its "
+                             "standard error this many iterations in a row; 0 = never")
     # -- the step on psi ----------------------------------------------------------------------
     natural_gradient: bool = Field(
         False, description="precondition the hypergradient by the inverse Fisher information of q_psi")
@@ -109,6 +115,11 @@ class ReinforceSettings(BlackBoxSettings):
 
 
 # ----------------------------------------------------------------------- estimators ---
+Curvature = Literal["hessian", "gauss-newton"]
+CURVATURE_HELP = ("H: the training loss's Hessian, or its Gauss-Newton matrix J^T H_out J (one jvp and one vjp "
+                  "per product, positive semi-definite)")
+
+
 class EstimatorSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -117,10 +128,12 @@ class QuadraticSettings(EstimatorSettings):
     damping: float = Field(0.01, ge=0, description="Levenberg damping lambda added to H")
     max_iter: int = Field(10, ge=1, description="conjugate-gradient iterations at most")
     tol: float = Field(1e-4, gt=0, description="relative residual at which CG stops")
+    curvature: Curvature = Field("hessian", description=CURVATURE_HELP)
 
 
 class ApproxQuadraticSettings(EstimatorSettings):
     damping: float = Field(0.0, ge=0, description="lambda in v = (H + lambda I) g_val")
+    curvature: Curvature = Field("hessian", description=CURVATURE_HELP)
 
 
 # ------------------------------------------------------------------ toy simulator, task ---

@@ -47,6 +47,9 @@ class HypergradProblem:
     pathwise:     the pathwise estimate of the coordinates the simulator differentiates, over
                   this iteration's scenes (``autosimulate``'s ``pathwise`` option); None: the
                   score function for every coordinate.
+    ggn:          v -> G v, G = J^T H_out J the Gauss-Newton matrix of the mean training loss on
+                  the same examples as ``hvp``; None where the run cannot split that loss into
+                  the model's outputs and a loss of them.
     """
 
     params: Params
@@ -58,6 +61,7 @@ class HypergradProblem:
     weights: torch.Tensor | None = None
     baseline: Baseline = "mean"
     pathwise: Pathwise | None = None
+    ggn: Callable[[Params], Params] | None = None
 
     def score_function(self, values: torch.Tensor) -> ScoreEstimate:
         """The score-function estimate of grad_psi E[f] from per-scene values f_k."""
@@ -74,6 +78,17 @@ class HypergradProblem:
         if self.pathwise is None:
             return est
         return replace_terms(est, self.pathwise.terms(self.params, direction))
+    def curvature(self, kind: str, estimator: str) -> Callable[[Params], Params]:
+        """The curvature products the estimator named asks for: ``hvp`` ("hessian") or ``ggn``
+        ("gauss-newton")."""
+        if kind == "hessian":
+            return self.hvp
+        if kind == "gauss-newton":
+            if self.ggn is None:
+                raise ValueError(f"the {estimator!r} estimator's curvature 'gauss-newton' needs the model's outputs "
+                                 "apart from the loss, which this run does not provide; use curvature 'hessian'")
+            return self.ggn
+        raise ValueError(f"unknown curvature {kind!r}; allowed: hessian, gauss-newton")
 
     def require_val_gradient(self, estimator: str) -> Params:
         if self.val_gradient is None:
@@ -141,6 +156,7 @@ class SearchContext(Protocol):
     def functional_losses(self, model: torch.nn.Module, batch: Batch) -> Callable[[Params], torch.Tensor]: ...
     def hvp_operator(self, per_sample: Callable[[Params], torch.Tensor],
                      theta: Params) -> Callable[[Params], Params]: ...
+    def ggn_operator(self, model: torch.nn.Module, batch: Batch, theta: Params) -> Callable[[Params], Params]: ...
     def val_gradient(self, model: torch.nn.Module) -> Params: ...
     def validation_row(self, model: torch.nn.Module) -> dict[str, Any]: ...
     def estimate_hypergrad(self, problem: HypergradProblem) -> Hypergrad: ...

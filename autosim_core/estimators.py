@@ -42,19 +42,21 @@ def _from_direction(problem: HypergradProblem, v: Params, diagnostics: dict[str,
 
 
 def quadratic(problem: HypergradProblem, *, damping: float = 0.01, max_iter: int = 10,
-              tol: float = 1e-4) -> Hypergrad:
-    """v = (H + damping I)^-1 g_val by conjugate gradient."""
+              tol: float = 1e-4, curvature: str = "hessian") -> Hypergrad:
+    """v = (H + damping I)^-1 g_val by conjugate gradient; H the Hessian or, with
+    ``curvature = "gauss-newton"``, the Gauss-Newton matrix."""
     g_val = problem.require_val_gradient("quadratic")
-    cg = conjugate_gradient(problem.hvp, g_val, damping=damping, max_iter=max_iter, tol=tol)
+    matvec = problem.curvature(curvature, "quadratic")
+    cg = conjugate_gradient(matvec, g_val, damping=damping, max_iter=max_iter, tol=tol)
     diag = {"g_val_norm": tree_norm(g_val), "cg_iterations": cg.iterations,
             "cg_residual": cg.residual, "negative_curvature": cg.negative_curvature}
     return _from_direction(problem, cg.solution, diag)
 
 
-def approx_quadratic(problem: HypergradProblem, *, damping: float = 0.0) -> Hypergrad:
-    """v = (H + damping I) g_val: one HVP."""
+def approx_quadratic(problem: HypergradProblem, *, damping: float = 0.0, curvature: str = "hessian") -> Hypergrad:
+    """v = (H + damping I) g_val: one HVP (one Gauss-Newton product with ``curvature = "gauss-newton"``)."""
     g_val = problem.require_val_gradient("approx-quadratic")
-    hv = problem.hvp(g_val)
+    hv = problem.curvature(curvature, "approx-quadratic")(g_val)
     v = tree_axpy(damping, g_val, hv) if damping else hv
     return _from_direction(problem, v, {"g_val_norm": tree_norm(g_val)})
 

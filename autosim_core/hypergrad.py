@@ -10,10 +10,11 @@ import math
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch.func import grad, jvp
+from torch.func import vjp as func_vjp
 
 # torch's first forward-mode call loads its jvp decompositions through torch.jit.script, which
 # warns about its own deprecation; the warning says nothing about autosim or the user's code.
@@ -108,6 +109,46 @@ def hvp_operator(loss_fn: Callable[[Params], torch.Tensor], params: Params, *,
     if mode != "reverse-over-reverse":
         return lambda vector: default_hvp(loss_fn, params, vector, mode=mode)
     return _reverse_over_reverse_operator(loss_fn, params)
+
+
+def ggn_operator(outputs_fn: Callable[[Params], Any], output_loss: Callable[[Any], torch.Tensor],
+                 params: Params) -> Callable[[Params], Params]:
+    """v -> G v at fixed ``params``, G = J^T H_out J the Gauss-Newton matrix of the scalar loss
+    ``output_loss(outputs_fn(theta))``: J the Jacobian of the model's outputs in theta, H_out the
+    Hessian of the loss in the outputs.
+
+    Each product is one jvp of the model (J v), an HVP of the loss in output space (small: the
+    outputs, not the network) and one vjp (J^T u) through the forward graph, which is built on the
+    first product and kept for the next ones. No second-order pass through the network, and G is
+    positive semi-definite wherever the loss is convex in the outputs (cross-entropy, squared
+    error), so conjugate gradient meets no negative curvature. The model must be a pure function
+    of theta for torch.func: BatchNorm in eval mode (running statistics) or GroupNorm.
+    """
+    params = {k: p.detach() for k, p in params.items()}
+    built: list[Any] = []
+
+    def product(vector: Params) -> Params:
+        if not built:
+            outputs, pullback = func_vjp(outputs_fn, params)
+            built.extend([_detach_tree(outputs), pullback])
+        outputs, pullback = built
+        vector = {k: v.detach() for k, v in vector.items()}
+        _, jv = jvp(outputs_fn, (params,), (vector,))
+        _, hjv = jvp(grad(output_loss), (outputs,), (jv,))
+        (gv,) = pullback(hjv)
+        return {k: g.detach() for k, g in gv.items()}
+
+    return product
+
+
+def _detach_tree(tree: Any) -> Any:
+    if isinstance(tree, torch.Tensor):
+        return tree.detach()
+    if isinstance(tree, list | tuple):
+        return type(tree)(_detach_tree(t) for t in tree)
+    if isinstance(tree, dict):
+        return {k: _detach_tree(v) for k, v in tree.items()}
+    return tree
 
 
 def directional_derivatives_jvp(per_sample_loss: Callable[[Params], torch.Tensor], params: Params,

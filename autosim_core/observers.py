@@ -98,6 +98,8 @@ class ConsoleProgress:
             val = f"  val loss {row['val_loss']:.4f}  metric {row['val_metric']:.4f}"
         self.console.print(f"it {row['iteration']:4d}  images {row['images']:6d}  "
                            f"{row['seconds']:7.1f} s{val}")
+        if row.get("warning"):
+            self.console.print(f"warning: {row['warning']}", style="yellow", soft_wrap=True, markup=False)
         if self.progress is not None:
             unit, total, spent = self._budget_spent(run)
             self.progress.update(self._budget, completed=spent, spent=self._spent_text(unit, total, spent))

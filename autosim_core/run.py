@@ -211,6 +211,9 @@ class Run:
     def hvp_operator(self, per_sample: Callable[[Params], torch.Tensor], theta: Params) -> Callable[[Params], Params]:
         return self.training.hvp_operator(per_sample, theta)
 
+    def ggn_operator(self, model: torch.nn.Module, batch: Batch, theta: Params) -> Callable[[Params], Params]:
+        return self.training.ggn_operator(model, batch, theta)
+
     def fine_tune(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: Batch,
                   epochs: int | None = None, orders: list[torch.Tensor] | None = None) -> float:
         return self.training.fine_tune(model, optimizer, batch, epochs, orders)

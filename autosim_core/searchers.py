@@ -14,6 +14,7 @@ import torch
 from .builtin_settings import AutoSimulateSettings, FixedSettings
 from .contracts import Hypergrad, HypergradProblem, SearchContext
 from .hypergrad import Baseline, Params, importance_weights
+from .noise_watch import NoiseWatch
 from .pathwise import Pathwise, parameter_problems, pathwise_keys
 from .records import Batch, SceneBatch
 from .space import Floors, ParameterSpace, Psi
@@ -55,13 +56,20 @@ class PsiStep:
         self.psi = psi
         self.settings = settings
         self.floors = settings.floors()
-        learnable = list(space.learnable(psi).values())
+        learnable = space.learnable(psi)
         if not learnable:
             raise ValueError("the simulator's parameter space has no learnable parameter")
-        if settings.optimizer == "adam":
-            self.optimizer: torch.optim.Optimizer = torch.optim.Adam(learnable, lr=settings.lr)
+        # Adam moves a coordinate by about lr per step whatever its units: "scaled" steps give each
+        # coordinate its own group, whose lr is in the unit of that coordinate's starting spread.
+        if settings.step_units == "scaled":
+            scales = space.natural_scales()
+            groups = [{"params": [p], "lr": settings.lr * scales.get(k, 1.0)} for k, p in learnable.items()]
         else:
-            self.optimizer = torch.optim.SGD(learnable, lr=settings.lr)
+            groups = [{"params": list(learnable.values())}]
+        if settings.optimizer == "adam":
+            self.optimizer: torch.optim.Optimizer = torch.optim.Adam(groups, lr=settings.lr)
+        else:
+            self.optimizer = torch.optim.SGD(groups, lr=settings.lr)
 
     def __call__(self, grad: Params) -> dict[str, float]:
         space, psi, s = self.space, self.psi, self.settings
@@ -137,6 +145,9 @@ def hypergrad_problem(run: SearchContext, model: torch.nn.Module, pool: Sequence
         if chunk:
             raise ValueError("a problem over chunked batches needs its own hvp")
         hvp = run.hvp_operator(losses[0], theta)
+    # Built on its first product (``ggn_operator``): free for an estimator that does not use it.
+    ggn = run.ggn_operator(model, pool[0].batch, theta) if not chunk else _chunked_ggn(run, model, pool[0].batch,
+                                                                                        theta, chunk)
     if val_gradient is None and run.val is not None:
         def val_gradient() -> Params:
             return run.val_gradient(model)
@@ -149,6 +160,7 @@ def hypergrad_problem(run: SearchContext, model: torch.nn.Module, pool: Sequence
         psi=run.psi,
         weights=weights,
         baseline=baseline,
+        ggn=ggn,
     )
 
 
@@ -174,6 +186,21 @@ def pathwise_problems(space: ParameterSpace, simulator: str, has_hook: Callable[
         problems.append(f"{where}: none of its differentiable parameters ({', '.join(parameters or [])}) is "
                         "learnable")
     return problems
+
+def _chunked_ggn(run: SearchContext, model: torch.nn.Module, batch: Batch, theta: Params,
+                 chunk: int) -> Callable[[Params], Params]:
+    """G v of the mean loss over ``batch``, chunk by chunk, each chunk's graph freed after its product."""
+    parts = batch.chunks(chunk)
+
+    def product(vector: Params) -> Params:
+        total = {k: torch.zeros_like(x) for k, x in theta.items()}
+        for part in parts:
+            gv = run.ggn_operator(model, part, theta)(vector)
+            for k in total:
+                total[k] += gv[k] * (len(part) / len(batch))
+        return total
+
+    return product
 
 
 def _tree_lists(tree: dict[str, torch.Tensor]) -> dict[str, Any]:
@@ -202,6 +229,7 @@ class AutoSimulate:
                              f"{run.config.simulator.name!r} implements its own 'sample' hook; use 'iid'")
         self.psi_step = PsiStep(run.space, run.psi, settings)
         self.reused: deque[Rendered] = deque(maxlen=settings.reuse_iterations or None)
+        self.noise_watch = NoiseWatch(settings.warn_below_noise)
 
     @property
     def optimizer(self) -> torch.optim.Optimizer:
@@ -242,13 +270,19 @@ class AutoSimulate:
             info["weights_ess"] = float(weights.sum() ** 2 / (weights**2).sum())
         row: dict[str, Any] = {"train_loss": train_loss, **run.validation_row(model)}
         row.update(psi=run.space.describe(run.psi), estimator=info, step=step)
+        warning = self.noise_watch.update(grad_norm, info.get("grad_se_norm"), train_loss, row.get("val_loss"))
+        if warning is not None:
+            info["below_noise"] = self.noise_watch.in_row
+            row["warning"] = warning
         return row
 
     def state_dict(self) -> dict[str, Any]:
-        return {"optimizer": self.psi_step.state_dict(), "reused": [r.to_state() for r in self.reused]}
+        return {"optimizer": self.psi_step.state_dict(), "reused": [r.to_state() for r in self.reused],
+                "noise_watch": self.noise_watch.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.psi_step.load_state_dict(state["optimizer"])
+        self.noise_watch.load_state_dict(state.get("noise_watch", {}))
         self.reused.clear()
         self.reused.extend(Rendered.from_state(r) for r in state.get("reused", []))
 

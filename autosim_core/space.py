@@ -142,6 +142,13 @@ class ParameterSpace:
                     out[key] = (max(lo, v - width), min(hi, v + width))
         return out
 
+    def natural_scales(self) -> dict[str, float]:
+        """The unit of each psi coordinate: the declared std of a Gaussian-latent family's centre
+        (``loc`` is in the parameter's units, degrees or metres), 1 for log-stds and logits, which
+        are unitless already. Steps and distances divided by it compare across parameters."""
+        return {f"{name}.{coord}": (fam.std if coord == "loc" and isinstance(fam, GaussianLatent) else 1.0)
+                for name, fam in self.parameters.items() for coord in fam.psi_init()}
+
     def describe(self, psi: Psi) -> dict[str, dict[str, Any]]:
         """Human-readable psi: means, stds, probabilities per parameter."""
         detached = {k: v.detach() for k, v in psi.items()}

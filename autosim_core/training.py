@@ -16,7 +16,7 @@ from torch.func import functional_call
 from .clock import Clock
 from .config import Training as TrainingSettings
 from .hookspecs import MetricAccumulator
-from .hypergrad import Params, hvp_operator
+from .hypergrad import Params, ggn_operator, hvp_operator
 from .plugins import has_impl
 from .records import Batch
 
@@ -171,6 +171,20 @@ class Training:
         if has_impl(self.pm, "hvp", "task"):
             return lambda v: self.pm.hook.hvp(loss_fn=mean_loss, params=theta, vector=v)
         return hvp_operator(mean_loss, theta)
+
+    def ggn_operator(self, model: torch.nn.Module, batch: Batch, theta: Params) -> Callable[[Params], Params]:
+        """v -> G v, the Gauss-Newton matrix of the mean training loss of ``batch`` at ``theta``
+        (``hypergrad.ggn_operator``): the model's outputs and the task's loss of them, apart."""
+        fixed = {n: p.detach() for n, p in model.named_parameters() if not p.requires_grad}
+        fixed.update(dict(model.named_buffers()))
+
+        def outputs(th: Params) -> Any:
+            return functional_call(model, {**fixed, **th}, (batch.inputs,))
+
+        def mean_loss(out: Any) -> torch.Tensor:
+            return self.losses(out, batch.targets).mean()
+
+        return ggn_operator(outputs, mean_loss, theta)
 
     def fine_tune(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: Batch,
                   epochs: int | None = None, orders: list[torch.Tensor] | None = None,

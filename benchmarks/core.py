@@ -16,7 +16,7 @@ import torch
 from torch.func import functional_call
 
 from autosim_core.config import parse_config
-from autosim_core.hypergrad import conjugate_gradient, default_hvp, directional_derivatives
+from autosim_core.hypergrad import conjugate_gradient, default_hvp, directional_derivatives, ggn_operator, hvp_operator
 from autosim_core.run import Run
 
 
@@ -59,9 +59,30 @@ def pieces(k: int, width: int) -> dict[str, float]:
     loop = best_of(k_backward, repeat=2)
     cg = best_of(lambda: conjugate_gradient(lambda u: default_hvp(mean_loss, theta, u), v, damping=0.01,
                                             max_iter=10, tol=1e-12), repeat=2)
+
+    def outputs(th: dict[str, torch.Tensor]) -> torch.Tensor:
+        return functional_call(model, th, (x,))
+
+    def output_loss(out: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.cross_entropy(out, y)
+
+    # One product on a fresh operator (what approx-quadratic pays), and 10 on one operator (CG's products).
+    ggn_one = best_of(lambda: ggn_operator(outputs, output_loss, theta)(v))
+    hvp_one = best_of(lambda: hvp_operator(mean_loss, theta)(v))
+
+    def ten(make: Callable[[], Callable[[dict[str, torch.Tensor]], object]]) -> None:
+        product = make()
+        for _ in range(10):
+            product(v)
+
+    ggn_ten = best_of(lambda: ten(lambda: ggn_operator(outputs, output_loss, theta)), repeat=2)
+    hvp_ten = best_of(lambda: ten(lambda: hvp_operator(mean_loss, theta)), repeat=2)
     return {"K": k, "width": width, "seconds_forward_backward": fb, "seconds_hvp": hvp,
             "hvp_over_forward_backward": hvp / fb, "seconds_ck_one_jvp": jvp, "seconds_ck_k_backward": loop,
-            "ck_k_backward_over_one_jvp": loop / jvp, "seconds_cg_10_iterations": cg}
+            "ck_k_backward_over_one_jvp": loop / jvp, "seconds_cg_10_iterations": cg,
+            "seconds_ggn_one_product": ggn_one, "seconds_hvp_operator_one_product": hvp_one,
+            "ggn_over_hvp_one_product": ggn_one / hvp_one, "seconds_ggn_10_products": ggn_ten,
+            "seconds_hvp_10_products": hvp_ten, "ggn_over_hvp_10_products": ggn_ten / hvp_ten}
 
 
 def toy_run(estimator: str) -> dict[str, float]:
