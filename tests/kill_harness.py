@@ -136,6 +136,10 @@ def where(state: dict[str, Any]) -> str:
     return text + ")"
 
 
+def describe(delay: float | str) -> str:
+    return "once config.json appeared" if delay == "config" else f"after {delay:.2f} s"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("folder", type=Path)
@@ -144,14 +148,15 @@ def main() -> None:
     parser.add_argument("--low", type=float, default=0.1)
     parser.add_argument("--high", type=float, default=0.9)
     parser.add_argument("--delays", help="the kills' delays in seconds, comma-separated (instead of --kills "
-                        "random ones between --low and --high)")
+                        "random ones between --low and --high); 'config': as soon as config.json appears (a "
+                        "kill in the set-up, whose window on an idle machine is a few milliseconds)")
     parser.add_argument("--cache", type=Path, help="cache of rendered validation sets (default: FOLDER/cache)")
     args = parser.parse_args()
     args.cache = args.cache or args.folder / "cache"
 
     rng = random.Random(args.seed)
-    delays = [rng.uniform(args.low, args.high) for _ in range(args.kills)] if args.delays is None else [
-        float(d) for d in args.delays.split(",")]
+    delays: list[float | str] = [rng.uniform(args.low, args.high) for _ in range(args.kills)] \
+        if args.delays is None else [d if d == "config" else float(d) for d in args.delays.split(",")]
     # Two short runs first. The first imports everything a run imports on its way (plugins,
     # observers, lazily imported modules), so that later runs, and the children, start at once;
     # the second times a start's set-up and an iteration.
@@ -181,7 +186,7 @@ def main() -> None:
     per_iteration = statistics.median(b - a for a, b in itertools.pairwise(checkpoint_times))
     # What the killed starts could get done at this process's pace; forked children on a busy
     # machine get about half of it done, on an idle one all of it (the budget is then raised).
-    progress = sum(max(0.0, d - set_up) for d in delays) / per_iteration
+    progress = sum(max(0.0, d - set_up) for d in delays if isinstance(d, float)) / per_iteration
     iterations = math.ceil(progress) + 4
     config.write_text(toml(dict(data, budget={"iterations": iterations})))
 
@@ -194,7 +199,12 @@ def main() -> None:
         delay = delays[len(kills)]
         pid = run_cli(["run", str(config), "--out", str(killed), "--resume"])
         starts += 1
-        time.sleep(delay)
+        if delay == "config":
+            deadline = time.perf_counter() + 60
+            while not (killed / "config.json").exists() and time.perf_counter() < deadline:
+                time.sleep(0.0005)
+        else:
+            time.sleep(delay)
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
@@ -210,10 +220,11 @@ def main() -> None:
             print(f"start {starts} finished before its kill; budget raised to {iterations}", flush=True)
             continue
         if code != -signal.SIGKILL:
-            raise SystemExit(f"start {starts} ended with {code} before its kill after {delay:.2f} s")
+            raise SystemExit(f"start {starts} ended with {code} before its kill ({describe(delay)})")
         state = folder_state(killed)
-        kills.append({"delay": round(delay, 3), "resumed": resume, **state, "where": where(state)})
-        print(f"kill {len(kills):2d} after {delay:.2f} s: {where(state)}", flush=True)
+        kills.append({"delay": delay if isinstance(delay, str) else round(delay, 3), "resumed": resume, **state,
+                      "where": where(state)})
+        print(f"kill {len(kills):2d} {describe(delay)}: {where(state)}", flush=True)
     code = wait(run_cli(["run", str(config), "--out", str(killed), "--resume"]))
     if code != 0:
         raise SystemExit(f"the last resume ended with {code}")
