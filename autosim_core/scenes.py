@@ -24,7 +24,6 @@ from .executors import ExampleCountError, Executor, RenderError, SimulatorRef, m
 from .records import Batch, Example, SceneBatch
 from .space import ParameterSpace, Psi
 
-
 PROBED_FROM = 4096
 """Batches of at least this many scenes are checked against the free memory before they are
 rendered (one scene is rendered to learn the size of an example)."""
@@ -122,8 +121,9 @@ class Scenes:
         over = [f"{key} = {count} needs about {_size(2 * count * each)}" for key, count in big.items()
                 if 2 * count * each > free]
         if over:
+            them = "it" if len(over) == 1 else "them"
             raise MemoryBudgetError(f"{'; '.join(over)} of memory ({_size(each)} an example, twice: the examples "
-                                    f"and their batch), but {_size(free)} is free; lower {'it' if len(over) == 1 else 'them'}")
+                                    f"and their batch), but {_size(free)} is free; lower {them}")
 
     def _render_here(self, records: list[dict[str, Any]]) -> list[Example]:
         return self.pm.hook.render(scenes=records, settings=self.simulator_settings)
