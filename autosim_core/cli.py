@@ -35,16 +35,17 @@ def _unforeseen(exc: BaseException, log: Path | None) -> typer.Exit:
     return typer.Exit(1)
 
 
-def _disk_error(exc: BaseException) -> str | None:
+def _disk_error(exc: BaseException, where: Path | None = None) -> str | None:
     """One line for a file that could not be written (a full disk, a read-only folder, no
-    permission), or None for any other error."""
+    permission), or None for any other error; ``where``: what was being written, when the error
+    does not say."""
     import errno
 
     if not isinstance(exc, OSError) or exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES,
                                                          errno.EPERM, errno.ENOTDIR):
         return None
-    where = f" {exc.filename}" if exc.filename else ""
-    return f"cannot write{where}: {exc.strerror or exc}"
+    name = exc.filename or where
+    return f"cannot write{f' {name}' if name else ''}: {exc.strerror or exc}"
 
 
 def _error_log(folder: Path) -> Path | None:
@@ -139,7 +140,7 @@ def run(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
     except Exception as exc:  # a plugin that broke its contract, or a fault of the machine
-        disk = _disk_error(exc)
+        disk = _disk_error(exc, out_dir)
         if disk is not None:
             typer.echo(f"error: {disk}; the run stopped at its last checkpoint: make room (or fix the folder), then "
                        f"continue it with --resume", err=True)
@@ -196,6 +197,9 @@ def compare(
         return typer.Exit(2)
 
     names = [c.stem for c in configs]
+    if len(configs) < 2:
+        raise fail(f"compare needs two or more configs (got {len(configs)}); one config runs with autosim run, "
+                   "over seeds with autosim compare A.toml B.toml --seeds N")
     if len(set(names)) != len(names):
         raise fail("configs must have distinct file names (they name the run folders)")
     budgets = {flag: value for flag, value in (("--budget-images", budget_images), ("--budget-seconds", budget_seconds),
@@ -426,7 +430,7 @@ def generate(
         raise fail(f"{run_dir}: {exc}") from None
     except Exception as exc:  # a plugin that broke its contract, or a fault of the machine
         shutil.rmtree(staging, ignore_errors=True)
-        disk = _disk_error(exc)
+        disk = _disk_error(exc, out)
         if disk is not None:
             typer.echo(f"error: {disk}", err=True)
             raise typer.Exit(1) from None
@@ -562,7 +566,7 @@ def diagnose(
             typer.echo(f"error: {line}" if line.startswith(str(config)) else f"error: {config}: {line}", err=True)
         raise typer.Exit(2) from None
     except Exception as exc:  # a plugin that broke its contract, or a fault of the machine
-        disk = _disk_error(exc)
+        disk = _disk_error(exc, path)
         if disk is not None:
             typer.echo(f"error: {disk}", err=True)
             raise typer.Exit(1) from None
