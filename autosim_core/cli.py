@@ -338,6 +338,8 @@ def train(
 
     trainer = None
     try:
+        if (run_dir / "psi.json").exists():  # what is wrong with a damaged one (the trainer only indexes it)
+            _read_psi_file(run_dir)
         trainer = FinalTrainer(run_dir, images=images, epochs=epochs, seeds=seeds)
         report = trainer.score(out, snapshots=snapshots, on=on,  # type: ignore[arg-type]
                                progress=lambda line: typer.echo(line, err=True))

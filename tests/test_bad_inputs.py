@@ -334,3 +334,11 @@ def test_generate_reads_the_resolved_folder_of_a_relative_validation_path(plugin
     result = invoke("generate", run_dir, "-n", 3, "-o", tmp_path / "data")
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "data" / "manifest.json").read_text())["examples"] == 3
+
+
+def test_train_names_a_psi_json_that_is_not_a_runs(toy_run: Path) -> None:
+    (toy_run / "psi.json").write_text("{}")
+    result = invoke("train", toy_run)
+    assert result.exit_code == 2
+    assert result.stderr == (f"error: {toy_run / 'psi.json'}: no 'space' and no 'psi' table (a finished run's "
+                             "psi.json has both)\n")
