@@ -133,8 +133,8 @@ def load_set(entry: SetKey) -> list[Example] | None:
         stored = torch.load(entry.path, weights_only=True)
         return [Example.from_dict(d) for d in stored["examples"]]
     except Exception as exc:  # truncated or foreign: torch and from_dict raise several kinds
-        logging.getLogger("autosim").warning("the cached set %s cannot be read (%s: %s); rendering it again",
-                                             entry.path, type(exc).__name__, str(exc).strip()[:120])
+        logging.getLogger("autosim").warning("the cached set %s cannot be read (truncated, or not a cached set: "
+                                             "%s); rendering it again", entry.path, type(exc).__name__)
         entry.path.unlink(missing_ok=True)
         return None
 
