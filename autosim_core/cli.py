@@ -380,7 +380,7 @@ def generate(
     import shutil
 
     from .checks import is_psi_file
-    from .config import ConfigError
+    from .config import ConfigError, load_config
     from .export import FORMATS, DatasetWriter
     from .final import FinalTrainingError, run_config
     from .run import Run
@@ -399,8 +399,9 @@ def generate(
     try:
         psi_file = _read_psi_file(run_dir)
         # config.json: the resolved config, whose data folders are absolute (config.toml's
-        # relative paths would be read against the run folder).
-        run_config_ = run_config(run_dir)
+        # relative paths would be read against the run folder); config.toml where it is missing.
+        run_config_ = (run_config(run_dir) if (run_dir / "config.json").exists() else
+                       load_config(run_dir / "config.toml"))
         if is_psi_file(run_config_.simulator.start):
             # The scenes come from this run's own psi.json; the one it started from need not be found again.
             run_config_.simulator.start = None
