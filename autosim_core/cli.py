@@ -473,8 +473,7 @@ def _read_psi_file(run_dir: Path) -> dict[str, Any]:
     except OSError as exc:
         raise FinalTrainingError(f"{path}: cannot read ({exc.strerror or exc})") from None
     except ValueError as exc:
-        raise FinalTrainingError(f"{path}: not JSON ({exc}); the run's last checkpoint still holds its psi: "
-                                 f"write it again with autosim run --resume") from None
+        raise FinalTrainingError(f"{path}: not JSON ({exc})") from None
     missing = [key for key in ("space", "psi") if not isinstance(data, dict) or not isinstance(data.get(key), dict)
                or not data[key]]
     if missing:
