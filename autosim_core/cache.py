@@ -119,15 +119,24 @@ def set_key(cache_dir: Path, *, simulator: str, key: str, simulator_version: str
 
 
 def load_set(entry: SetKey) -> list[Example] | None:
-    """The cached examples of ``entry`` (None when it is not cached)."""
+    """The cached examples of ``entry`` (None when it is not cached, or when the file cannot be
+    read: a damaged set is removed, and rendered again by its caller)."""
     if not entry.path.exists():
         return None
+    import logging
+
     import torch
 
     from .records import Example
 
-    stored = torch.load(entry.path, weights_only=True)
-    return [Example.from_dict(d) for d in stored["examples"]]
+    try:
+        stored = torch.load(entry.path, weights_only=True)
+        return [Example.from_dict(d) for d in stored["examples"]]
+    except Exception as exc:  # truncated or foreign: torch and from_dict raise several kinds
+        logging.getLogger("autosim").warning("the cached set %s cannot be read (truncated, or not a cached set: "
+                                             "%s); rendering it again", entry.path, type(exc).__name__)
+        entry.path.unlink(missing_ok=True)
+        return None
 
 
 def store_set(entry: SetKey, examples: list[Example]) -> None:

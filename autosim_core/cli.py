@@ -12,6 +12,47 @@ app = typer.Typer(help="Learn the sampling distribution of a simulator (AutoSimu
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
 
+def _unforeseen(exc: BaseException, log: Path | None) -> typer.Exit:
+    """One line for an error no check foresaw (a plugin breaking its contract, a fault of the
+    machine): the traceback goes to ``log`` (a temporary file when ``log`` is None or cannot be
+    written), whose path the line names."""
+    import tempfile
+    import traceback
+
+    text = traceback.format_exc()
+    try:
+        if log is None:
+            raise OSError
+        log.write_text(text)
+    except OSError:
+        fd, name = tempfile.mkstemp(prefix="autosim-error-", suffix=".log")
+        with open(fd, "w") as file:
+            file.write(text)
+        log = Path(name)
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    what = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+    typer.echo(f"error: {what} (traceback in {log})", err=True)
+    return typer.Exit(1)
+
+
+def _disk_error(exc: BaseException, where: Path | None = None) -> str | None:
+    """One line for a file that could not be written (a full disk, a read-only folder, no
+    permission), or None for any other error; ``where``: what was being written, when the error
+    does not say."""
+    import errno
+
+    if not isinstance(exc, OSError) or exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES,
+                                                         errno.EPERM, errno.ENOTDIR):
+        return None
+    name = exc.filename or where
+    return f"cannot write{f' {name}' if name else ''}: {exc.strerror or exc}"
+
+
+def _error_log(folder: Path) -> Path | None:
+    """``folder/error.log`` when ``folder`` exists (else None: a temporary file takes the traceback)."""
+    return folder / "error.log" if folder.is_dir() else None
+
+
 @app.command("list")
 def list_plugins(
     name: Annotated[str | None, typer.Argument(help="with --settings: one plugin or config table (e.g. training)")
@@ -65,29 +106,46 @@ def run(
     """Run one searcher; writes history.jsonl, checkpoints, psi.json, summary.json, curves.png."""
     from .config import ConfigError
 
+    out_dir = out or Path("runs") / config.stem
+    problem = _unwritable_out(out_dir)
+    if problem:
+        typer.echo(f"error: --out: {problem}", err=True)
+        raise typer.Exit(2)
     try:
         from .observers import ConsoleProgress, PlotCurves
         from .run import open_run
 
-        runner = open_run(config, out or Path("runs") / config.stem, observers=(ConsoleProgress(), PlotCurves()))
+        runner = open_run(config, out_dir, observers=(ConsoleProgress(), PlotCurves()))
         runner.config_text = config.read_text(encoding="utf-8")
     except ConfigError as exc:
         for line in exc.lines:
             typer.echo(f"error: {line}" if line.startswith(str(config)) else f"error: {config}: {line}", err=True)
         raise typer.Exit(2) from None
+    except Exception as exc:  # a plugin that broke its contract while the run was set up
+        raise _unforeseen(exc, _error_log(out_dir)) from None
     from .evaluations import EvaluationError
     from .executors import RenderError
     from .run import NonFiniteError
     from .rundir import DamagedHistoryError, RunFolderBusyError
+    from .scenes import MemoryBudgetError
 
+    (out_dir / "error.log").unlink(missing_ok=True)  # an earlier attempt's
     try:
         summary = runner.execute(resume=resume)
-    except (FileExistsError, FileNotFoundError, NonFiniteError, DamagedHistoryError, RunFolderBusyError) as exc:
+    except (FileExistsError, FileNotFoundError, NonFiniteError, DamagedHistoryError, RunFolderBusyError,
+            MemoryBudgetError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     except (RenderError, EvaluationError) as exc:  # failed after every retry: the message says how to resume
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
+    except Exception as exc:  # a plugin that broke its contract, or a fault of the machine
+        disk = _disk_error(exc, out_dir)
+        if disk is not None:
+            typer.echo(f"error: {disk}; the run stopped at its last checkpoint: make room (or fix the folder), then "
+                       f"continue it with --resume", err=True)
+            raise typer.Exit(1) from None
+        raise _unforeseen(exc, _error_log(out_dir)) from None
     finally:
         runner.close()
     typer.echo(json.dumps({k: summary[k] for k in ("iterations", "images", "seconds") if k in summary}))
@@ -139,6 +197,9 @@ def compare(
         return typer.Exit(2)
 
     names = [c.stem for c in configs]
+    if len(configs) < 2:
+        raise fail(f"compare needs two or more configs (got {len(configs)}); one config runs with autosim run, "
+                   "over seeds with autosim compare A.toml B.toml --seeds N")
     if len(set(names)) != len(names):
         raise fail("configs must have distinct file names (they name the run folders)")
     budgets = {flag: value for flag, value in (("--budget-images", budget_images), ("--budget-seconds", budget_seconds),
@@ -277,6 +338,8 @@ def train(
 
     trainer = None
     try:
+        if (run_dir / "psi.json").exists():  # what is wrong with a damaged one (the trainer only indexes it)
+            _read_psi_file(run_dir)
         trainer = FinalTrainer(run_dir, images=images, epochs=epochs, seeds=seeds)
         report = trainer.score(out, snapshots=snapshots, on=on,  # type: ignore[arg-type]
                                progress=lambda line: typer.echo(line, err=True))
@@ -314,48 +377,134 @@ def generate(
     batch: Annotated[int, typer.Option("--batch", min=1, help="scenes rendered at a time")] = 64,
 ) -> None:
     """Render a dataset from a run's learned psi, with manifest.json (psi, seeds, versions)."""
-    import platform
+    import shutil
 
     from .checks import is_psi_file
     from .config import ConfigError, load_config
-    from .export import FORMATS, DatasetWriter, atomic_write, package_versions
+    from .export import FORMATS, DatasetWriter
+    from .final import FinalTrainingError, run_config
     from .run import Run
-    from .space import ParameterSpace
+
+    def fail(message: str) -> typer.Exit:
+        typer.echo(f"error: {message}", err=True)
+        return typer.Exit(2)
 
     if fmt not in FORMATS:
-        typer.echo(f"error: --format: unknown format {fmt!r}; allowed: {', '.join(FORMATS)}", err=True)
-        raise typer.Exit(2)
+        raise fail(f"--format: unknown format {fmt!r}; allowed: {', '.join(FORMATS)}")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        typer.echo(f"error: --out: {out} is not an empty folder; choose a new one", err=True)
-        raise typer.Exit(2)
+        raise fail(f"--out: {out} is not an empty folder; choose a new one")
+    problem = _unwritable_out(out)
+    if problem:
+        raise fail(f"--out: {problem}")
     try:
-        psi_file = json.loads((run_dir / "psi.json").read_text())
-        run_config = load_config(run_dir / "config.toml")
-        if is_psi_file(run_config.simulator.start):
-            # The scenes come from this run's own psi.json; the one it started from need not be
-            # found again (the copied config.toml resolves a relative path against the run folder).
-            run_config.simulator.start = None
-        runner = Run(run_config, run_dir)
-        writer = DatasetWriter(out, fmt, runner.labels)
-    except FileNotFoundError as exc:
-        typer.echo(f"error: {run_dir} is not a finished run folder ({exc.filename} is missing)", err=True)
-        raise typer.Exit(2) from None
+        psi_file = _read_psi_file(run_dir)
+        # config.json: the resolved config, whose data folders are absolute (config.toml's
+        # relative paths would be read against the run folder); config.toml where it is missing.
+        run_config_ = (run_config(run_dir) if (run_dir / "config.json").exists() else
+                       load_config(run_dir / "config.toml"))
+        if is_psi_file(run_config_.simulator.start):
+            # The scenes come from this run's own psi.json; the one it started from need not be found again.
+            run_config_.simulator.start = None
+        runner = Run(run_config_, run_dir)
+    except FinalTrainingError as exc:
+        raise fail(str(exc)) from None
     except ConfigError as exc:
         for line in exc.lines:
-            typer.echo(f"error: {line}", err=True)
+            typer.echo(f"error: {run_dir / 'config.json'}: {line}", err=True)
         raise typer.Exit(2) from None
+    except Exception as exc:  # a plugin that broke its contract while the run was set up
+        raise _unforeseen(exc, None) from None
+    try:
+        DatasetWriter(out, fmt, runner.labels)
     except ValueError as exc:
-        typer.echo(f"error: --format: {exc}", err=True)
-        raise typer.Exit(2) from None
+        raise fail(f"--format: {exc}") from None
+    # Rendered into a folder beside --out and moved there whole: a failed or killed attempt
+    # leaves --out as it was, and the next attempt clears what it left.
+    staging = out.with_name(f".{out.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        summary = _generate(runner, psi_file, DatasetWriter(staging, fmt, runner.labels), run_dir, count, fmt,
+                            seed, batch)
+        if out.exists():
+            out.rmdir()  # empty (checked above)
+        staging.rename(out)
+    except _NotImages as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise fail(f"{run_dir}: {exc}") from None
+    except Exception as exc:  # a plugin that broke its contract, or a fault of the machine
+        shutil.rmtree(staging, ignore_errors=True)
+        disk = _disk_error(exc, out)
+        if disk is not None:
+            typer.echo(f"error: {disk}", err=True)
+            raise typer.Exit(1) from None
+        raise _unforeseen(exc, None) from None
+    finally:
+        runner.close()
+    typer.echo(json.dumps({**summary, "out": str(out)}))
+
+
+class _NotImages(ValueError):
+    """The run's simulator renders examples that are not images (the toy's points)."""
+
+
+def _unwritable_out(out: Path) -> str | None:
+    """Why a folder cannot be made or written at ``out`` (None: it can): a file on its way, or
+    no permission to write where it is or would go."""
+    import os
+
+    path = out.absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        return f"{out} is a file" if existing == path else f"{out} cannot be made: {existing} is a file"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{out} is not writable" if existing == path else f"{out} cannot be made: {existing} is not writable"
+    return None
+
+
+def _read_psi_file(run_dir: Path) -> dict[str, Any]:
+    """A finished run's psi.json, with its ``space`` and ``psi`` (a ``FinalTrainingError`` says what is wrong)."""
+    from .final import FinalTrainingError
+
+    path = run_dir / "psi.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FinalTrainingError(f"{run_dir} is not a finished run folder ({path} is missing)") from None
+    except OSError as exc:
+        raise FinalTrainingError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    except ValueError as exc:
+        raise FinalTrainingError(f"{path}: not JSON ({exc})") from None
+    missing = [key for key in ("space", "psi") if not isinstance(data, dict) or not isinstance(data.get(key), dict)
+               or not data[key]]
+    if missing:
+        raise FinalTrainingError(f"{path}: no {' and no '.join(repr(k) for k in missing)} table (a finished "
+                                 "run's psi.json has both)")
+    return data
+
+
+def _generate(runner: Any, psi_file: dict[str, Any], writer: Any, run_dir: Path, count: int, fmt: str, seed: int,
+              batch: int) -> dict[str, Any]:
+    """Renders ``count`` examples of the run's psi into ``writer``'s folder, then its manifest.json."""
+    import platform
+
     import torch
+
+    from .export import atomic_write, package_versions
+    from .space import ParameterSpace
 
     space = ParameterSpace.from_dict(psi_file["space"])
     psi = space.init_psi()
     generator = torch.Generator().manual_seed(seed)
     seeds: list[Any] = []
+    writer.out.mkdir(parents=True)
     while writer.count < count:
         n = min(batch, count - writer.count)
         _, examples = runner.render(space, psi, n, generator, list(range(writer.count, writer.count + n)))
+        image = examples[0].image if examples else None
+        if not isinstance(image, torch.Tensor) or image.dim() != 3:
+            shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+            raise _NotImages(f"simulator {runner.config.simulator.name!r} renders no images (an example's image is "
+                             f"{shape}, not (C, H, W)); generate writes image datasets")
         seeds += [(e.scene or {}).get("seed") for e in examples]
         writer.write(examples)
     writer.close()
@@ -371,8 +520,8 @@ def generate(
                                         "torch", "numpy", "pillow")},
     }
     text = json.dumps(manifest, indent=2, default=str) + "\n"
-    atomic_write(out / "manifest.json", lambda f: f.write(text.encode()))
-    typer.echo(json.dumps({"examples": writer.count, "format": fmt, "out": str(out)}))
+    atomic_write(writer.out / "manifest.json", lambda f: f.write(text.encode()))
+    return {"examples": writer.count, "format": fmt}
 
 
 @app.command()
@@ -393,25 +542,39 @@ def diagnose(
     reuse_iterations: Annotated[int, typer.Option("--reuse-iterations", min=1)] = 3,
 ) -> None:
     """Measure the hypergradient's noise: K-scene estimates against a large-K reference."""
-    from .config import ConfigError, load_config
+    import tempfile
+
+    from .config import ConfigError
     from .diagnose import diagnose as measure
     from .diagnose import markdown
+    from .run import open_run
     from .rundir import atomic_write
 
+    path = out or Path("runs") / "diagnose" / f"{config.stem}.json"
+    problem = _unwritable_out(path.parent)  # before the work, which takes minutes
+    if problem:
+        typer.echo(f"error: --out: {problem}", err=True)
+        raise typer.Exit(2)
     try:
-        cfg = load_config(config)
+        with tempfile.TemporaryDirectory() as scratch:  # the same checks as autosim run, in one pass
+            cfg = open_run(config, Path(scratch) / "run").config
         report = measure(cfg, warmup=warmup, draws=draws, scenes=scenes, reference=reference,
                          estimators=tuple(estimator or [cfg.estimator.name]), options=tuple(option) if option else None,
                          reuse_iterations=reuse_iterations, progress=lambda line: typer.echo(line, err=True))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        text = json.dumps(report, indent=2) + "\n"
+        atomic_write(path, lambda f: f.write(text.encode()))
     except (ConfigError, ValueError) as exc:
         lines = exc.lines if isinstance(exc, ConfigError) else [str(exc)]
         for line in lines:
-            typer.echo(f"error: {config}: {line}", err=True)
+            typer.echo(f"error: {line}" if line.startswith(str(config)) else f"error: {config}: {line}", err=True)
         raise typer.Exit(2) from None
-    path = out or Path("runs") / "diagnose" / f"{config.stem}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(report, indent=2) + "\n"
-    atomic_write(path, lambda f: f.write(text.encode()))
+    except Exception as exc:  # a plugin that broke its contract, or a fault of the machine
+        disk = _disk_error(exc, path)
+        if disk is not None:
+            typer.echo(f"error: {disk}", err=True)
+            raise typer.Exit(1) from None
+        raise _unforeseen(exc, None) from None
     typer.echo(markdown(report), nl=False)
 
 

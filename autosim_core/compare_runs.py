@@ -105,9 +105,11 @@ def execute_run(job: RunJob, registry: Any = None) -> str | None:
     (out_dir / ERROR_LOG).unlink(missing_ok=True)  # a failure of an earlier attempt
     runner = None
     try:
-        console = None if job.live_progress else Console(stderr=True, highlight=False, force_terminal=False)
+        # Runs that share the console prefix their lines with the run's name and seed.
+        console, prefix = ((None, "") if job.live_progress else
+                           (Console(stderr=True, highlight=False, force_terminal=False), f"{job.label}: "))
         runner = Run(parse_config(job.config), out_dir, registry=registry, config_text=job.config_text,
-                     observers=(ConsoleProgress(console), PlotCurves()))
+                     observers=(ConsoleProgress(console, prefix), PlotCurves()))
         runner.execute(resume=job.resume)
         return None
     except Exception as exc:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import copy
+import math
 import tomllib
+import types
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 
 class ConfigError(Exception):
@@ -24,8 +27,49 @@ class ConfigError(Exception):
         """Tables of the original config that ``partial`` leaves out (their checks are moot)."""
 
 
+def _leaf_types(annotation: Any) -> set[Any]:
+    """The types an annotation admits, through ``X | None``, ``Optional`` and ``Annotated``."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return set().union(*(_leaf_types(arg) for arg in typing.get_args(annotation)))
+    if origin is typing.Annotated:
+        return _leaf_types(typing.get_args(annotation)[0])
+    return {annotation}
+
+
+def wants_number(annotation: Any) -> bool:
+    """Whether a field of this annotation takes a number but not a boolean (which pydantic would
+    otherwise take as 0 or 1)."""
+    leaves = _leaf_types(annotation)
+    return bool not in leaves and bool(leaves & {int, float})
+
+
+def loose_numbers(model: type[BaseModel], data: Any, prefix: str) -> list[str]:
+    """Lines for the values of a settings table that pydantic would take silently: a boolean where
+    a number goes (``epochs = true`` as 1), a number that is not finite (``lr = inf``)."""
+    if not isinstance(data, dict):
+        return []
+    lines = []
+    for name, value in data.items():
+        field = model.model_fields.get(name)
+        key = f"{prefix}.{name}" if prefix else name
+        if isinstance(value, float) and not math.isfinite(value):
+            lines.append(f"{key}: must be a finite number (got {value})")
+        elif field is not None and isinstance(value, bool) and wants_number(field.annotation):
+            lines.append(f"{key}: must be a number, not a boolean (got {value!r})")
+    return lines
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_boolean_for_a_number(cls, value: Any, info: ValidationInfo) -> Any:
+        field = cls.model_fields.get(info.field_name or "")
+        if isinstance(value, bool) and field is not None and wants_number(field.annotation):
+            raise ValueError("must be a number, not a boolean")
+        return value
 
 
 class PluginChoice(_Strict):
@@ -261,23 +305,25 @@ class RunConfig(_Strict):
     cache_dir: Path | None = Field(None, description="where rendered validation/test sets are kept")
     observers: Observers = Field(default_factory=Observers, description="TensorBoard and other observers")
 
-    @model_validator(mode="after")
-    def _distinct_seeds(self) -> RunConfig:
-        seeds = {"seed": self.seed}
-        for key in ("validation", "test"):
-            data = getattr(self, key)
-            if data is not None and data.source == "simulator":
-                for other, value in seeds.items():
-                    if value == data.seed:
-                        raise ValueError(f"{key}.seed: {data.seed} equals {other}; "
-                                         "evaluation sets must not share the training seed or each other's")
-                seeds[f"{key}.seed"] = data.seed
-        for r, seed in enumerate(self.final_training.model_seeds(self.seed)):
-            for key, value in seeds.items():
-                if key != "seed" and value == seed:
-                    raise ValueError(f"final_training.seed: fresh model {r} would use seed {seed}, which equals "
-                                     f"{key}, and train on that set's scenes; choose another final_training.seed")
-        return self
+
+
+def seed_problems(config: RunConfig) -> list[str]:
+    """The seeds that must differ and do not: an evaluation set rendered with the training seed
+    or another set's, a fresh model seeded like an evaluation set (a check across keys, made on
+    a config whose keys are each valid, so that it hides no other error)."""
+    lines = []
+    seeds = {"seed": config.seed}
+    for key in ("validation", "test"):
+        data = getattr(config, key)
+        if data is not None and data.source == "simulator":
+            lines += [f"{key}.seed: {data.seed} equals {other}; evaluation sets must not share the training seed "
+                      "or each other's" for other, value in seeds.items() if value == data.seed]
+            seeds[f"{key}.seed"] = data.seed
+    for r, seed in enumerate(config.final_training.model_seeds(config.seed)):
+        lines += [f"final_training.seed: fresh model {r} would use seed {seed}, which equals {key}, and train on "
+                  "that set's scenes; choose another final_training.seed"
+                  for key, value in seeds.items() if key != "seed" and value == seed]
+    return lines
 
 
 def _loc(loc: tuple[Any, ...]) -> str:
@@ -341,12 +387,15 @@ def parse_config(data: dict[str, Any]) -> RunConfig:
         config = RunConfig.model_validate(data)
     except ValidationError as exc:
         partial, dropped = _partial_config(data) if isinstance(data, dict) else (None, ())
+        lines = format_validation_error(exc)
         if partial is not None:
             _resolve_package_paths(partial)
-        raise ConfigError(format_validation_error(exc), partial, dropped) from None
-    errors = _resolve_package_paths(config)
-    if errors:
-        raise ConfigError(errors, config)
+            if not any(line.split(":")[0].endswith("seed") for line in lines):
+                lines += seed_problems(partial)  # a seed left at its default would give false alarms
+        raise ConfigError(lines, partial, dropped) from None
+    problems = _resolve_package_paths(config) + seed_problems(config)
+    if problems:  # the config is whole otherwise: the checks that need the plugins run on it too
+        raise ConfigError(problems, config, ()) from None
     return config
 
 
@@ -425,7 +474,12 @@ def validate_settings(model: type[BaseModel] | None, settings: dict[str, Any], p
     """A plugin's settings table checked against the model it declares (dict if none)."""
     if model is None:
         return dict(settings)
+    loose = loose_numbers(model, settings, prefix)
     try:
-        return model.model_validate(settings)
+        validated = model.model_validate(settings)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, prefix)) from None
+        raise ConfigError(loose + [line for line in format_validation_error(exc, prefix)
+                                   if line.split(":")[0] not in {x.split(":")[0] for x in loose}]) from None
+    if loose:
+        raise ConfigError(loose)
+    return validated

@@ -32,10 +32,12 @@ class ConsoleProgress:
     to a terminal, so a redirected or piped run prints the lines alone.
     """
 
-    def __init__(self, console: Any = None) -> None:
+    def __init__(self, console: Any = None, prefix: str = "") -> None:
         from rich.console import Console
 
         self.console = console if console is not None else Console(stderr=True, highlight=False)
+        self.prefix = prefix
+        """Starts every line (``toy seed 1: ``): runs sharing a console tell theirs apart."""
         self.progress: Any = None
         self._budget: Any = None
         self._phases: list[str] = []
@@ -53,7 +55,7 @@ class ConsoleProgress:
     def on_run_start(self, run: Any) -> None:
         c = run.config
         estimator = f" · estimator {c.estimator.name}" if run.uses_estimator else ""
-        self.console.print(f"[bold]autosim[/] {c.searcher.name} · simulator {c.simulator.name} · "
+        self.console.print(f"{self.prefix}[bold]autosim[/] {c.searcher.name} · simulator {c.simulator.name} · "
                            f"task {c.task.name}{estimator} → {run.out_dir}", soft_wrap=True)
         if not self.console.is_terminal:
             return
@@ -96,7 +98,7 @@ class ConsoleProgress:
         val = ""
         if row.get("val_metric") is not None:
             val = f"  val loss {row['val_loss']:.4f}  metric {row['val_metric']:.4f}"
-        self.console.print(f"it {row['iteration']:4d}  images {row['images']:6d}  "
+        self.console.print(f"{self.prefix}it {row['iteration']:4d}  images {row['images']:6d}  "
                            f"{row['seconds']:7.1f} s{val}")
         if row.get("warning"):
             self.console.print(f"warning: {row['warning']}", style="yellow", soft_wrap=True, markup=False)
@@ -107,17 +109,18 @@ class ConsoleProgress:
     @hookimpl
     def on_run_end(self, run: Any, summary: dict[str, Any]) -> None:
         self._stop()
-        line = f"done: {summary['iterations']} iterations, {summary['images']} images, {summary['seconds']:.1f} s"
+        line = (f"{self.prefix}done: {summary['iterations']} iterations, {summary['images']} images, "
+                f"{summary['seconds']:.1f} s")
         for key in ("val", "test"):
             if key in summary:
                 line += f"  {key} metric {summary[key]['metric']:.4f}"
         self.console.print(line)
         split = summary["seconds_split"]
-        self.console.print("seconds: " + ", ".join(f"{phase} {split[phase]:.1f}" for phase in split)
+        self.console.print(f"{self.prefix}seconds: " + ", ".join(f"{phase} {split[phase]:.1f}" for phase in split)
                            + f" (evaluation sets {summary['seconds_setup']:.1f})", soft_wrap=True)
         learned = [name for name in summary["psi"] if run.space[name].learn]
         if learned and summary["psi"] != summary["psi_start"]:
-            self.console.print(psi_table(summary, learned))
+            self.console.print(psi_table(summary, learned, title=self.prefix.removesuffix(": ") or None))
 
 
 def _number(x: float) -> str:
@@ -141,7 +144,7 @@ def _readable(value: dict[str, Any]) -> str:
     return text
 
 
-def psi_table(summary: dict[str, Any], names: list[str]) -> Any:
+def psi_table(summary: dict[str, Any], names: list[str], title: str | None = None) -> Any:
     """Learned parameters: where they started, where they are, where the validation data are.
 
     Values are in the parameters' units: the mean (median for log-normals) and, in brackets,
@@ -150,7 +153,7 @@ def psi_table(summary: dict[str, Any], names: list[str]) -> Any:
     from rich.table import Table
 
     target = summary.get("psi_validation")
-    table = Table("parameter", "start", "learned", *(["validation data"] if target else []), box=None,
+    table = Table("parameter", "start", "learned", *(["validation data"] if target else []), box=None, title=title,
                   caption="mean or median [10 %, 90 % of rendered values]; categoricals: probabilities")
     for name in names:
         row = [name, _readable(summary["psi_start"][name]), _readable(summary["psi"][name])]

@@ -239,6 +239,16 @@ class Run:
     def estimate_hypergrad(self, problem: HypergradProblem) -> Hypergrad:
         return self.pm.hook.estimate_hypergrad(problem=problem, settings=self.est_settings)
 
+    def check_memory(self) -> None:
+        """Before anything renders: the training batches and the rendered evaluation sets must fit
+        in the free memory (``Scenes.check_memory``)."""
+        counts = {f"{key}.count": data.count for key in ("validation", "test")
+                  if (data := getattr(self.config, key)) is not None and data.source == "simulator"}
+        per_iteration = getattr(self.searcher_settings, "scenes_per_iteration", None)
+        if isinstance(per_iteration, int):
+            counts["searcher.settings.scenes_per_iteration"] = per_iteration
+        self.scenes.check_memory(counts, self.space, self.space.init_psi())
+
     def settings_json(self) -> dict[str, Any]:
         return self.plan.settings_json()
 
@@ -386,6 +396,7 @@ class Run:
             self.folder.write_text(CONFIG_TOML, self.config_text)
 
         setup_start = time.perf_counter()
+        self.check_memory()
         self.val = self.load_data("validation")
         self.test = self.load_data("test")
         setup_seconds = time.perf_counter() - setup_start

@@ -45,7 +45,7 @@ TMP_SUFFIX = ".tmp"
 
 
 class DamagedHistoryError(ValueError):
-    """A run folder's history.jsonl cannot be matched with its checkpoint."""
+    """A run folder's history.jsonl cannot be matched with its checkpoint (or the checkpoint cannot be read)."""
 
 
 class RunFolderBusyError(RuntimeError):
@@ -252,7 +252,10 @@ class RunFolder:
                     break
                 raise DamagedHistoryError(f"{path}: line {number} is not a JSON row; the history is damaged"
                                           ) from None
-            if int(row["iteration"]) > iteration:
+            if not isinstance(row, dict) or type(row.get("iteration")) is not int:
+                raise DamagedHistoryError(f"{path}: line {number} is JSON but not a row (an object with an integer "
+                                          f"'iteration'): {line[:80]}; the history is damaged") from None
+            if row["iteration"] > iteration:
                 continue
             if "event" in row and not started:  # a retry during a set-up that is done again
                 continue
@@ -283,7 +286,16 @@ class RunFolder:
     def load_checkpoint(self) -> dict[str, Any]:
         import torch
 
-        return torch.load(self.checkpoint, weights_only=True)
+        try:
+            state = torch.load(self.checkpoint, weights_only=True)
+        except Exception as exc:  # truncated or overwritten: torch raises several kinds
+            raise DamagedHistoryError(
+                f"{self.checkpoint} cannot be read (truncated, or not a checkpoint: {type(exc).__name__}); the run "
+                f"cannot be continued: start it again in a new --out, or delete {self.path}") from None
+        if not isinstance(state, dict) or not isinstance(state.get("iteration"), int):
+            raise DamagedHistoryError(f"{self.checkpoint} is no run checkpoint (no iteration in it); the run cannot "
+                                      f"be continued: start it again in a new --out, or delete {self.path}")
+        return state
 
     def resume_hint(self) -> str:
         if self.checkpoint.exists():

@@ -24,6 +24,48 @@ from .executors import ExampleCountError, Executor, RenderError, SimulatorRef, m
 from .records import Batch, Example, SceneBatch
 from .space import ParameterSpace, Psi
 
+PROBED_FROM = 4096
+"""Batches of at least this many scenes are checked against the free memory before they are
+rendered (one scene is rendered to learn the size of an example)."""
+
+
+class MemoryBudgetError(ValueError):
+    """A batch of scenes would need more memory than is free (one line)."""
+
+
+def free_memory() -> int | None:
+    """Bytes of memory available to a new allocation (Linux's ``MemAvailable``; None elsewhere)."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def example_bytes(value: Any) -> int:
+    """Bytes of the tensors and arrays an example (or a record, a list, a dict) holds."""
+    if isinstance(value, Example):
+        value = vars(value)
+    if isinstance(value, dict):
+        return sys.getsizeof(value) + sum(example_bytes(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sys.getsizeof(value) + sum(example_bytes(v) for v in value)
+    if isinstance(value, torch.Tensor):
+        return value.element_size() * value.nelement()
+    nbytes = getattr(value, "nbytes", None)
+    return int(nbytes) if isinstance(nbytes, int) else sys.getsizeof(value)
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{n:.0f} B"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
 
 class Scenes:
     """Sampling, rendering and collating for one run's simulator and task."""
@@ -75,6 +117,24 @@ class Scenes:
                                f"{'no' if examples is None else len(examples)} differentiable examples for "
                                f"{len(records)} scenes")
         return self.collate(examples)
+
+    def check_memory(self, counts: dict[str, int], space: ParameterSpace, psi: Psi) -> None:
+        """Raises ``MemoryBudgetError`` when a batch of ``counts[key]`` scenes (the examples, then
+        their collated batch: twice the examples' bytes) would not fit in the free memory. One
+        scene, from a generator of its own, is rendered to learn an example's size; batches
+        under ``PROBED_FROM`` scenes are not checked."""
+        big = {key: count for key, count in counts.items() if count >= PROBED_FROM}
+        free = free_memory() if big else None
+        if free is None:
+            return
+        records = self.sample(space, psi, 1, torch.Generator().manual_seed(0), [-1]).records
+        each = example_bytes(self.render(records)[0]) + example_bytes(records[0])
+        over = [f"{key} = {count} needs about {_size(2 * count * each)}" for key, count in big.items()
+                if 2 * count * each > free]
+        if over:
+            them = "it" if len(over) == 1 else "them"
+            raise MemoryBudgetError(f"{'; '.join(over)} of memory ({_size(each)} an example, twice: the examples "
+                                    f"and their batch), but {_size(free)} is free; lower {them}")
 
     def _render_here(self, records: list[dict[str, Any]]) -> list[Example]:
         return self.pm.hook.render(scenes=records, settings=self.simulator_settings)

@@ -6,10 +6,13 @@ The pools themselves are in :mod:`autosim_core.workers`.
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import importlib
 import os
+import signal
 import sys
+import threading
 import time
 import traceback
 import types
@@ -182,6 +185,35 @@ def build_state(recipe: Recipe) -> tuple[Any, tuple[str, str] | None]:
         return (None if recipe.init is None else recipe.init(recipe.spec)), None
     except Exception as exc:
         return None, (error_text(exc), traceback.format_exc())
+
+
+PR_SET_PDEATHSIG = 1
+"""prctl(2) option: the signal the kernel sends this process when its parent dies (Linux)."""
+
+
+def die_with_parent(parent_alive: Any = None) -> None:
+    """Make this worker process die when the process that started it dies, however it dies.
+
+    On Linux the kernel sends SIGKILL when the parent exits (``PR_SET_PDEATHSIG``); a forkserver's
+    worker has the forkserver as its parent, and the forkserver exits once its client is gone.
+    ``parent_alive`` is the read end of a pipe whose only write end the parent holds: a thread
+    waits on it and ends the process at its end of file, which also covers a parent that died
+    before the signal was asked for, and systems without prctl."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass  # no prctl in this libc: the pipe alone
+    if parent_alive is not None:
+        threading.Thread(target=_exit_when_closed, args=(parent_alive,), name="parent-alive", daemon=True).start()
+
+
+def _exit_when_closed(parent_alive: Any) -> None:
+    try:
+        while True:
+            parent_alive.recv_bytes()
+    except (EOFError, OSError):
+        os._exit(70)  # the parent is gone (or let go of this worker): nothing is left to answer
 
 
 def prepare(threads: int | None, sys_path: Sequence[str]) -> None:

@@ -40,6 +40,7 @@ from .worker_protocol import (
     WireTensor,
     blender_paths_last,
     build_state,
+    die_with_parent,
     error_text,
     extend_sys_path,
     from_wire,
@@ -103,9 +104,12 @@ class InlineBackend(Backend):
         self._state, self._started, self._replies = None, False, []
 
 
-def _process_main(conn: Connection, threads: int | None, sys_path: tuple[str, ...]) -> None:
+def _process_main(conn: Connection, threads: int | None, sys_path: tuple[str, ...],
+                  parent_alive: Connection | None = None) -> None:
     """A worker process: reads its recipe, builds its state, then answers each job until told to
-    stop (None) or orphaned; ``("started", None)`` when it begins a job, then the answer."""
+    stop (None) or orphaned; ``("started", None)`` when it begins a job, then the answer. It dies
+    with its parent, even in the middle of a job (``die_with_parent``)."""
+    die_with_parent(parent_alive)
     prepare(threads, sys_path)
     try:
         recipe = pickle.loads(conn.recv_bytes())
@@ -135,6 +139,8 @@ def _process_main(conn: Connection, threads: int | None, sys_path: tuple[str, ..
 class _Process:
     process: Any
     conn: Connection
+    alive: Connection
+    """The write end of the worker's ``parent_alive`` pipe: closing it (or dying) ends the worker."""
     recipe_sent: bool = False
 
 
@@ -161,12 +167,14 @@ class ProcessBackend(Backend):
     def start(self, slot: int) -> None:
         assert self.recipe is not None
         parent, child = self._context.Pipe(duplex=True)
+        alive_r, alive_w = self._context.Pipe(duplex=False)
         process = self._context.Process(target=_process_main, args=(child, self.recipe.threads,
-                                                                    self.recipe.sys_path),
+                                                                    self.recipe.sys_path, alive_r),
                                         daemon=self.recipe.daemon, name=self.recipe.name)
         process.start()
         child.close()
-        self._workers[slot] = _Process(process, parent)
+        alive_r.close()
+        self._workers[slot] = _Process(process, parent, alive_w)
 
     def send(self, slot: int, payload: Any) -> None:
         worker = self._workers[slot]
@@ -210,6 +218,7 @@ class ProcessBackend(Backend):
             worker.process.kill()
         worker.process.join(timeout=10)
         worker.conn.close()
+        worker.alive.close()
 
     def close(self) -> None:
         for worker in self._workers.values():
@@ -223,6 +232,7 @@ class ProcessBackend(Backend):
                 worker.process.kill()
                 worker.process.join(timeout=5)
             worker.conn.close()
+            worker.alive.close()
         self._workers.clear()
 
 

@@ -112,3 +112,21 @@ def test_a_failing_run_is_reported_and_the_others_finish(executor: list[str], tm
     assert len(history(out / "toy_fixed" / "seed-0")) == 2
     assert (out / "toy_fixed" / "seed-0" / "summary.json").exists()
     assert not (out / "comparison.json").exists() and not (out / "comparison.md").exists()
+
+
+def test_runs_sharing_the_console_prefix_their_lines_with_name_and_seed(tmp_path: Path, cache_dir: Path,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    from autosim_core.compare_runs import RunJob, run_jobs
+    from autosim_core.config import load_config
+
+    config = load_config(small_toy("toy.toml", tmp_path, cache_dir)).model_dump()
+    config["budget"] = {"iterations": 2}
+    jobs = [RunJob("toy", i, dict(config, seed=i), str(tmp_path / f"seed-{i}"), "", resume=False,
+                   live_progress=False) for i in (0, 1)]
+    assert run_jobs(jobs, "inline") == [None, None]
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    for i in (0, 1):
+        mine = [line for line in lines if line.startswith(f"toy seed {i}: ")]
+        assert [line.split(": ", 1)[1].split()[0] for line in mine] == ["autosim", "it", "it", "done:", "seconds:"]
+        assert f"toy seed {i}" in [line.strip() for line in lines]  # the title of its psi table
+    assert not [line for line in lines if line.startswith(("it ", "done:", "seconds:"))]

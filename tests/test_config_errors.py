@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -34,6 +35,12 @@ def drop(*keys: str) -> Mutation:
 # (id, change to examples/toy.toml, key path the line starts with, words the line must contain)
 CASES: list[tuple[str, Mutation, str, list[str]]] = [
     ("wrong-type", setting("training", "epochs", "five"), "training.epochs", ["integer", "'five'"]),
+    # pydantic alone takes true as 1 and inf as a float
+    ("boolean-for-a-number", setting("training", "epochs", True), "training.epochs", ["number", "boolean", "True"]),
+    ("infinite-lr", setting("training", "lr", math.inf), "training.lr", ["finite", "inf"]),
+    ("plugin-boolean-for-a-number", plugin_setting("searcher", "scenes_per_iteration", True),
+     "searcher.settings.scenes_per_iteration", ["number", "boolean", "True"]),
+    ("plugin-nan", plugin_setting("searcher", "lr", math.nan), "searcher.settings.lr", ["finite", "nan"]),
     ("wrong-type-table", lambda d: d.__setitem__("budget", 10), "budget", ["dictionary", "10"]),
     ("negative-lr", setting("training", "lr", -1), "training.lr", ["greater than 0", "-1"]),
     ("negative-count", setting("validation", "count", -3), "validation.count", ["greater than or equal to 1"]),
@@ -141,6 +148,37 @@ def test_equal_seeds_are_rejected(change: dict[str, Any], other: str, toy_exampl
     key = f"{next(iter(change))}.seed"
     assert line.startswith(f"{key}: "), line
     assert re.search(rf"^{re.escape(key)}: \d+ equals {re.escape(other)}\b", line), line
+
+
+def test_equal_seeds_are_reported_with_every_other_problem_in_one_pass(toy_example: dict[str, Any],
+                                                                       tmp_path: Path) -> None:
+    """A check across keys runs on the config as far as it is valid, so it neither hides the
+    other errors nor waits for them to be fixed; ``autosim diagnose`` reports the same lines."""
+    from typer.testing import CliRunner
+
+    from autosim_core.cli import app
+
+    config = tmp_path / "eight.toml"
+    config.write_text('seed = 7\nepochs = 3\n[simulator]\nname = "toy-gaussians"\nstart = "nope"\n'
+                      '[task]\nname = "toy-logistic"\nsettings = { hidden = -1 }\n'
+                      '[searcher]\nsettings = { scenes_per_iteration = true, lr = inf }\n'
+                      '[training]\nepochs = true\nlr = 0\n[budget]\niterations = 2\n'
+                      '[validation]\npreset = "target"\nseed = 7\n[test]\npreset = "nowhere"\nseed = 7\n')
+    keys = ["epochs", "searcher.settings.lr", "searcher.settings.scenes_per_iteration", "simulator.start",
+            "task.settings.hidden", "test.preset", "test.seed", "test.seed", "training.epochs", "training.lr",
+            "validation.seed"]
+    outputs = {}
+    for command in ("run", "diagnose"):
+        result = CliRunner().invoke(app, [command, str(config), "--out", str(tmp_path / command)])
+        assert result.exit_code == 2, result.output
+        lines = result.stderr.splitlines()
+        assert all(line.startswith(f"error: {config}: ") and str(config) not in line.split(": ", 2)[2]
+                   for line in lines), lines  # the path once
+        assert sorted(line.split(": ")[2] for line in lines) == keys, lines
+        outputs[command] = lines
+    assert outputs["run"] == outputs["diagnose"]
+    assert f"error: {config}: validation.seed: 7 equals seed; evaluation sets must not share the training seed or " \
+           "each other's" in outputs["run"]
 
 
 def test_several_problems_are_reported_together(toy_example: dict[str, Any]) -> None:

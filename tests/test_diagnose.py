@@ -74,6 +74,7 @@ def test_the_cli_writes_the_report_whole_or_not_at_all(tmp_path: Path, cache_dir
     out.write_text("the last report")
     full_disk()
     result = CliRunner().invoke(app, ["diagnose", str(config), "--out", str(out)])
-    assert isinstance(result.exception, OSError)
+    assert result.exit_code == 1, result.output
+    assert result.stderr == f"error: cannot write {out}: No space left on device\n"
     assert out.read_text() == "the last report"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["diagnose.json", "toy.toml"]
