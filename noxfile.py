@@ -71,9 +71,7 @@ def _pytest(session: nox.Session, *paths: str, parallel: bool = False) -> None:
     """pytest on ``paths``; ``parallel``: the tests shared out over up to two processes (pytest-xdist,
     one per core of the machines CI runs on): the core's 400 tests take 110 s instead of 175 s."""
     env = {"AUTOSIM_CACHE": str(session.create_tmp() + "/autosim-cache"), "MPLBACKEND": "Agg"}
-    # worksteal: a worker that runs out of tests takes queued ones from the other, so that the
-    # few long tests do not leave one core idle at the end.
-    workers = ("-n", "auto", "--maxprocesses", "2", "--dist", "worksteal") if parallel else ()
+    workers = ("-n", "auto", "--maxprocesses", "2") if parallel else ()
     session.run("pytest", "-q", "--durations=15", *workers, *paths, *session.posargs, env=env)
 
 
