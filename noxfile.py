@@ -126,7 +126,7 @@ def arnold(session: nox.Session) -> None:
 def unet(session: nox.Session) -> None:
     """autosim-unet beside the core."""
     _install(session, CORE, UNET)
-    _pytest(session, "plugins/autosim_unet/tests", parallel=True)
+    _pytest(session, "plugins/autosim_unet/tests")
 
 
 @nox.session(python=PYTHON)
