@@ -148,7 +148,7 @@ def nuclei(session: nox.Session) -> None:
 def clevr_unet(session: nox.Session) -> None:
     """The combination the demo uses: CLEVR renders, UNet segments."""
     _install(session, CORE, CLEVR, UNET, ("tomli-w",))
-    _pytest(session, "integration", parallel=True)
+    _pytest(session, "integration")
 
 
 # The mutants `nox -s mutants` runs by default: the hypergradient maths, the parameter space and
