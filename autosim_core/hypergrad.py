@@ -130,7 +130,7 @@ def ggn_operator(outputs_fn: Callable[[Params], Any], output_loss: Callable[[Any
     def product(vector: Params) -> Params:
         if not built:
             outputs, pullback = func_vjp(outputs_fn, params)
-            built.extend([_detach_tree(outputs), pullback])
+            built.extend([detach_tree(outputs), pullback])
         outputs, pullback = built
         vector = {k: v.detach() for k, v in vector.items()}
         _, jv = jvp(outputs_fn, (params,), (vector,))
@@ -141,13 +141,14 @@ def ggn_operator(outputs_fn: Callable[[Params], Any], output_loss: Callable[[Any
     return product
 
 
-def _detach_tree(tree: Any) -> Any:
+def detach_tree(tree: Any) -> Any:
+    """A model's outputs cut from the graph: a tensor, or a list/tuple/dict of them."""
     if isinstance(tree, torch.Tensor):
         return tree.detach()
     if isinstance(tree, list | tuple):
-        return type(tree)(_detach_tree(t) for t in tree)
+        return type(tree)(detach_tree(t) for t in tree)
     if isinstance(tree, dict):
-        return {k: _detach_tree(v) for k, v in tree.items()}
+        return {k: detach_tree(v) for k, v in tree.items()}
     return tree
 
 

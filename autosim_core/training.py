@@ -16,7 +16,7 @@ from torch.func import functional_call
 from .clock import Clock
 from .config import Training as TrainingSettings
 from .hookspecs import MetricAccumulator
-from .hypergrad import Params, ggn_operator, hvp_operator
+from .hypergrad import Params, detach_tree, ggn_operator, hvp_operator
 from .plugins import has_impl
 from .records import Batch
 
@@ -25,17 +25,6 @@ def _cat(parts: list[Any]) -> Any:
     if isinstance(parts[0], torch.Tensor):
         return torch.cat(parts)
     return [x for part in parts for x in part]
-
-
-def _detach(outputs: Any) -> Any:
-    """A model's outputs cut from the graph: a tensor, or a list/tuple/dict of them."""
-    if isinstance(outputs, torch.Tensor):
-        return outputs.detach()
-    if isinstance(outputs, list | tuple):
-        return type(outputs)(_detach(o) for o in outputs)
-    if isinstance(outputs, dict):
-        return {k: _detach(v) for k, v in outputs.items()}
-    return outputs
 
 
 def _state_versions(model: torch.nn.Module) -> tuple[int, ...]:
@@ -97,7 +86,7 @@ def validation_pass(model: torch.nn.Module, batch: Batch, loss_fn: Callable[[Any
                 out = model(chunk.inputs)
                 chunk_losses = loss_fn(out, chunk.targets)
                 with torch.no_grad():
-                    metrics_acc.update(_detach(out), chunk.targets)
+                    metrics_acc.update(detach_tree(out), chunk.targets)
             grads = torch.autograd.grad(chunk_losses.sum() / n, params, allow_unused=True)
         for acc, g in zip(total, grads, strict=True):
             if g is not None:
