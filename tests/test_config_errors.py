@@ -297,9 +297,8 @@ def test_cli_invalid_toml_in_a_real_process(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------ all errors in one pass ---
-def test_every_error_of_a_config_in_one_pass(toy_example: dict[str, Any], tmp_path: Path) -> None:
-    """An unknown estimator, a bad preset, a negative epoch count, a bad task setting and a
-    missing folder: five lines from one try, each starting with its key path."""
+def folder_task_registry() -> Any:
+    """The plugins with the toy task given a ``load_dataset`` that reads folders only."""
     from autosim_core.plugins import load_registry
     from autosim_core.toy import ToyTask
 
@@ -310,6 +309,13 @@ def test_every_error_of_a_config_in_one_pass(toy_example: dict[str, Any], tmp_pa
 
     registry = load_registry()
     registry.plugins["tasks"]["toy-logistic"] = FolderTask()
+    return registry
+
+
+def test_every_error_of_a_config_in_one_pass(toy_example: dict[str, Any], tmp_path: Path) -> None:
+    """An unknown estimator, a bad preset, a negative epoch count, a bad task setting and a
+    missing folder: five lines from one try, each starting with its key path."""
+    registry = folder_task_registry()
     data = copy.deepcopy(toy_example)
     data["estimator"] = {"name": "quadratik"}
     data["validation"]["preset"] = "tagret"
@@ -335,16 +341,7 @@ def test_every_error_of_a_config_in_one_pass(toy_example: dict[str, Any], tmp_pa
 
 def test_an_image_and_mask_pair_for_a_task_that_reads_folders_only_is_one_line(toy_example: dict[str, Any],
                                                                                   tmp_path: Path) -> None:
-    from autosim_core.plugins import load_registry
-    from autosim_core.toy import ToyTask
-
-    class FolderTask(ToyTask):
-        @hookimpl
-        def load_dataset(self, path: str) -> list[Any]:
-            return []
-
-    registry = load_registry()
-    registry.plugins["tasks"]["toy-logistic"] = FolderTask()
+    registry = folder_task_registry()
     image, mask = tmp_path / "image.png", tmp_path / "mask.png"
     image.write_bytes(b"")
     mask.write_bytes(b"")
