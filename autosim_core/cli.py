@@ -8,49 +8,10 @@ from typing import Annotated, Any
 
 import typer
 
+from .cli_errors import disk_error, error_log, unforeseen, unwritable_out
+
 app = typer.Typer(help="Learn the sampling distribution of a simulator (AutoSimulate).",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-
-
-def _unforeseen(exc: BaseException, log: Path | None) -> typer.Exit:
-    """One line for an error no check foresaw (a plugin breaking its contract, a fault of the
-    machine): the traceback goes to ``log`` (a temporary file when ``log`` is None or cannot be
-    written), whose path the line names."""
-    import tempfile
-    import traceback
-
-    text = traceback.format_exc()
-    try:
-        if log is None:
-            raise OSError
-        log.write_text(text)
-    except OSError:
-        fd, name = tempfile.mkstemp(prefix="autosim-error-", suffix=".log")
-        with open(fd, "w") as file:
-            file.write(text)
-        log = Path(name)
-    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
-    what = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
-    typer.echo(f"error: {what} (traceback in {log})", err=True)
-    return typer.Exit(1)
-
-
-def _disk_error(exc: BaseException, where: Path | None = None) -> str | None:
-    """One line for a file that could not be written (a full disk, a read-only folder, no
-    permission), or None for any other error; ``where``: what was being written, when the error
-    does not say."""
-    import errno
-
-    if not isinstance(exc, OSError) or exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES,
-                                                         errno.EPERM, errno.ENOTDIR):
-        return None
-    name = exc.filename or where
-    return f"cannot write{f' {name}' if name else ''}: {exc.strerror or exc}"
-
-
-def _error_log(folder: Path) -> Path | None:
-    """``folder/error.log`` when ``folder`` exists (else None: a temporary file takes the traceback)."""
-    return folder / "error.log" if folder.is_dir() else None
 
 
 @app.command("list")
@@ -107,7 +68,7 @@ def run(
     from .config import ConfigError
 
     out_dir = out or Path("runs") / config.stem
-    problem = _unwritable_out(out_dir)
+    problem = unwritable_out(out_dir)
     if problem:
         typer.echo(f"error: --out: {problem}", err=True)
         raise typer.Exit(2)
@@ -122,7 +83,7 @@ def run(
             typer.echo(f"error: {line}" if line.startswith(str(config)) else f"error: {config}: {line}", err=True)
         raise typer.Exit(2) from None
     except Exception as exc:  # a plugin that broke its contract while the run was set up
-        raise _unforeseen(exc, _error_log(out_dir)) from None
+        raise unforeseen(exc, error_log(out_dir)) from None
     from .evaluations import EvaluationError
     from .executors import RenderError
     from .run import NonFiniteError
@@ -140,12 +101,12 @@ def run(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
     except Exception as exc:  # a plugin that broke its contract, or a fault of the machine
-        disk = _disk_error(exc, out_dir)
+        disk = disk_error(exc, out_dir)
         if disk is not None:
             typer.echo(f"error: {disk}; the run stopped at its last checkpoint: make room (or fix the folder), then "
                        f"continue it with --resume", err=True)
             raise typer.Exit(1) from None
-        raise _unforeseen(exc, _error_log(out_dir)) from None
+        raise unforeseen(exc, error_log(out_dir)) from None
     finally:
         runner.close()
     typer.echo(json.dumps({k: summary[k] for k in ("iterations", "images", "seconds") if k in summary}))
@@ -393,7 +354,7 @@ def generate(
         raise fail(f"--format: unknown format {fmt!r}; allowed: {', '.join(FORMATS)}")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise fail(f"--out: {out} is not an empty folder; choose a new one")
-    problem = _unwritable_out(out)
+    problem = unwritable_out(out)
     if problem:
         raise fail(f"--out: {problem}")
     try:
@@ -413,7 +374,7 @@ def generate(
             typer.echo(f"error: {run_dir / 'config.json'}: {line}", err=True)
         raise typer.Exit(2) from None
     except Exception as exc:  # a plugin that broke its contract while the run was set up
-        raise _unforeseen(exc, None) from None
+        raise unforeseen(exc, None) from None
     try:
         DatasetWriter(out, fmt, runner.labels)
     except ValueError as exc:
@@ -433,11 +394,11 @@ def generate(
         raise fail(f"{run_dir}: {exc}") from None
     except Exception as exc:  # a plugin that broke its contract, or a fault of the machine
         shutil.rmtree(staging, ignore_errors=True)
-        disk = _disk_error(exc, out)
+        disk = disk_error(exc, out)
         if disk is not None:
             typer.echo(f"error: {disk}", err=True)
             raise typer.Exit(1) from None
-        raise _unforeseen(exc, None) from None
+        raise unforeseen(exc, None) from None
     finally:
         runner.close()
     typer.echo(json.dumps({**summary, "out": str(out)}))
@@ -445,20 +406,6 @@ def generate(
 
 class _NotImages(ValueError):
     """The run's simulator renders examples that are not images (the toy's points)."""
-
-
-def _unwritable_out(out: Path) -> str | None:
-    """Why a folder cannot be made or written at ``out`` (None: it can): a file on its way, or
-    no permission to write where it is or would go."""
-    import os
-
-    path = out.absolute()
-    existing = next(p for p in (path, *path.parents) if p.exists())
-    if not existing.is_dir():
-        return f"{out} is a file" if existing == path else f"{out} cannot be made: {existing} is a file"
-    if not os.access(existing, os.W_OK | os.X_OK):
-        return f"{out} is not writable" if existing == path else f"{out} cannot be made: {existing} is not writable"
-    return None
 
 
 def _read_psi_file(run_dir: Path) -> dict[str, Any]:
@@ -551,7 +498,7 @@ def diagnose(
     from .rundir import atomic_write
 
     path = out or Path("runs") / "diagnose" / f"{config.stem}.json"
-    problem = _unwritable_out(path.parent)  # before the work, which takes minutes
+    problem = unwritable_out(path.parent)  # before the work, which takes minutes
     if problem:
         typer.echo(f"error: --out: {problem}", err=True)
         raise typer.Exit(2)
@@ -570,11 +517,11 @@ def diagnose(
             typer.echo(f"error: {line}" if line.startswith(str(config)) else f"error: {config}: {line}", err=True)
         raise typer.Exit(2) from None
     except Exception as exc:  # a plugin that broke its contract, or a fault of the machine
-        disk = _disk_error(exc, path)
+        disk = disk_error(exc, path)
         if disk is not None:
             typer.echo(f"error: {disk}", err=True)
             raise typer.Exit(1) from None
-        raise _unforeseen(exc, None) from None
+        raise unforeseen(exc, None) from None
     typer.echo(markdown(report), nl=False)
 
 
