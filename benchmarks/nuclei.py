@@ -1,18 +1,23 @@
 """Sim-to-real on a real image: the `nuclei` simulator learned against real fluorescence microscopy.
 
-    python benchmarks/nuclei.py --out bench-results/nuclei [--seeds 3] [--workers 2] [--json FILE] [--sheet PNG]
+    python benchmarks/nuclei.py --out bench-results/nuclei [--seeds 5] [--workers 2] [--json FILE] [--sheet PNG]
 
 Copies examples/nuclei_unet.toml (AutoSimulate, linear), _initial, _wide and _random to OUT/configs
 and runs ``autosim compare`` on them over ``--seeds`` seeds with ``--final-training --resume
 --executor processes --workers W``
 into OUT (a finished run or fresh model is kept, an interrupted one resumed). The comparison adds
-the fresh models trained on the 32 real validation tiles (``trained-on-validation``). Then, from
-the runs it left, this script writes OUT/nuclei.json (or ``--json``):
+the fresh models trained on the 32 real validation tiles (``trained-on-validation``). A second
+comparison in OUT/boundary does the same for the three-class examples (_boundary: AutoSimulate,
+_boundary_initial: the fixed start), whose renders and real masks label the nuclei's outlines.
+Then, from the runs they left, this script writes OUT/nuclei.json (or ``--json``):
 
-- the comparison (headline: each method's fresh-model mIoU on the real test tiles);
-- the per-object F1 at IoU 0.5 of every fresh model (``final/model.pt``) on the real test half:
-  its tiles' predictions stitched back together, the connected components of predicted nucleus
-  pixels matched against the real instance mask (a match is IoU > 0.5, which makes it one to one);
+- the comparisons (headline: each method's fresh-model mIoU on the real test tiles);
+- for every fresh model (``final/model.pt``), on the real test half with its tiles' predictions
+  stitched back together: the per-object F1 at IoU 0.5 (the connected components of predicted
+  nucleus pixels, or with a boundary class those of the predicted interiors grown back by two
+  pixels into the predicted outlines, matched against the real instance mask; a match is
+  IoU > 0.5, which makes it one to one) and the two-class mIoU (nucleus against background), which
+  scores two- and three-class models alike;
 - what the real validation half measures (nuclei per tile, radius, elongation, brightness above
   background and its spread, background, its noise) and the same statistics of 64 renders of
   each method's ψ (initial, learned, wide), measured the same way from the renders' instance masks;
@@ -41,6 +46,12 @@ from scipy import ndimage
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ["nuclei_unet", "nuclei_unet_initial", "nuclei_unet_wide", "nuclei_unet_random"]
+BOUNDARY_METHODS = ["nuclei_unet_boundary", "nuclei_unet_boundary_initial"]
+LABELS = {"nuclei_unet": "learned (AutoSim.)", "nuclei_unet_initial": "initial", "nuclei_unet_wide": "wide",
+          "nuclei_unet_random": "random search"}
+GROW = 2
+"""Pixels by which a predicted interior grows back into the predicted outline (the outline is one pixel
+of each nucleus; two let a component reach across a blurred prediction)."""
 REFERENCE = "trained-on-validation"
 TILE = 64
 SMOKE = [("iterations = 5", "iterations = 1"), ("iterations = 2", "iterations = 1"), ("images = 128", "images = 16"),
@@ -109,8 +120,9 @@ def renders(space_dict: dict[str, Any], count: int, seed: int) -> tuple[list[np.
 
 
 def object_f1(predicted: np.ndarray, instances: np.ndarray) -> dict[str, float]:
-    """Per-object F1 at IoU 0.5: components of the predicted foreground against the real instances."""
-    labels, n_pred = ndimage.label(predicted)
+    """Per-object F1 at IoU 0.5: predicted objects (ids, 0 none) against the real instances."""
+    labels = predicted
+    n_pred = int(labels.max())
     gt_ids, gt = np.unique(instances, return_inverse=True)
     gt = gt.reshape(instances.shape)
     n_gt = len(gt_ids) - (1 if gt_ids[0] == 0 else 0)
@@ -124,7 +136,21 @@ def object_f1(predicted: np.ndarray, instances: np.ndarray) -> dict[str, float]:
     return {"f1": 2 * tp / max(n_gt + n_pred, 1), "matched": tp, "real_nuclei": int(n_gt), "predicted": int(n_pred)}
 
 
-def fresh_f1(model_path: Path, config: dict[str, Any], image: np.ndarray, instances: np.ndarray) -> dict[str, float]:
+def predicted_objects(classes: np.ndarray) -> np.ndarray:
+    """Object ids of a predicted class map: the components of class 1, or with a boundary class (2) the
+    components of the interiors grown by GROW pixels into the predicted outlines."""
+    if not (classes == 2).any():
+        return ndimage.label(classes == 1)[0]
+    objects = ndimage.label(classes == 1)[0]
+    for _ in range(GROW):
+        grown = ndimage.grey_dilation(objects, footprint=ndimage.generate_binary_structure(2, 1))
+        take = (objects == 0) & (classes == 2) & (grown > 0)
+        objects[take] = grown[take]
+    return objects
+
+
+def fresh_scores(model_path: Path, config: dict[str, Any], image: np.ndarray,
+                 instances: np.ndarray) -> dict[str, float]:
     from autosim_unet.plugin import UNetSettings, build_model
 
     model = build_model(UNetSettings.model_validate(config["task"]["settings"]))
@@ -135,7 +161,10 @@ def fresh_f1(model_path: Path, config: dict[str, Any], image: np.ndarray, instan
     with torch.no_grad():
         predicted = model(tiles).argmax(1).numpy()
     stitched = predicted.reshape(8, 4, TILE, TILE).transpose(0, 2, 1, 3).reshape(512, 256)
-    return object_f1(stitched == 1, instances[:, 256:])
+    real = instances[:, 256:] > 0
+    foreground = stitched > 0
+    ious = [float((a & b).sum() / max((a | b).sum(), 1)) for a, b in ((foreground, real), (~foreground, ~real))]
+    return {**object_f1(predicted_objects(stitched), instances[:, 256:]), "binary_miou": float(np.mean(ious))}
 
 
 def contact_sheet(rows: dict[str, list[np.ndarray]], path: Path, scale: int = 2) -> None:
@@ -155,78 +184,112 @@ def contact_sheet(rows: dict[str, list[np.ndarray]], path: Path, scale: int = 2)
     sheet.save(path)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=Path("bench-results/nuclei"))
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--json", type=Path, default=None, help="where the report goes (default OUT/nuclei.json)")
-    parser.add_argument("--sheet", type=Path, default=None, help="contact sheet PNG (default OUT/contact_sheet.png)")
-    parser.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS,
-                        help="the configs compared (default: all four)")
-    parser.add_argument("--smoke", action="store_true", help="one iteration per run and 16-image fresh models: "
-                        "proves the whole path in a few minutes (its numbers mean nothing)")
-    args = parser.parse_args()
-    real_files()
-    methods = args.methods
+def write_configs(methods: list[str], folder: Path, smoke: bool) -> list[str]:
     configs = []
     for method in methods:
         text = (ROOT / "examples" / f"{method}.toml").read_text()
-        if args.smoke:
+        if smoke:
             for old, new in SMOKE:
                 text = text.replace(old, new)
-        path = args.out / "configs" / f"{method}.toml"
+        path = folder / f"{method}.toml"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
         configs.append(str(path))
-    start = time.perf_counter()
+    return configs
+
+
+def compare(configs: list[str], initial: str, out: Path, args: argparse.Namespace) -> dict[str, Any]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     subprocess.run([sys.executable, "-m", "autosim_core.cli", "compare", *configs, "--seeds", str(args.seeds),
                     "--final-training", "--resume", "--executor", "processes", "--workers", str(args.workers),
-                    "--initial", "nuclei_unet_initial", "--out", str(args.out)], check=True, env=env)
-    wall = time.perf_counter() - start
+                    "--initial", initial, "--out", str(out)], check=True, env=env)
+    return json.loads((out / "comparison.json").read_text())
 
-    comparison = json.loads((args.out / "comparison.json").read_text())
-    image, instances = real_image()
-    measured = {"validation_half": statistics(tiles_of(image, 0, 256), tiles_of(instances, 0, 256)),
-                "test_half": statistics(tiles_of(image, 256, 512), tiles_of(instances, 256, 512))}
+
+def scored_runs(out: Path, methods: list[str], seeds: int, image: np.ndarray,
+                instances: np.ndarray) -> dict[str, dict[str, Any]]:
+    """Per method and seed: where ψ started, what the run handed over, and its fresh model's scores on
+    the stitched real test half (the validation-trained reference: its scores only)."""
     runs: dict[str, dict[str, Any]] = {}
-    rendered: dict[str, dict[str, float]] = {}
-    sheet_rows: dict[str, list[np.ndarray]] = {"real (validation)": tiles_of(image, 0, 256)[:8:1]}
     for method in [*methods, REFERENCE]:
         runs[method] = {}
-        for i in range(args.seeds):
-            folder = args.out / method / f"seed-{i}"
+        for i in range(seeds):
+            folder = out / method / f"seed-{i}"
             if method == REFERENCE:
-                model, config = folder / "model.pt", json.loads((args.out / METHODS[0] / "seed-0" /
-                                                                 "config.json").read_text())
-                runs[method][str(i)] = {"f1": fresh_f1(model, config, image, instances)}
+                config = json.loads((out / methods[0] / "seed-0" / "config.json").read_text())
+                runs[method][str(i)] = {"scores": fresh_scores(folder / "model.pt", config, image, instances)}
                 continue
             config = json.loads((folder / "config.json").read_text())
             summary = json.loads((folder / "summary.json").read_text())
             psi = json.loads((folder / "psi.json").read_text())
-            runs[method][str(i)] = {"psi_start": summary["psi_start"], "psi": psi["psi"],
-                                    "f1": fresh_f1(folder / "final" / "model.pt", config, image, instances)}
-            if i == 0:
-                images, inst = renders(psi["space"], 64, seed=7)
-                rendered[method] = statistics(images, inst)
-                label = {"nuclei_unet": "learned (AutoSim.)", "nuclei_unet_initial": "initial",
-                         "nuclei_unet_wide": "wide", "nuclei_unet_random": "random search"}[method]
-                sheet_rows[label] = images[:8]
+            runs[method][str(i)] = {"psi_start": summary["psi_start"], "psi": psi["psi"], "space": psi["space"],
+                                    "scores": fresh_scores(folder / "final" / "model.pt", config, image, instances)}
+    return runs
+
+
+def spread(runs: dict[str, dict[str, Any]], key: str) -> dict[str, dict[str, float]]:
+    out = {}
+    for method, by_seed in runs.items():
+        values = [r["scores"][key] for r in by_seed.values()]
+        out[method] = {"mean": float(np.mean(values)), "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
+                       "n": len(values)}
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("bench-results/nuclei"))
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--json", type=Path, default=None, help="where the report goes (default OUT/nuclei.json)")
+    parser.add_argument("--sheet", type=Path, default=None, help="contact sheet PNG (default OUT/contact_sheet.png)")
+    parser.add_argument("--no-boundary", action="store_true", help="leave out the three-class comparison")
+    parser.add_argument("--smoke", action="store_true", help="one iteration per run and 16-image fresh models: "
+                        "proves the whole path in a few minutes (its numbers mean nothing)")
+    args = parser.parse_args()
+    real_files()
+    configs = write_configs(METHODS, args.out / "configs", args.smoke)
+    boundary_configs = [] if args.no_boundary else write_configs(BOUNDARY_METHODS, args.out / "configs", args.smoke)
+    start = time.perf_counter()
+    comparison = compare(configs, "nuclei_unet_initial", args.out, args)
+    wall = {"two_class": time.perf_counter() - start}
+    boundary_comparison = None
+    if boundary_configs:
+        start = time.perf_counter()
+        boundary_comparison = compare(boundary_configs, "nuclei_unet_boundary_initial", args.out / "boundary", args)
+        wall["boundary"] = time.perf_counter() - start
+
+    image, instances = real_image()
+    measured = {"validation_half": statistics(tiles_of(image, 0, 256), tiles_of(instances, 0, 256)),
+                "test_half": statistics(tiles_of(image, 256, 512), tiles_of(instances, 256, 512))}
+    runs = scored_runs(args.out, METHODS, args.seeds, image, instances)
+    boundary_runs = (scored_runs(args.out / "boundary", BOUNDARY_METHODS, args.seeds, image, instances)
+                     if boundary_configs else {})
+    rendered: dict[str, dict[str, float]] = {}
+    sheet_rows: dict[str, list[np.ndarray]] = {"real (validation)": tiles_of(image, 0, 256)[:8]}
+    for method in METHODS:
+        images, inst = renders(runs[method]["0"]["space"], 64, seed=7)
+        rendered[method] = statistics(images, inst)
+        sheet_rows[LABELS[method]] = images[:8]
     order = ["real (validation)", "initial", "learned (AutoSim.)", "wide", "random search"]
     contact_sheet({k: sheet_rows[k] for k in order if k in sheet_rows}, args.sheet or args.out / "contact_sheet.png")
-    f1 = {m: {"mean": float(np.mean([r["f1"]["f1"] for r in by_seed.values()])),
-              "std": float(np.std([r["f1"]["f1"] for r in by_seed.values()], ddof=1)) if len(by_seed) > 1 else 0.0}
-          for m, by_seed in runs.items()}
+    for by_seed in [*runs.values(), *boundary_runs.values()]:
+        for r in by_seed.values():
+            r.pop("space", None)
     report = {"benchmark": "nuclei", "seeds": args.seeds, "workers": args.workers, "wall_seconds": wall,
               "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__},
-              "smoke": args.smoke, "configs": {m: Path(c).read_text() for m, c in zip(methods, configs, strict=True)},
-              "comparison": comparison, "object_f1": f1, "measured_real": measured,
-              "measured_renders_seed0": rendered, "runs": runs}
+              "smoke": args.smoke,
+              "configs": {Path(c).stem: Path(c).read_text() for c in [*configs, *boundary_configs]},
+              "comparison": comparison, "boundary_comparison": boundary_comparison,
+              "object_f1": spread(runs, "f1") | {f"{m} (boundary)": v for m, v in spread(boundary_runs, "f1").items()},
+              "binary_miou": spread(runs, "binary_miou")
+              | {f"{m} (boundary)": v for m, v in spread(boundary_runs, "binary_miou").items()},
+              "grow_px": GROW, "measured_real": measured, "measured_renders_seed0": rendered,
+              "runs": runs, "boundary_runs": boundary_runs}
     target = args.json or args.out / "nuclei.json"
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {target} ({wall / 60:.1f} min)")
+    print(f"wrote {target} ({sum(wall.values()) / 60:.1f} min)")
 
 
 if __name__ == "__main__":

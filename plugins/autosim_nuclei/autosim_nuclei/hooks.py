@@ -38,8 +38,8 @@ class NucleiSimulator:
         return presets(_settings(settings))
 
     @hookimpl
-    def labels(self) -> list[str]:
-        return labels()
+    def labels(self, settings: Any) -> list[str]:
+        return labels(_settings(settings))
 
     @hookimpl
     def render(self, scenes: list[dict[str, Any]], settings: Any) -> list[Example]:

@@ -22,6 +22,9 @@ class NucleiSettings(BaseModel):
                           "tile repeated, for a task that takes RGB)")
     texture_scale: float = Field(1.5, gt=0, description="correlation length in pixels of the nuclei's internal "
                                  "texture (chromatin), the Gaussian that smooths its white noise")
+    boundary: bool = Field(False, description="label each nucleus's outline as a class of its own (labels "
+                           "'nucleus', 'boundary'), so that touching nuclei are parted in the mask; a real "
+                           "instance mask is read the same way with the UNet task's masks = 'boundaries'")
 
 
 def parameter_space(settings: NucleiSettings) -> ParameterSpace:
@@ -34,6 +37,8 @@ def parameter_space(settings: NucleiSettings) -> ParameterSpace:
         radius=LogNormal(median=8.0, std=0.15, low=2.0, high=n / 3),        # px: radius of the nucleus's area
         radius_spread=Bounded(low=0.0, high=0.6, mean=0.15, std=0.3),        # log-std of the radii in a tile
         elongation=Bounded(low=1.0, high=3.0, mean=1.3, std=0.3),            # major / minor axis
+        orientation=Bounded(low=0.0, high=180.0, mean=90.0, std=0.3),       # degrees: the tile's mean major axis
+        orientation_spread=Bounded(low=0.0, high=1.0, mean=0.9, std=0.3),  # 1: isotropic, 0: all along it
         brightness=LogNormal(median=0.5, std=0.2, low=0.01, high=1.5),      # mean nucleus intensity above background
         brightness_spread=Bounded(low=0.0, high=1.0, mean=0.2, std=0.3),    # log-std of nuclei brightness in a tile
         texture=Bounded(low=0.0, high=1.0, mean=0.2, std=0.3),              # internal texture, relative amplitude
@@ -42,6 +47,7 @@ def parameter_space(settings: NucleiSettings) -> ParameterSpace:
         blur=Bounded(low=0.0, high=4.0, mean=1.0, std=0.3),                 # px: Gaussian PSF sigma
         photons=LogNormal(median=200.0, std=0.3, low=1.0, high=1e5),        # photons at intensity 1 (shot noise)
         read_noise=Bounded(low=0.0, high=0.2, mean=0.02, std=0.3),          # Gaussian read noise std
+        levels=LogNormal(median=1000.0, std=0.3, low=8.0, high=65535.0),    # grey levels from 0 to 1 (bit depth)
     )
 
 
@@ -56,6 +62,8 @@ def presets(settings: NucleiSettings) -> dict[str, dict[str, dict[str, Any]]]:
             "radius": {"median": 9.0, "std": 0.45},
             "radius_spread": {"mean": 0.2, "std": 1.0},
             "elongation": {"mean": 1.5, "std": 1.0},
+            "orientation": {"mean": 90.0, "std": 1.5},
+            "orientation_spread": {"mean": 0.7, "std": 1.2},
             "brightness": {"median": 0.4, "std": 0.7},
             "brightness_spread": {"mean": 0.3, "std": 1.0},
             "texture": {"mean": 0.3, "std": 1.2},
@@ -64,9 +72,11 @@ def presets(settings: NucleiSettings) -> dict[str, dict[str, dict[str, Any]]]:
             "blur": {"mean": 1.2, "std": 1.2},
             "photons": {"median": 150.0, "std": 1.2},
             "read_noise": {"mean": 0.03, "std": 1.2},
+            "levels": {"median": 256.0, "std": 1.5},
         },
     }
 
 
-def labels() -> list[str]:
-    return ["nucleus"]
+def labels(settings: NucleiSettings) -> list[str]:
+    """Mask ids 1, 2, ...: the nucleus (its interior, with ``boundary``) and, with ``boundary``, its outline."""
+    return ["nucleus", "boundary"] if settings.boundary else ["nucleus"]

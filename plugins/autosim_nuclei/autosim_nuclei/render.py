@@ -1,5 +1,6 @@
 """Drawing a tile: textured, possibly touching elliptical nuclei on a graded background, blurred by a
-Gaussian point-spread function, with shot and read noise; the mask marks exactly the drawn nuclei.
+Gaussian point-spread function, with shot and read noise, digitised to the tile's grey levels; the
+mask marks exactly the drawn nuclei (with ``boundary``, their outlines as a class of their own).
 
 Every random number of a tile comes from a generator seeded by its scene's ``seed``, so a record
 renders to the same tile every time. A nucleus is an ellipse of area pi * r^2 (r drawn about the
@@ -15,6 +16,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from autosim_core.instances import boundary_classes
 from autosim_core.records import Example
 
 from .params import NucleiSettings
@@ -71,7 +73,9 @@ def draw_tile(scene: dict[str, Any], settings: NucleiSettings) -> Tile:
     radii = radii.clamp(1.0, n / 2)
     # Each nucleus's elongation varies about the tile's by a factor in [0.5, 1.5] of its excess over 1.
     elongation = 1.0 + (float(scene["elongation"]) - 1.0) * (0.5 + torch.rand(count, generator=g))
-    angles = math.pi * torch.rand(count, generator=g)
+    # Major axes spread uniformly over orientation_spread of the half circle about the tile's orientation.
+    spread = float(scene["orientation_spread"])
+    angles = math.radians(float(scene["orientation"])) + math.pi * spread * (torch.rand(count, generator=g) - 0.5)
     log_brightness = float(scene["brightness_spread"]) * torch.randn(count, generator=g)
     brightness = float(scene["brightness"]) * torch.exp(log_brightness - 0.5 * float(scene["brightness_spread"]) ** 2)
 
@@ -108,7 +112,10 @@ def draw_tile(scene: dict[str, Any], settings: NucleiSettings) -> Tile:
     photons = float(scene["photons"])
     noisy = torch.poisson(blurred * photons, generator=g) / photons
     noisy = noisy + float(scene["read_noise"]) * torch.randn(n, n, generator=g)
-    return Tile(clean=clean, instances=instances, image=noisy.clamp(0.0, 1.0))
+    # The camera's digitisation: `levels` grey levels from 0 to 1 (the real image's range after normalisation).
+    levels = max(1.0, float(scene["levels"]))
+    image = torch.round(noisy.clamp(0.0, 1.0) * levels) / levels
+    return Tile(clean=clean, instances=instances, image=image)
 
 
 def render_scenes(scenes: list[dict[str, Any]], settings: NucleiSettings) -> list[Example]:
@@ -119,5 +126,6 @@ def render_scenes(scenes: list[dict[str, Any]], settings: NucleiSettings) -> lis
         except Exception as exc:
             raise RuntimeError(f"scene {scene.get('id')!r}: {exc}") from exc
         image = tile.image[None].expand(settings.channels, -1, -1).contiguous()
-        out.append(Example(image=image, mask=(tile.instances > 0).long(), scene=scene))
+        mask = boundary_classes(tile.instances) if settings.boundary else (tile.instances > 0).long()
+        out.append(Example(image=image, mask=mask, scene=scene))
     return out

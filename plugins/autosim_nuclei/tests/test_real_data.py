@@ -50,6 +50,25 @@ def test_the_halves_of_the_real_image_are_32_tiles_each_sharing_no_pixel(tmp_pat
 
 
 @real
+def test_the_boundary_reading_of_the_real_mask_is_the_renders_rule_on_the_whole_image(tmp_path) -> None:
+    import numpy as np
+    import tifffile
+    from autosim_core.instances import boundary_classes
+
+    data = example(task={"settings": {**tomllib.loads(EXAMPLE.read_text())["task"]["settings"], "num_classes": 3,
+                                      "masks": "boundaries", "class_weights": [0.5, 1.0, 1.0]}},
+                   simulator={"settings": {"size": 64, "boundary": True}})
+    run = open_run(data, tmp_path / "run")
+    val = run.load_data("validation")
+    folder = Path(importlib.util.find_spec("stardist").submodule_search_locations[0]) / "data" / "images"
+    # Outlines are taken on the whole image, before it is cut: a nucleus cut by a tile's edge keeps its outline.
+    expected = boundary_classes(torch.from_numpy(tifffile.imread(folder / "mask2d.tif").astype(np.int64)))
+    masks = val.targets.reshape(8, 4, 64, 64).permute(0, 2, 1, 3).reshape(512, 256)
+    assert torch.equal(masks, expected[:, :256])
+    assert set(masks.unique().tolist()) == {0, 1, 2}
+
+
+@real
 def test_one_iteration_on_the_real_validation_tiles_runs(tmp_path) -> None:
     run = open_run(example(), tmp_path / "run")
     summary = run.execute()

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from autosim_core.instances import boundary_classes
 from autosim_core.records import Example
 from PIL import Image
 
@@ -119,6 +120,8 @@ def _example(name: str, image_path: Path, mask_path: Path, num_classes: int, ign
     if masks == "instances":
         # Object ids (0 = background) become the one object class; the ids are not classes.
         mask = (mask > 0).long()
+    elif masks == "boundaries":
+        mask = boundary_classes(mask)
     labelled = mask if ignore_index is None else mask[mask != ignore_index]
     if labelled.numel() and int(labelled.max()) >= num_classes:
         bad = sorted({int(v) for v in labelled.unique() if v >= num_classes})

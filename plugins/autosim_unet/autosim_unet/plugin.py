@@ -38,9 +38,10 @@ class UNetSettings(BaseModel):
         "dtype", description="how real images (load_dataset) scale to [0, 1]: 'dtype' divides integers by their "
         "type's maximum (255 for 8-bit); 'percentile' maps each image's 1st and 99.8th percentiles to 0 and 1 "
         "and clips, as fluorescence microscopy of any bit depth is normalised")
-    masks: Literal["classes", "instances"] = Field(
-        "classes", description="what the pixel values of real masks are: 'classes' (class ids) or 'instances' "
-        "(object ids, 0 = background; every object becomes class 1)")
+    masks: Literal["classes", "instances", "boundaries"] = Field(
+        "classes", description="what the pixel values of real masks are: 'classes' (class ids), 'instances' "
+        "(object ids, 0 = background; every object becomes class 1) or 'boundaries' (object ids read as "
+        "background 0, interior 1 and the objects' outlines 2, so touching objects stay apart)")
 
     @model_validator(mode="after")
     def _check(self) -> UNetSettings:
@@ -190,7 +191,7 @@ class UNetTask:
     @hookimpl
     def load_dataset(self, path: str, mask: str | None, settings: Any) -> list[Example]:
         s = _settings(settings)
-        options = {"ignore_index": None if s.masks == "instances" else s.ignore_index,
+        options = {"ignore_index": None if s.masks != "classes" else s.ignore_index,
                    "channels": s.in_channels, "intensity": s.intensity, "masks": s.masks}
         if mask is not None:
             return load_pair(path, mask, s.num_classes, **options)
