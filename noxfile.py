@@ -1,5 +1,6 @@
-"""Test, lint and benchmark sessions. ``nox`` runs every test session and lint; ``nox -s bench``
-writes benchmark JSON to bench-results/.
+"""Test, lint and benchmark sessions. ``nox`` runs lint, the core's tests, the Ray executor's and every
+plugin's (``plugins``: all of them in one environment); ``nox -s clevr`` and the other plugin sessions
+run one plugin beside the core alone; ``nox -s bench`` writes benchmark JSON to bench-results/.
 
 Every install applies constraints.txt (the torch/torchvision pair). uv does not read pip's
 configuration, so pip's find-links and extra index URLs are handed to uv here: on machines with
@@ -15,7 +16,7 @@ import sys
 import nox
 
 nox.options.default_venv_backend = "uv|virtualenv"
-nox.options.sessions = ["lint", "core", "ray", "clevr", "unet", "yolo", "clevr_unet", "cycles", "arnold", "nuclei"]
+nox.options.sessions = ["lint", "core", "ray", "plugins"]
 
 CONSTRAINTS = ("-c", "constraints.txt")
 CORE = ("-e", ".[test,baselines]")
@@ -98,6 +99,26 @@ def ray(session: nox.Session) -> None:
            # Ray's socket paths must stay short: a session's own folder under /tmp.
            "RAY_TMPDIR": f"/tmp/ray-{os.getpid()}"}
     session.run("pytest", "-q", "--durations=15", "tests/test_executors_ray.py", *session.posargs, env=env)
+
+
+# Every plugin's tests and the integration suite. The plugins' test folders hold files of the same name
+# (test_entry_point.py, conftest.py), so pytest imports them by path; the folders of the helper modules
+# their tests import by name go on sys.path.
+PLUGIN_TESTS = ("plugins/autosim_clevr/tests", "plugins/autosim_unet/tests", "plugins/autosim_yolo/tests",
+                "plugins/autosim_arnold/tests", "plugins/autosim_nuclei/tests", "integration")
+TEST_HELPERS = "pythonpath=plugins/autosim_clevr/tests plugins/autosim_unet/tests plugins/autosim_arnold/tests"
+
+
+@nox.session(python=PYTHON)
+def plugins(session: nox.Session) -> None:
+    """Every plugin in one environment, with Blender (bpy) and the real nuclei image: each plugin's
+    tests, Cycles against the fast backend, arnold's examples fed to the detector, CLEVR renders
+    segmented by the UNet. One environment installs torch and bpy once; that no plugin leans on
+    another is tested from their imports (tests/test_architecture.py)."""
+    _install(session, CORE, ("-e", "plugins/autosim_clevr[blender]"), UNET, ("-e", "plugins/autosim_yolo[test]"),
+             ARNOLD, NUCLEI, ("tomli-w",))
+    _install(session, REAL_NUCLEI)
+    _pytest(session, "--import-mode=importlib", "-o", TEST_HELPERS, *PLUGIN_TESTS, parallel=True)
 
 
 @nox.session(python=PYTHON)

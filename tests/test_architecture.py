@@ -95,3 +95,39 @@ def test_the_parts_and_the_searchers_stand_below_the_loop() -> None:
     assert graph["contracts"] <= {"hypergrad", "pathwise", "config", "records", "space"}
     assert graph["pathwise"] <= {"hypergrad", "records", "space"}
     assert graph["clock"] == set()
+
+
+PLUGINS = CORE.parent / "plugins"
+
+
+def imported_packages(path: Path) -> set[str]:
+    """The top-level packages a file imports anywhere in it (absolute imports; relative ones stay inside)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+def test_plugins_depend_on_the_core_only_and_the_core_on_no_plugin() -> None:
+    # What lets every plugin's tests share one environment: no plugin's code can lean on another's.
+    packages = {folder.name: next(folder.glob("autosim_*/__init__.py")).parent for folder in PLUGINS.iterdir()
+                if folder.is_dir() and any(folder.glob("autosim_*/__init__.py"))}
+    assert {"autosim_clevr", "autosim_unet", "autosim_yolo", "autosim_arnold", "autosim_nuclei"} <= set(packages)
+    names = {source.name for source in packages.values()}
+    for folder, source in packages.items():
+        for path in source.rglob("*.py"):
+            others = {p for p in imported_packages(path) if p.startswith("autosim_")} - {"autosim_core", source.name}
+            assert not others, f"{path.relative_to(PLUGINS)} imports {sorted(others)}"
+        declared = (PLUGINS / folder / "pyproject.toml").read_text().split("[project.optional-dependencies]")[0]
+        assert not [n for n in names - {source.name} if n.replace("_", "-") in declared], folder
+    for path in CORE.rglob("*.py"):
+        assert not imported_packages(path) & names, path.relative_to(CORE)
+
+
+def test_the_import_reader_sees_a_lazy_plugin_import(tmp_path: Path) -> None:
+    module = tmp_path / "m.py"
+    module.write_text("import os\nfrom .x import y\n\ndef f():\n    from autosim_unet.data import load_pair\n")
+    assert imported_packages(module) == {"os", "autosim_unet"}
