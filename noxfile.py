@@ -1,6 +1,7 @@
-"""Test, lint and benchmark sessions. ``nox`` runs lint, the core's tests, the Ray executor's and every
-plugin's (``plugins``: all of them in one environment); ``nox -s clevr`` and the other plugin sessions
-run one plugin beside the core alone; ``nox -s bench`` writes benchmark JSON to bench-results/.
+"""Test, lint and benchmark sessions. ``nox`` runs lint, the core's tests (the Ray executor's among
+them) and every plugin's (``plugins``: all of them in one environment); ``nox -s clevr`` and the other
+plugin sessions run one plugin beside the core alone, ``nox -s ray`` the Ray tests alone; ``nox -s
+bench`` writes benchmark JSON to bench-results/.
 
 Every install applies constraints.txt (the torch/torchvision pair). uv does not read pip's
 configuration, so pip's find-links and extra index URLs are handed to uv here: on machines with
@@ -16,7 +17,7 @@ import sys
 import nox
 
 nox.options.default_venv_backend = "uv|virtualenv"
-nox.options.sessions = ["lint", "core", "ray", "plugins"]
+nox.options.sessions = ["lint", "core", "plugins"]
 
 CONSTRAINTS = ("-c", "constraints.txt")
 CORE = ("-e", ".[test,baselines]")
@@ -68,12 +69,17 @@ def _install(session: nox.Session, *specs: tuple[str, ...]) -> None:
     session.install(*CONSTRAINTS, *args)
 
 
-def _pytest(session: nox.Session, *paths: str, parallel: bool = False) -> None:
+def _pytest(session: nox.Session, *paths: str, parallel: bool = False, env: dict[str, str] | None = None) -> None:
     """pytest on ``paths``; ``parallel``: the tests shared out over up to two processes (pytest-xdist,
-    one per core of the machines CI runs on): the core's 400 tests take 110 s instead of 175 s."""
-    env = {"AUTOSIM_CACHE": str(session.create_tmp() + "/autosim-cache"), "MPLBACKEND": "Agg"}
-    workers = ("-n", "auto", "--maxprocesses", "2") if parallel else ()
+    one per core of the machines CI runs on): the core's 400 tests take 110 s instead of 175 s. A
+    module marked ``xdist_group`` keeps its tests on one process (the Ray tests share one local Ray)."""
+    env = {"AUTOSIM_CACHE": str(session.create_tmp() + "/autosim-cache"), "MPLBACKEND": "Agg", **(env or {})}
+    workers = ("-n", "auto", "--maxprocesses", "2", "--dist", "loadgroup") if parallel else ()
     session.run("pytest", "-q", "--durations=15", *workers, *paths, *session.posargs, env=env)
+
+
+# Ray's socket paths must stay short: a session's own folder under /tmp.
+RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_TMPDIR": f"/tmp/ray-{os.getpid()}"}
 
 
 @nox.session(python=PYTHON)
@@ -84,21 +90,18 @@ def lint(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def core(session: nox.Session) -> None:
-    """The core alone (and what installs the guide's example plugin)."""
+    """The core alone (and what installs the guide's example plugin), with the Ray executor on a local
+    Ray that its tests start and shut down."""
     # The tensorboard extra: tests/test_observers.py reads the TensorBoard observer's event files.
-    _install(session, ("-e", ".[test,baselines,tensorboard]"), GUIDE)
-    _pytest(session, "tests", parallel=True)
+    _install(session, ("-e", ".[test,baselines,tensorboard,ray]"), GUIDE)
+    _pytest(session, "tests", parallel=True, env=RAY_ENV)
 
 
 @nox.session(python=PYTHON)
 def ray(session: nox.Session) -> None:
-    """The Ray executor on a local Ray (started by the tests and shut down after them)."""
+    """The Ray executor's tests alone (the core session runs them too)."""
     _install(session, ("-e", ".[ray,test]"))
-    tmp = session.create_tmp()
-    env = {"AUTOSIM_CACHE": f"{tmp}/autosim-cache", "MPLBACKEND": "Agg", "RAY_AUTH_MODE": "disabled",
-           # Ray's socket paths must stay short: a session's own folder under /tmp.
-           "RAY_TMPDIR": f"/tmp/ray-{os.getpid()}"}
-    session.run("pytest", "-q", "--durations=15", "tests/test_executors_ray.py", *session.posargs, env=env)
+    _pytest(session, "tests/test_executors_ray.py", env=RAY_ENV)
 
 
 # Every plugin's tests and the integration suite. The plugins' test folders hold files of the same name
@@ -212,7 +215,8 @@ def bench_detection(session: nox.Session) -> None:
 @nox.session(python=PYTHON, name="bench-nuclei")
 def bench_nuclei(session: nox.Session) -> None:
     """Sim-to-real on the real nuclei image: AutoSimulate, initial, wide and random search under the
-    fresh-model protocol over 3 seeds, about 20-30 minutes on two cores (docs/results.md)."""
+    fresh-model protocol over 5 seeds, and the three-class (boundary) examples beside them, under 20
+    minutes on two cores (docs/results.md)."""
     _install(session, CORE, NUCLEI, UNET, ("matplotlib",))
     _install(session, REAL_NUCLEI)
     session.run("python", "benchmarks/nuclei.py", "--out", "bench-results/nuclei", *session.posargs,
