@@ -89,6 +89,11 @@ def run_cli(args: list[str]) -> int:
     return pid
 
 
+def exited(pid: int) -> bool:
+    """Whether the child has ended, without reaping it (``wait`` still reads its status)."""
+    return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+
+
 def wait(pid: int) -> int:
     _, status = os.waitpid(pid, 0)
     return os.waitstatus_to_exitcode(status)
@@ -137,7 +142,36 @@ def where(state: dict[str, Any]) -> str:
 
 
 def describe(delay: float | str) -> str:
-    return "once config.json appeared" if delay == "config" else f"after {delay:.2f} s"
+    if delay == "config":
+        return "once config.json appeared"
+    if isinstance(delay, str):
+        return f"{loop_delay(delay):.2f} s after the start's first checkpoint"
+    return f"after {delay:.2f} s"
+
+
+def loop_delay(token: str) -> float:
+    """``loop`` -> 0, ``loop+0.05`` -> 0.05: seconds after a start's first checkpoint."""
+    return float(token.removeprefix("loop").removeprefix("+") or 0.0)
+
+
+def parse_delay(text: str) -> float | str:
+    if text == "config":
+        return text
+    if text.startswith("loop"):
+        loop_delay(text)  # a malformed one fails here, before any run
+        return text
+    return float(text)
+
+
+def checkpoint_id(folder: Path) -> tuple[int, int] | None:
+    """The checkpoint file's identity (inode, mtime): a new checkpoint is renamed into place."""
+    from autosim_core.rundir import CHECKPOINT
+
+    try:
+        stat = (folder / CHECKPOINT).stat()
+    except FileNotFoundError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns
 
 
 def main() -> None:
@@ -149,14 +183,16 @@ def main() -> None:
     parser.add_argument("--high", type=float, default=0.9)
     parser.add_argument("--delays", help="the kills' delays in seconds, comma-separated (instead of --kills "
                         "random ones between --low and --high); 'config': as soon as config.json appears (a "
-                        "kill in the set-up, whose window on an idle machine is a few milliseconds)")
+                        "kill in the set-up, whose window on an idle machine is a few milliseconds); 'loop' or "
+                        "'loop+S': S seconds after the start writes its first checkpoint (in the loop however "
+                        "slow the machine is)")
     parser.add_argument("--cache", type=Path, help="cache of rendered validation sets (default: FOLDER/cache)")
     args = parser.parse_args()
     args.cache = args.cache or args.folder / "cache"
 
     rng = random.Random(args.seed)
     delays: list[float | str] = [rng.uniform(args.low, args.high) for _ in range(args.kills)] \
-        if args.delays is None else [d if d == "config" else float(d) for d in args.delays.split(",")]
+        if args.delays is None else [parse_delay(d) for d in args.delays.split(",")]
     # Two short runs first. The first imports everything a run imports on its way (plugins,
     # observers, lazily imported modules), so that later runs, and the children, start at once;
     # the second times a start's set-up and an iteration.
@@ -187,6 +223,7 @@ def main() -> None:
     # What the killed starts could get done at this process's pace; forked children on a busy
     # machine get about half of it done, on an idle one all of it (the budget is then raised).
     progress = sum(max(0.0, d - set_up) for d in delays if isinstance(d, float)) / per_iteration
+    progress += sum(1 + loop_delay(d) / per_iteration for d in delays if isinstance(d, str) and d != "config")
     iterations = math.ceil(progress) + 4
     config.write_text(toml(dict(data, budget={"iterations": iterations})))
 
@@ -197,12 +234,18 @@ def main() -> None:
     while len(kills) < len(delays):
         resume = (killed / "config.json").exists()  # whether this start has a run to resume
         delay = delays[len(kills)]
+        before = checkpoint_id(killed)
         pid = run_cli(["run", str(config), "--out", str(killed), "--resume"])
         starts += 1
         if delay == "config":
             deadline = time.perf_counter() + 60
             while not (killed / "config.json").exists() and time.perf_counter() < deadline:
                 time.sleep(0.0005)
+        elif isinstance(delay, str):
+            deadline = time.perf_counter() + 120
+            while checkpoint_id(killed) == before and time.perf_counter() < deadline and not exited(pid):
+                time.sleep(0.001)
+            time.sleep(loop_delay(delay))
         else:
             time.sleep(delay)
         try:
