@@ -375,13 +375,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return HypergradProblem(
             params=theta, train_losses=per_sample, hvp=hvp,
             val_gradient=val_gradient, log_prob=lambda: space.log_prob(psi, latents), psi=psi, c_k=c_k,
-            check_c_k=check)
+            check_c_k=check, ggn=ggn_operator(outputs_of, mean_output_loss, theta))
 
-    estimators: dict[str, Callable[[HypergradProblem], Any]] = {
-        "quadratic": lambda p: quadratic(p, damping=0.01, max_iter=args.cg_iters, tol=1e-4),
-        "approx-quadratic": approx_quadratic,
-        "linear": linear,
-        "no-val": no_val,
+    estimators: dict[str, Callable[[HypergradProblem, str], Any]] = {
+        "quadratic": lambda p, curvature: quadratic(p, damping=0.01, max_iter=args.cg_iters, tol=1e-4,
+                                                    curvature=curvature),
+        "approx-quadratic": lambda p, curvature: approx_quadratic(p, curvature=curvature),
+        "linear": lambda p, curvature: linear(p),
+        "no-val": lambda p, curvature: no_val(p),
     }
     hyper: dict[str, Any] = {}
     # Each configuration: (HVP mode, validation gradient, its backward seconds, c_k, check).
@@ -390,18 +391,32 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # the evaluation the iteration does anyway), HVPs sharing one graph, c_k by jvp; "after": the
     # same with autosimulate's c_k = "auto" on the iterations it does not check (central
     # difference); "after_check": an iteration it checks (central difference and jvp);
-    # "gradient_validation_N": "after" with the validation gradient from N images.
+    # "gradient_validation_N": "after" with the validation gradient from N images; "gauss_newton"
+    # (quadratic and approx-quadratic): "after" with curvature = "gauss-newton", and
+    # "gauss_newton_gradient_validation_N" with the first subset size as well.
     zero = {"wall": 0.0, "cpu": 0.0}
-    configs: dict[str, tuple[str, Callable[[], Params], dict[str, float], str, bool]] = {
-        "separate": ("forward-over-reverse", val_gradient_separate, zero, "jvp", False),
-        "before": (DEFAULT_HVP_MODE, lambda: fused.gradient, marginal, "jvp", False),
-        "after": (DEFAULT_HVP_MODE, lambda: fused.gradient, marginal, "central-difference", False),
-        "after_check": (DEFAULT_HVP_MODE, lambda: fused.gradient, marginal, "central-difference", True),
+    Config = tuple[str, Callable[[], Params], dict[str, float], str, bool, str]
+    configs: dict[str, Config] = {
+        "separate": ("forward-over-reverse", val_gradient_separate, zero, "jvp", False, "hessian"),
+        "before": (DEFAULT_HVP_MODE, lambda: fused.gradient, marginal, "jvp", False, "hessian"),
+        "after": (DEFAULT_HVP_MODE, lambda: fused.gradient, marginal, "central-difference", False, "hessian"),
+        "after_check": (DEFAULT_HVP_MODE, lambda: fused.gradient, marginal, "central-difference", True, "hessian"),
     }
     for n in subset_sizes:
         configs[f"gradient_validation_{n}"] = (DEFAULT_HVP_MODE, lambda n=n: subset_gradients[n][0],
                                                results["val_pass_subset"][str(n)]["backward"], "central-difference",
-                                               False)
+                                               False, "hessian")
+    configs["gauss_newton"] = (DEFAULT_HVP_MODE, lambda: fused.gradient, marginal, "central-difference", False,
+                               "gauss-newton")
+    for n in subset_sizes[:1]:
+        configs[f"gauss_newton_gradient_validation_{n}"] = (
+            DEFAULT_HVP_MODE, lambda n=n: subset_gradients[n][0], results["val_pass_subset"][str(n)]["backward"],
+            "central-difference", False, "gauss-newton")
+
+    def applies(estimator: str, label: str) -> bool:
+        if estimator == "no-val":
+            return label in ("separate", "before")
+        return estimator in ("quadratic", "approx-quadratic") or configs[label][5] == "hessian"
     # An epoch of a copy of the model in every round: the unit of this section's ratios, timed
     # beside what it divides.
     epoch_model = copy.deepcopy(model)
@@ -414,19 +429,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     section_epoch: list[dict[str, float]] = []
     for name, fn in estimators.items():
-        labels = [label for label in configs if name != "no-val" or label in ("separate", "before")]
+        labels = [label for label in configs if applies(name, label)]
         timings = interleaved({"epoch": copy_epoch, **{
             label: (lambda fn=fn, label=label, c=configs[label]:
-                    fn(problem(c[0], c[1], label != "separate", c[3], c[4]))) for label in labels}}, args.repeats)
+                    fn(problem(c[0], c[1], label != "separate", c[3], c[4]), c[5])) for label in labels}},
+            args.repeats)
         section_epoch.append(timings["epoch"][0])
         hyper[name] = {}
         for label in labels:
-            mode, _, val_backward, method, check = configs[label]
+            mode, _, val_backward, method, check, curvature = configs[label]
             seconds, estimate = timings[label]
             if name != "no-val":
                 seconds = {k: seconds[k] + val_backward[k] for k in seconds}
             hyper[name][label] = {
-                "hvp": mode, "c_k": method, "c_k_checked": check, "seconds": seconds,
+                "hvp": mode, "curvature": curvature, "c_k": method, "c_k_checked": check, "seconds": seconds,
                 "per_epoch": per_epoch(seconds), "per_interleaved_epoch": ratio(seconds, timings["epoch"][0]),
                 "diagnostics": {k: v for k, v in estimate.diagnostics.items()
                                 if k in ("cg_iterations", "negative_curvature", "cg_residual", "c_k_error_over_se")}}
@@ -435,13 +451,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         # What the approximations do to the estimate, in units of its own standard error: the central
         # difference (against the jvp, same theta and scenes), the subsets (against the whole set's
         # gradient; one subset per seed), and the cosine with the whole set's hypergradient.
-        full = fn(problem(DEFAULT_HVP_MODE, lambda: fused.gradient, True))
+        full = fn(problem(DEFAULT_HVP_MODE, lambda: fused.gradient, True), "hessian")
         effect: dict[str, Any] = {"stderr_norm": tree_norm(full.stderr), "grad_norm": tree_norm(full.grad),
                                   "c_k_error_over_se": hyper[name]["after_check"]["diagnostics"]["c_k_error_over_se"]}
         for n in subset_sizes:
             shifts, cosines = [], []
             for g_sub in subset_gradients[n]:
-                sub = fn(problem(DEFAULT_HVP_MODE, lambda g_sub=g_sub: g_sub, True))
+                sub = fn(problem(DEFAULT_HVP_MODE, lambda g_sub=g_sub: g_sub, True), "hessian")
                 shifts.append(error_over_stderr(sub.grad, full.grad, full.stderr))
                 cosines.append(float(tree_dot(sub.grad, full.grad)) / (tree_norm(sub.grad) * tree_norm(full.grad)))
             effect[f"gradient_validation_{n}"] = {
