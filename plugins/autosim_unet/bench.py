@@ -108,18 +108,20 @@ def timed(fn: Callable[[], Any], repeats: int) -> tuple[dict[str, float], Any]:
     return {"wall": min(wall), "cpu": min(cpu)}, result
 
 
-def interleaved(fns: dict[str, Callable[[], Any]], rounds: int) -> dict[str, tuple[dict[str, float], Any]]:
+def interleaved(fns: dict[str, Callable[[], tuple[Any, dict[str, float]]]],
+                rounds: int) -> dict[str, tuple[dict[str, float], Any]]:
     """``timed`` for several functions at once, in rounds that call each once (after one warm-up
-    call each): load that comes and goes on a shared machine then falls on all of them alike."""
-    results = {name: fn() for name, fn in fns.items()}
+    call each): load that comes and goes on a shared machine then falls on all of them alike.
+    Each function returns its result and the seconds of its own not to count (wall, cpu)."""
+    results = {name: fn()[0] for name, fn in fns.items()}
     wall: dict[str, list[float]] = {name: [] for name in fns}
     cpu: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
             start, start_cpu = time.perf_counter(), time.process_time()
-            results[name] = fn()
-            wall[name].append(time.perf_counter() - start)
-            cpu[name].append(time.process_time() - start_cpu)
+            results[name], excluded = fn()
+            wall[name].append(time.perf_counter() - start - excluded["wall"])
+            cpu[name].append(time.process_time() - start_cpu - excluded["cpu"])
     return {name: ({"wall": min(wall[name]), "cpu": min(cpu[name])}, results[name]) for name in fns}
 
 
@@ -297,7 +299,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results["val_pass"], fused = split_val_pass(None)
     results["val_pass"]["max_gradient_difference"] = max(float((fused.gradient[k] - g_val[k]).abs().max())
                                                          for k in theta)
-    marginal = results["val_pass"]["backward"]
     # The validation gradient from a seeded subset of the set (autosimulate's gradient_validation),
     # the scores still from all of it; subsets drawn as a run draws them, one per iteration.
     subset_sizes = [n for n in args.gradient_validation if n < len(val)]
@@ -348,8 +349,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     results["c_k"] = {}
     c_of: dict[str, torch.Tensor] = {}
-    ck_timings = interleaved({method: (lambda method=method: directional_derivatives(per_sample, theta, g_val,
-                                                                                      method=method))
+    ck_timings = interleaved({method: (lambda method=method: (directional_derivatives(per_sample, theta, g_val,
+                                                                                       method=method),
+                                                              {"wall": 0.0, "cpu": 0.0}))
                               for method in CK_METHODS}, args.repeats)
     for method, (ck_s, c_of[method]) in ck_timings.items():
         results["c_k"][method] = {"seconds": ck_s, "per_epoch": per_epoch(ck_s)}
@@ -385,62 +387,70 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "no-val": lambda p, curvature: no_val(p),
     }
     hyper: dict[str, Any] = {}
-    # Each configuration: (HVP mode, validation gradient, its backward seconds, c_k, check).
-    # "separate": the validation gradient in a pass of its own, forward-over-reverse HVPs, c_k by
-    # jvp; "before": the fused validation pass (only its backward part counted: its forward pass is
-    # the evaluation the iteration does anyway), HVPs sharing one graph, c_k by jvp; "after": the
-    # same with autosimulate's c_k = "auto" on the iterations it does not check (central
-    # difference); "after_check": an iteration it checks (central difference and jvp);
+    # Each configuration: (HVP mode, the validation gradient's rows: "separate", "all" or a subset
+    # size, c_k, check, curvature). "separate": the validation gradient in a pass of its own,
+    # forward-over-reverse HVPs, c_k by jvp; "before": the fused validation pass (its forward part
+    # not counted: it is the evaluation the iteration does anyway), HVPs sharing one graph, c_k by
+    # jvp; "after": the same with autosimulate's c_k = "auto" on the iterations it does not check
+    # (central difference); "after_check": an iteration it checks (central difference and jvp);
     # "gradient_validation_N": "after" with the validation gradient from N images; "gauss_newton"
     # (quadratic and approx-quadratic): "after" with curvature = "gauss-newton", and
     # "gauss_newton_gradient_validation_N" with the first subset size as well.
     zero = {"wall": 0.0, "cpu": 0.0}
-    Config = tuple[str, Callable[[], Params], dict[str, float], str, bool, str]
+    Config = tuple[str, str | int, str, bool, str]
     configs: dict[str, Config] = {
-        "separate": ("forward-over-reverse", val_gradient_separate, zero, "jvp", False, "hessian"),
-        "before": (DEFAULT_HVP_MODE, lambda: fused.gradient, marginal, "jvp", False, "hessian"),
-        "after": (DEFAULT_HVP_MODE, lambda: fused.gradient, marginal, "central-difference", False, "hessian"),
-        "after_check": (DEFAULT_HVP_MODE, lambda: fused.gradient, marginal, "central-difference", True, "hessian"),
+        "separate": ("forward-over-reverse", "separate", "jvp", False, "hessian"),
+        "before": (DEFAULT_HVP_MODE, "all", "jvp", False, "hessian"),
+        "after": (DEFAULT_HVP_MODE, "all", "central-difference", False, "hessian"),
+        "after_check": (DEFAULT_HVP_MODE, "all", "central-difference", True, "hessian"),
     }
     for n in subset_sizes:
-        configs[f"gradient_validation_{n}"] = (DEFAULT_HVP_MODE, lambda n=n: subset_gradients[n][0],
-                                               results["val_pass_subset"][str(n)]["backward"], "central-difference",
-                                               False, "hessian")
-    configs["gauss_newton"] = (DEFAULT_HVP_MODE, lambda: fused.gradient, marginal, "central-difference", False,
-                               "gauss-newton")
+        configs[f"gradient_validation_{n}"] = (DEFAULT_HVP_MODE, n, "central-difference", False, "hessian")
+    configs["gauss_newton"] = (DEFAULT_HVP_MODE, "all", "central-difference", False, "gauss-newton")
     for n in subset_sizes[:1]:
-        configs[f"gauss_newton_gradient_validation_{n}"] = (
-            DEFAULT_HVP_MODE, lambda n=n: subset_gradients[n][0], results["val_pass_subset"][str(n)]["backward"],
-            "central-difference", False, "gauss-newton")
+        configs[f"gauss_newton_gradient_validation_{n}"] = (DEFAULT_HVP_MODE, n, "central-difference", False,
+                                                            "gauss-newton")
 
     def applies(estimator: str, label: str) -> bool:
         if estimator == "no-val":
             return label in ("separate", "before")
-        return estimator in ("quadratic", "approx-quadratic") or configs[label][5] == "hessian"
+        return estimator in ("quadratic", "approx-quadratic") or configs[label][4] == "hessian"
+
+    def one_hypergradient(fn: Callable[[HypergradProblem, str], Any], config: Config,
+                          fused_pass: bool) -> tuple[Any, dict[str, float]]:
+        """The estimate of one iteration: the validation pass (its forward part returned, to be left
+        out) unless the gradient has a pass of its own, then the estimator."""
+        mode, rows, c_k, check, curvature = config
+        if rows == "separate":
+            return fn(problem(mode, val_gradient_separate, False, c_k, check), curvature), zero
+        if not fused_pass:
+            return fn(problem(mode, lambda: fused.gradient, True, c_k, check), curvature), zero
+        gradient = val_pass(None if rows == "all" else subsets[int(rows)][0]).gradient
+        forward = {"wall": sum(w for w, _ in forward_seconds), "cpu": sum(c for _, c in forward_seconds)}
+        return fn(problem(mode, lambda: gradient, True, c_k, check), curvature), forward
+
     # An epoch of a copy of the model in every round: the unit of this section's ratios, timed
     # beside what it divides.
     epoch_model = copy.deepcopy(model)
     epoch_optimizer = torch.optim.Adam([p for p in epoch_model.parameters() if p.requires_grad], lr=1e-3)
 
-    def copy_epoch() -> None:
+    def copy_epoch() -> tuple[None, dict[str, float]]:
         epoch_model.train()
         for minibatch in train.chunks(args.train_batch_size):
             core_defaults.train_step(model=epoch_model, batch=minibatch, optimizer=epoch_optimizer, loss_fn=losses)
+        return None, zero
 
     section_epoch: list[dict[str, float]] = []
     for name, fn in estimators.items():
         labels = [label for label in configs if applies(name, label)]
         timings = interleaved({"epoch": copy_epoch, **{
-            label: (lambda fn=fn, label=label, c=configs[label]:
-                    fn(problem(c[0], c[1], label != "separate", c[3], c[4]), c[5])) for label in labels}},
-            args.repeats)
+            label: (lambda fn=fn, c=configs[label], fused_pass=name != "no-val": one_hypergradient(fn, c, fused_pass))
+            for label in labels}}, args.repeats)
         section_epoch.append(timings["epoch"][0])
         hyper[name] = {}
         for label in labels:
-            mode, _, val_backward, method, check, curvature = configs[label]
+            mode, _, method, check, curvature = configs[label]
             seconds, estimate = timings[label]
-            if name != "no-val":
-                seconds = {k: seconds[k] + val_backward[k] for k in seconds}
             hyper[name][label] = {
                 "hvp": mode, "curvature": curvature, "c_k": method, "c_k_checked": check, "seconds": seconds,
                 "per_epoch": per_epoch(seconds), "per_interleaved_epoch": ratio(seconds, timings["epoch"][0]),
