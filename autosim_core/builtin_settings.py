@@ -42,6 +42,15 @@ class AutoSimulateSettings(BaseModel):
         False, description="the coordinates of the parameters the simulator differentiates its renders in "
                            "(its render_differentiable hook) get the pathwise estimate, through the renderer; "
                            "the others keep the score function")
+    # -- cost of the hypergradient ------------------------------------------------------------
+    c_k: Literal["auto", "jvp", "central-difference"] = Field(
+        "auto", description="c_k = grad_theta l_k . v by one jvp (exact), by a central difference of the losses "
+                            "(two forward passes, half the jvp's cost on CPU), or auto: the central difference, "
+                            "checked against the jvp on the first iteration and every 10th, the jvp for good once "
+                            "it errs by more than 0.1 standard errors of the hypergradient")
+    gradient_validation: int | None = Field(
+        None, ge=1, description="grad_theta L_val from this many validation images, a seeded random subset drawn "
+                                "anew each iteration (the scores still use all); None = all of them")
     warn_below_noise: int = Field(
         5, ge=0, description="warn (history row and progress line) when the hypergradient's norm stays below its "
                              "standard error this many iterations in a row; 0 = never")

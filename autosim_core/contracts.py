@@ -50,6 +50,9 @@ class HypergradProblem:
     ggn:          v -> G v, G = J^T H_out J the Gauss-Newton matrix of the mean training loss on
                   the same examples as ``hvp``; None where the run cannot split that loss into
                   the model's outputs and a loss of them.
+    c_k:          how the estimators compute c_k = grad_theta l_k . v (``hypergrad.CK_METHODS``).
+    check_c_k:    also compute c_k by the jvp, estimate from that exact c_k, and report how far
+                  the method named moved the estimate (diagnostic ``c_k_error_over_se``).
     """
 
     params: Params
@@ -62,6 +65,8 @@ class HypergradProblem:
     baseline: Baseline = "mean"
     pathwise: Pathwise | None = None
     ggn: Callable[[Params], Params] | None = None
+    c_k: str = "jvp"
+    check_c_k: bool = False
 
     def score_function(self, values: torch.Tensor) -> ScoreEstimate:
         """The score-function estimate of grad_psi E[f] from per-scene values f_k."""
@@ -78,6 +83,7 @@ class HypergradProblem:
         if self.pathwise is None:
             return est
         return replace_terms(est, self.pathwise.terms(self.params, direction))
+
     def curvature(self, kind: str, estimator: str) -> Callable[[Params], Params]:
         """The curvature products the estimator named asks for: ``hvp`` ("hessian") or ``ggn``
         ("gauss-newton")."""
@@ -157,7 +163,8 @@ class SearchContext(Protocol):
     def hvp_operator(self, per_sample: Callable[[Params], torch.Tensor],
                      theta: Params) -> Callable[[Params], Params]: ...
     def ggn_operator(self, model: torch.nn.Module, batch: Batch, theta: Params) -> Callable[[Params], Params]: ...
-    def val_gradient(self, model: torch.nn.Module) -> Params: ...
+    def val_gradient(self, model: torch.nn.Module, gradient_rows: torch.Tensor | None = None) -> Params:
+        """grad_theta of the mean validation loss, over the examples ``gradient_rows`` only when given."""
     def validation_row(self, model: torch.nn.Module) -> dict[str, Any]: ...
     def estimate_hypergrad(self, problem: HypergradProblem) -> Hypergrad: ...
     @property

@@ -1,7 +1,7 @@
 """The four hypergradient estimators of AutoSimulate (paper, Table 1).
 
 Each computes a vector v in theta-space, then the per-sample scalars c_k = grad_theta l_k . v
-by one jvp, then the score-function hypergradient
+(by one jvp, or by a central difference: the problem's ``c_k``), then the score-function hypergradient
 
     g_psi = -(1/K) sum_k w_k (c_k - b_k) grad_psi log q_psi(s_k),
 
@@ -31,12 +31,22 @@ from .builtin_settings import ApproxQuadraticSettings, QuadraticSettings
 from .builtin_settings import EstimatorSettings as _Settings
 from .contracts import Hypergrad, HypergradProblem
 from .hookspecs import hookimpl
-from .hypergrad import Params, conjugate_gradient, directional_derivatives, tree_axpy, tree_norm
+from .hypergrad import Params, conjugate_gradient, directional_derivatives, error_over_stderr, tree_axpy, tree_norm
 
 
 def _from_direction(problem: HypergradProblem, v: Params, diagnostics: dict[str, Any]) -> Hypergrad:
-    c = directional_derivatives(problem.train_losses, problem.params, v)
+    """The hypergradient from the direction v, c_k by the problem's method. Where the problem asks
+    for a check, c_k also by the jvp: the exact estimate is returned and the approximation's error
+    reported in units of its standard error."""
+    c = directional_derivatives(problem.train_losses, problem.params, v, method=problem.c_k)
     est = problem.estimate(-c, v)
+    diagnostics.update(c_k=problem.c_k)
+    if problem.check_c_k and problem.c_k != "jvp":
+        exact = directional_derivatives(problem.train_losses, problem.params, v, method="jvp")
+        reference = problem.estimate(-exact, v)
+        diagnostics.update(c_k="jvp", c_k_error_over_se=error_over_stderr(est.grad, reference.grad,
+                                                                          reference.stderr()))
+        c, est = exact, reference
     diagnostics.update(v_norm=tree_norm(v), c_mean=float(c.mean()), c_std=float(c.std()) if len(c) > 1 else 0.0)
     return Hypergrad(est.grad, diagnostics, est.stderr())
 

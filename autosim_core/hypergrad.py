@@ -203,7 +203,8 @@ CK_METHODS: dict[str, Callable[[Callable[[Params], torch.Tensor], Params, Params
 }
 DEFAULT_CK_METHOD = "jvp"
 """Exact to rounding; the central difference is cheaper but errs by a few % of the spread of
-c_k in float32 (``directional_derivatives_fd``)."""
+c_k in float32 (``directional_derivatives_fd``). A run's ``c_k = "auto"`` (``searchers.CkChoice``)
+uses the central difference where a check against the jvp finds its error small."""
 
 
 def directional_derivatives(per_sample_loss: Callable[[Params], torch.Tensor], params: Params,
@@ -216,6 +217,19 @@ def directional_derivatives(per_sample_loss: Callable[[Params], torch.Tensor], p
     except KeyError:
         raise ValueError(f"unknown c_k method {method!r}; allowed: {', '.join(CK_METHODS)}") from None
     return fn(per_sample_loss, params, direction)
+
+
+def error_over_stderr(estimate: Mapping[str, torch.Tensor], reference: Mapping[str, torch.Tensor],
+                      stderr: Mapping[str, torch.Tensor]) -> float:
+    """max over coordinates of |estimate - reference| / stderr, over the coordinates whose standard
+    error is positive (0 when there are none): how far an approximation moved a hypergradient, in
+    units of that hypergradient's own noise."""
+    worst = 0.0
+    for k, se in stderr.items():
+        positive = se > 0
+        if positive.any():
+            worst = max(worst, float(((estimate[k] - reference[k]).abs()[positive] / se[positive]).max()))
+    return worst
 
 
 def loss_gradient(loss_fn: Callable[[Params], torch.Tensor], params: Params) -> Params:

@@ -221,11 +221,11 @@ class Run:
     def epoch_orders(self, count: int, epochs: int | None = None) -> list[torch.Tensor]:
         return self.training.epoch_orders(count, epochs)
 
-    def validation_pass(self, model: torch.nn.Module) -> ValidationPass:
-        return self.training.validation_pass(model)
+    def validation_pass(self, model: torch.nn.Module, gradient_rows: torch.Tensor | None = None) -> ValidationPass:
+        return self.training.validation_pass(model, gradient_rows)
 
-    def val_gradient(self, model: torch.nn.Module) -> Params:
-        return self.training.val_gradient(model)
+    def val_gradient(self, model: torch.nn.Module, gradient_rows: torch.Tensor | None = None) -> Params:
+        return self.training.val_gradient(model, gradient_rows)
 
     def metric_accumulator(self) -> MetricAccumulator:
         return self.training.metric_accumulator()

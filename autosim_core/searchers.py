@@ -13,7 +13,7 @@ import torch
 
 from .builtin_settings import AutoSimulateSettings, FixedSettings
 from .contracts import Hypergrad, HypergradProblem, SearchContext
-from .hypergrad import Baseline, Params, importance_weights
+from .hypergrad import CK_METHODS, Baseline, Params, importance_weights
 from .noise_watch import NoiseWatch
 from .pathwise import Pathwise, parameter_problems, pathwise_keys
 from .records import Batch, SceneBatch
@@ -103,6 +103,49 @@ class PsiStep:
         self.optimizer.load_state_dict(state)
 
 
+CK_AUTO_TOLERANCE = 0.1
+"""``c_k = "auto"`` keeps the central difference while it moves the hypergradient by at most this
+many of its standard errors: independent errors of that size add at most 1 % to its variance."""
+CK_AUTO_CHECK_EVERY = 10
+"""``c_k = "auto"`` checks the central difference against the jvp on the first iteration and then
+on every this-many-th."""
+
+
+class CkChoice:
+    """How a run computes c_k, iteration by iteration: the method named, or for "auto" the central
+    difference, checked against the jvp on the first iteration and every ``CK_AUTO_CHECK_EVERY``-th
+    after it; the first check whose error exceeds ``CK_AUTO_TOLERANCE`` standard errors switches
+    the run to the jvp for good (the float32 rounding of the losses, or a loss too rough for the
+    step, can make the difference wrong by more than the estimate's own noise)."""
+
+    def __init__(self, setting: str):
+        if setting != "auto" and setting not in CK_METHODS:
+            raise ValueError(f"unknown c_k method {setting!r}; allowed: auto, {', '.join(CK_METHODS)}")
+        self.auto = setting == "auto"
+        self.method = "central-difference" if self.auto else setting
+        self.calls = 0
+
+    def next(self) -> tuple[str, bool]:
+        """The method of the next estimate, and whether it is checked against the jvp."""
+        check = self.auto and self.method != "jvp" and self.calls % CK_AUTO_CHECK_EVERY == 0
+        self.calls += 1
+        return self.method, check
+
+    def update(self, error: float | None) -> bool:
+        """Takes a check's error (in standard errors; None: no check ran); True when it switches to the jvp."""
+        if error is None or not self.auto or self.method == "jvp" or error <= CK_AUTO_TOLERANCE:
+            return False
+        self.method = "jvp"
+        return True
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"method": self.method, "calls": self.calls}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.method = state.get("method", self.method)
+        self.calls = int(state.get("calls", self.calls))
+
+
 def sobol_sampler(space: ParameterSpace, psi: Psi, count: int, generator: torch.Generator) -> SceneBatch:
     latents = space.sample_quasi(psi, count, generator)
     return SceneBatch(latents, space.records(latents))
@@ -124,6 +167,16 @@ class Rendered:
     def from_state(cls, state: dict[str, Any]) -> Rendered:
         return cls(SceneBatch(state["latents"], state["records"]), Batch(state["inputs"], state["targets"]),
                    state["log_q"])
+
+
+def validation_subset(run: SearchContext, count: int | None, iteration: int) -> torch.Tensor | None:
+    """The validation examples iteration ``iteration``'s gradient uses: ``count`` of them drawn
+    without replacement from a stream seeded by the run's seed and the iteration (the same on a
+    resumed run, and apart from the run's own stream), sorted; None for all."""
+    if count is None or run.val is None or count >= len(run.val):
+        return None
+    generator = torch.Generator().manual_seed(run.config.seed * 1_000_003 + iteration)
+    return torch.randperm(len(run.val), generator=generator)[:count].sort().values
 
 
 def hypergrad_problem(run: SearchContext, model: torch.nn.Module, pool: Sequence[Rendered], *, baseline: Baseline,
@@ -230,6 +283,7 @@ class AutoSimulate:
         self.psi_step = PsiStep(run.space, run.psi, settings)
         self.reused: deque[Rendered] = deque(maxlen=settings.reuse_iterations or None)
         self.noise_watch = NoiseWatch(settings.warn_below_noise)
+        self.c_k = CkChoice(settings.c_k)
 
     @property
     def optimizer(self) -> torch.optim.Optimizer:
@@ -248,11 +302,17 @@ class AutoSimulate:
             with torch.no_grad():
                 log_q_drawn = run.log_prob(run.psi, scenes).detach()
             pool = [Rendered(scenes, batch, log_q_drawn), *self.reused]
-            problem = hypergrad_problem(run, model, pool, baseline=s.resolved_baseline(), reuse_clip=s.reuse_clip)
+            rows = validation_subset(run, s.gradient_validation, iteration)
+            val_gradient = None if rows is None else (lambda: run.val_gradient(model, rows))
+            problem = hypergrad_problem(run, model, pool, baseline=s.resolved_baseline(), reuse_clip=s.reuse_clip,
+                                        val_gradient=val_gradient)
             if s.pathwise:
                 problem.pathwise = pathwise_for(run, model, scenes)
+            problem.c_k, problem.check_c_k = self.c_k.next()
             weights = problem.weights
             estimate: Hypergrad = run.estimate_hypergrad(problem)
+            if self.c_k.update(estimate.diagnostics.get("c_k_error_over_se")):
+                estimate.diagnostics["c_k_switched_to_jvp"] = True
             grad_norm = float(torch.sqrt(sum((g.detach() ** 2).sum() for g in estimate.grad.values())))
             step = self.psi_step(estimate.grad)
             if s.reuse_iterations:
@@ -263,6 +323,8 @@ class AutoSimulate:
         if estimate.stderr is not None:
             info["grad_se"] = _tree_lists(estimate.stderr)
             info["grad_se_norm"] = math.sqrt(sum(float((e.double() ** 2).sum()) for e in estimate.stderr.values()))
+        if rows is not None:
+            info["gradient_validation"] = len(rows)
         if problem.pathwise is not None:
             info["pathwise"] = problem.pathwise.keys if problem.pathwise.used else []
         if weights is not None:
@@ -278,10 +340,11 @@ class AutoSimulate:
 
     def state_dict(self) -> dict[str, Any]:
         return {"optimizer": self.psi_step.state_dict(), "reused": [r.to_state() for r in self.reused],
-                "noise_watch": self.noise_watch.state_dict()}
+                "noise_watch": self.noise_watch.state_dict(), "c_k": self.c_k.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.psi_step.load_state_dict(state["optimizer"])
+        self.c_k.load_state_dict(state.get("c_k", {}))
         self.noise_watch.load_state_dict(state.get("noise_watch", {}))
         self.reused.clear()
         self.reused.extend(Rendered.from_state(r) for r in state.get("reused", []))

@@ -63,7 +63,8 @@ class ConcatenatingAccumulator:
 def validation_pass(model: torch.nn.Module, batch: Batch, loss_fn: Callable[[Any, Any], torch.Tensor],
                     metrics_fn: Callable[[Any, Any], dict[str, Any]], chunk_size: int,
                     evaluation: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
-                    accumulator: MetricAccumulator | None = None) -> ValidationPass:
+                    accumulator: MetricAccumulator | None = None,
+                    gradient_rows: torch.Tensor | None = None) -> ValidationPass:
     """Mean loss, metrics and grad_theta of the mean loss over ``batch`` in one forward pass.
 
     theta are the model's trainable parameters (frozen ones get no gradient). The metrics come
@@ -71,33 +72,41 @@ def validation_pass(model: torch.nn.Module, batch: Batch, loss_fn: Callable[[Any
     ``accumulator`` where the task has one, else ``metrics_fn`` on the concatenated outputs.
     ``evaluation`` wraps the work a no-grad evaluation would do as well (forward, losses,
     metrics): a run books it as evaluation time, and only the backward passes as the gradient's
-    own cost.
+    own cost. ``gradient_rows`` (indices into ``batch``): the gradient is the mean loss's over
+    these examples only, which go first and alone under autograd; the others are only scored,
+    without a graph, and the loss and metrics are still the whole batch's.
     """
     model.eval()
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     params = [p for p in model.parameters() if p.requires_grad]
     total = [torch.zeros_like(p) for p in params]
-    n = len(batch)
+    if gradient_rows is None:
+        parts, n_gradient = [(batch, True)], len(batch)
+    else:
+        scored_only = torch.ones(len(batch), dtype=torch.bool)
+        scored_only[gradient_rows] = False
+        parts = [(batch.select(gradient_rows), True), (batch.select(scored_only.nonzero().flatten()), False)]
+        n_gradient = len(gradient_rows)
     metrics_acc = accumulator if accumulator is not None else ConcatenatingAccumulator(metrics_fn)
     losses = []
-    for chunk in batch.chunks(chunk_size):
-        with torch.enable_grad():
-            with evaluation():
-                out = model(chunk.inputs)
-                chunk_losses = loss_fn(out, chunk.targets)
-                with torch.no_grad():
-                    metrics_acc.update(detach_tree(out), chunk.targets)
-            grads = torch.autograd.grad(chunk_losses.sum() / n, params, allow_unused=True)
-        for acc, g in zip(total, grads, strict=True):
-            if g is not None:
-                acc += g
-        losses.append(chunk_losses.detach())
+    for part, differentiate in parts:
+        for chunk in part.chunks(chunk_size) if len(part) else []:
+            with torch.set_grad_enabled(differentiate):
+                with evaluation():
+                    out = model(chunk.inputs)
+                    chunk_losses = loss_fn(out, chunk.targets)
+                    with torch.no_grad():
+                        metrics_acc.update(detach_tree(out), chunk.targets)
+                if differentiate:
+                    grads = torch.autograd.grad(chunk_losses.sum() / n_gradient, params, allow_unused=True)
+                    for acc, g in zip(total, grads, strict=True):
+                        if g is not None:
+                            acc += g
+            losses.append(chunk_losses.detach())
     with evaluation(), torch.no_grad():
         metrics = metrics_acc.compute()
         loss = float(torch.cat(losses).mean())
     return ValidationPass(loss, {k: float(v) for k, v in metrics.items()}, dict(zip(names, total, strict=True)))
-
-
 
 
 class Training:
@@ -117,7 +126,8 @@ class Training:
         self.val: Batch | None = None
         self.last_validation: tuple[torch.nn.Module, tuple[int, ...], float, dict[str, float]] | None = None
         """The validation scores of the last history row: (model, its state versions, loss, metrics)."""
-        self._val_pass: tuple[torch.nn.Module, tuple[int, ...], ValidationPass] | None = None
+        self._val_pass: tuple[torch.nn.Module, tuple[Any, ...], ValidationPass] | None = None
+        """The last validation pass: (model, (its state versions, the gradient's rows or None), result)."""
 
     def create_model(self) -> torch.nn.Module:
         with torch.random.fork_rng():
@@ -203,28 +213,32 @@ class Training:
         now: training elsewhere (a worker) with them trains as this process would have."""
         return [torch.randperm(count, generator=self.generator) for _ in range(epochs or self.settings.epochs)]
 
-    def validation_pass(self, model: torch.nn.Module) -> ValidationPass:
-        """Loss, metrics and gradient on the validation set at the model's current theta.
+    def validation_pass(self, model: torch.nn.Module, gradient_rows: torch.Tensor | None = None) -> ValidationPass:
+        """Loss, metrics and gradient on the validation set at the model's current theta; the
+        gradient over ``gradient_rows`` of the set only, when given.
 
         One forward pass serves the validation gradient and the validation scores of the same
-        model: the result is kept while no parameter or buffer of the model changes, and
-        ``validation_row`` reuses it. The forward pass and the metrics are booked to "eval",
-        which the scores would have cost anyway; the backward pass to the enclosing phase.
+        model: the result is kept while no parameter or buffer of the model changes (and the
+        same rows are asked for), and ``validation_row`` reuses it. The forward pass and the
+        metrics are booked to "eval", which the scores would have cost anyway; the backward pass
+        to the enclosing phase.
         """
         assert self.val is not None
+        rows = None if gradient_rows is None else tuple(int(i) for i in gradient_rows)
         cached = self._val_pass
-        if cached is not None and cached[0] is model and cached[1] == _state_versions(model):
+        if cached is not None and cached[0] is model and cached[1] == (_state_versions(model), rows):
             return cached[2]
         result = validation_pass(model, self.val, self.losses, self._metrics, self.settings.eval_batch_size,
-                                 lambda: self.clock.timed("eval"), self.metric_accumulator())
+                                 lambda: self.clock.timed("eval"), self.metric_accumulator(), gradient_rows)
         if "metric" not in result.metrics:
             raise KeyError(f"task {self.task!r}: evaluate() returned no 'metric' key")
-        self._val_pass = (model, _state_versions(model), result)
+        self._val_pass = (model, (_state_versions(model), rows), result)
         return result
 
-    def val_gradient(self, model: torch.nn.Module) -> Params:
-        """grad_theta of the mean validation loss, accumulated over chunks."""
-        return self.validation_pass(model).gradient
+    def val_gradient(self, model: torch.nn.Module, gradient_rows: torch.Tensor | None = None) -> Params:
+        """grad_theta of the mean validation loss (over ``gradient_rows`` only, when given),
+        accumulated over chunks."""
+        return self.validation_pass(model, gradient_rows).gradient
 
     def _metrics(self, outputs: Any, targets: Any) -> dict[str, Any]:
         return self.pm.hook.evaluate(outputs=outputs, targets=targets, settings=self.task_settings)
@@ -255,7 +269,7 @@ class Training:
         if self.val is None:
             return {"val_loss": None, "val_metric": None}
         cached = self._val_pass
-        if cached is not None and cached[0] is model and cached[1] == _state_versions(model):
+        if cached is not None and cached[0] is model and cached[1][0] == _state_versions(model):
             val_loss, metrics = cached[2].loss, dict(cached[2].metrics)
         else:
             with self.clock.timed("eval"):

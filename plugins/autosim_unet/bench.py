@@ -12,16 +12,26 @@ seconds; CPU seconds are the steadier figure when other work shares the cores. T
                    "eval", ``backward`` the part it books to "hypergrad"
   val_gradient     grad_theta L_val as a pass of its own (torch.func.grad, chunked), the way it
                    was computed beside a separate evaluation
+  val_pass_subset  the validation pass with the gradient from N of the images (autosimulate's
+                   gradient_validation; --gradient-validation sizes), the scores from all
+  val_gradient_subsets  cosine of each of --subsets seeded subsets' gradients with the whole set's
   hvp              one Hessian-vector product of the mean training loss in each mode of
                    autosim_core.hypergrad.HVP_MODES, against one forward + backward of it;
-                   ``shared_graph``: one more product through hvp_operator's kept graph
+                   ``shared_graph``: one more product through hvp_operator's kept graph;
+                   ``gauss-newton``: the first and a further product of ggn_operator
   c_k              the per-sample directional derivatives by one jvp, by a central difference
                    (with its error against the jvp), and by K separate backward passes
-  hypergrad.*      each estimator's cost beyond the fine-tune and the validation scores,
-                   ``before``: validation gradient in a pass of its own, forward-over-reverse HVPs,
-                   c_k by jvp; ``after``: the defaults, HVPs sharing one graph (hvp_operator), and
-                   of the fused validation pass only its backward part, the forward pass being the
-                   evaluation the iteration does anyway (booked to "eval" by a run)
+  hypergrad.*      each estimator's cost beyond the fine-tune and the validation scores:
+                   ``separate``: validation gradient in a pass of its own, forward-over-reverse
+                   HVPs, c_k by jvp; ``before``: of the fused validation pass only its backward
+                   part (its forward pass is the evaluation the iteration does anyway, booked to
+                   "eval" by a run), HVPs sharing one graph (hvp_operator), c_k by jvp; ``after``:
+                   the same with c_k by central difference (autosimulate's c_k = "auto" between
+                   its checks); ``after_check``: an iteration that "auto" checks (both c_k);
+                   ``gradient_validation_N``: ``after`` with the gradient from N validation images;
+                   ``effect``: what the central difference and the subsets do to the estimate,
+                   in units of its standard error (max over psi coordinates), and the cosine of
+                   the subsets' hypergradients with the whole set's
   run              short AutoSimulate runs at these sizes (random images as renders) with their
                    seconds per phase and the overhead: wall - sum of phases, also as a fraction
   peak_rss_mib     the process's peak resident memory
@@ -32,9 +42,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import json
 import platform
 import resource
+import statistics
 import sys
 import tempfile
 import time
@@ -43,7 +55,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from autosim_core import hypergrad
+from autosim_core.builtin_settings import AutoSimulateSettings
 from autosim_core.config import parse_config
 from autosim_core.defaults import core_defaults
 from autosim_core.estimators import (
@@ -65,8 +77,12 @@ from autosim_core.hypergrad import (
     central_difference_step,
     default_hvp,
     directional_derivatives,
+    error_over_stderr,
+    ggn_operator,
     hvp_operator,
     loss_gradient,
+    tree_dot,
+    tree_norm,
 )
 from autosim_core.plugins import GROUPS, Registry
 from autosim_core.records import Batch, Example
@@ -90,6 +106,23 @@ def timed(fn: Callable[[], Any], repeats: int) -> tuple[dict[str, float], Any]:
         wall.append(time.perf_counter() - start)
         cpu.append(time.process_time() - start_cpu)
     return {"wall": min(wall), "cpu": min(cpu)}, result
+
+
+def interleaved(fns: dict[str, Callable[[], tuple[Any, dict[str, float]]]],
+                rounds: int) -> dict[str, tuple[dict[str, float], Any]]:
+    """``timed`` for several functions at once, in rounds that call each once (after one warm-up
+    call each): load that comes and goes on a shared machine then falls on all of them alike.
+    Each function returns its result and the seconds of its own not to count (wall, cpu)."""
+    results = {name: fn()[0] for name, fn in fns.items()}
+    wall: dict[str, list[float]] = {name: [] for name in fns}
+    cpu: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            start, start_cpu = time.perf_counter(), time.process_time()
+            results[name], excluded = fn()
+            wall[name].append(time.perf_counter() - start - excluded["wall"])
+            cpu[name].append(time.process_time() - start_cpu - excluded["cpu"])
+    return {name: ({"wall": min(wall[name]), "cpu": min(cpu[name])}, results[name]) for name in fns}
 
 
 def ratio(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
@@ -168,6 +201,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="also time c_k by K separate backward passes (slow)")
     parser.add_argument("--run-iterations", type=int, default=2, help="iterations of the short runs (0: none)")
     parser.add_argument("--run-epochs", type=int, default=8, help="fine-tune epochs per iteration of the short runs")
+    parser.add_argument("--gradient-validation", type=int, nargs="*", default=[32, 16],
+                        help="validation-gradient subset sizes to measure (autosimulate's gradient_validation)")
+    parser.add_argument("--subsets", type=int, default=8, help="seeded subsets per size for their effect")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = parser.parse_args(argv)
     if args.threads:
@@ -237,29 +273,41 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         yield
         forward_seconds.append((time.perf_counter() - start, time.process_time() - start_cpu))
 
-    def val_pass() -> ValidationPass:
+    def val_pass(rows: torch.Tensor | None = None) -> ValidationPass:
         forward_seconds.clear()
-        return validation_pass(model, val, losses, metrics, args.eval_batch_size, forward_clock)
+        return validation_pass(model, val, losses, metrics, args.eval_batch_size, forward_clock, gradient_rows=rows)
+
+    def split_val_pass(rows: torch.Tensor | None) -> tuple[dict[str, Any], ValidationPass]:
+        """The split of the fastest fused pass: its forward part is what a run books to "eval",
+        the rest (the backward passes) to "hypergrad"."""
+        val_pass(rows)
+        calls = []
+        for _ in range(args.repeats):
+            start, start_cpu = time.perf_counter(), time.process_time()
+            fused = val_pass(rows)
+            total = {"wall": time.perf_counter() - start, "cpu": time.process_time() - start_cpu}
+            calls.append((total, {"wall": sum(w for w, _ in forward_seconds),
+                                  "cpu": sum(c for _, c in forward_seconds)}))
+        vp_s = {k: min(t[k] for t, _ in calls) for k in ("wall", "cpu")}
+        fwd = {k: min(calls, key=lambda call, k=k: call[0][k])[1][k] for k in ("wall", "cpu")}
+        marginal = {k: vp_s[k] - fwd[k] for k in vp_s}
+        return {"seconds": vp_s, "forward": fwd, "backward": marginal, "per_epoch": per_epoch(vp_s),
+                "backward_per_epoch": per_epoch(marginal), "forward_over_eval": ratio(fwd, results["eval"])}, fused
 
     model.eval()
     results["val_gradient"], g_val = timed(val_gradient_separate, args.repeats)
-    # The split of the fastest fused pass: its forward part is what a run books to "eval", the
-    # rest (the backward passes) to "hypergrad".
-    val_pass()
-    calls = []
-    for _ in range(args.repeats):
-        start, start_cpu = time.perf_counter(), time.process_time()
-        fused = val_pass()
-        total = {"wall": time.perf_counter() - start, "cpu": time.process_time() - start_cpu}
-        calls.append((total, {"wall": sum(w for w, _ in forward_seconds), "cpu": sum(c for _, c in forward_seconds)}))
-    vp_s = {k: min(t[k] for t, _ in calls) for k in ("wall", "cpu")}
-    fwd = {k: min(calls, key=lambda call, k=k: call[0][k])[1][k] for k in ("wall", "cpu")}
-    marginal = {k: vp_s[k] - fwd[k] for k in vp_s}
-    results["val_pass"] = {"seconds": vp_s, "forward": fwd, "backward": marginal, "per_epoch": per_epoch(vp_s),
-                           "backward_per_epoch": per_epoch(marginal),
-                           "forward_over_eval": ratio(fwd, results["eval"]),
-                           "max_gradient_difference": max(float((fused.gradient[k] - g_val[k]).abs().max())
-                                                          for k in theta)}
+    results["val_pass"], fused = split_val_pass(None)
+    results["val_pass"]["max_gradient_difference"] = max(float((fused.gradient[k] - g_val[k]).abs().max())
+                                                         for k in theta)
+    # The validation gradient from a seeded subset of the set (autosimulate's gradient_validation),
+    # the scores still from all of it; subsets drawn as a run draws them, one per iteration.
+    subset_sizes = [n for n in args.gradient_validation if n < len(val)]
+    subsets = {n: [torch.randperm(len(val), generator=torch.Generator().manual_seed(i))[:n].sort().values
+                   for i in range(args.subsets)] for n in subset_sizes}
+    results["val_pass_subset"], subset_gradients = {}, {}
+    for n in subset_sizes:
+        results["val_pass_subset"][str(n)], _ = split_val_pass(subsets[n][0])
+        subset_gradients[n] = [val_pass(rows).gradient for rows in subsets[n]]
 
     fb_s, _ = timed(lambda: loss_gradient(mean_loss, theta), args.repeats)
     results["hvp"] = {"forward_backward": fb_s}
@@ -274,6 +322,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results["hvp"]["shared_graph"] = {"seconds": shared_s, "per_epoch": per_epoch(shared_s),
                                       "over_forward_backward": ratio(shared_s, fb_s)}
 
+    def outputs_of(th: Params) -> torch.Tensor:
+        return functional_call(model, {**fixed, **th}, (train.inputs,))
+
+    def mean_output_loss(out: torch.Tensor) -> torch.Tensor:
+        return losses(out, train.targets).mean()
+
+    ggn_first_s, _ = timed(lambda: ggn_operator(outputs_of, mean_output_loss, theta)(g_val), args.repeats)
+    ggn_shared = ggn_operator(outputs_of, mean_output_loss, theta)
+    ggn_shared(g_val)
+    ggn_further_s, _ = timed(lambda: ggn_shared(g_val), args.repeats)
+    results["hvp"]["gauss-newton"] = {"first": ggn_first_s, "further": ggn_further_s,
+                                      "first_per_epoch": per_epoch(ggn_first_s),
+                                      "further_per_epoch": per_epoch(ggn_further_s),
+                                      "first_over_hessian_first": ratio(ggn_first_s,
+                                                                         results["hvp"]["reverse-over-reverse"]["seconds"]),
+                                      "further_over_hessian_further": ratio(ggn_further_s, shared_s)}
+
     def c_by_backward() -> torch.Tensor:
         out = []
         for k in range(len(train)):
@@ -284,9 +349,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     results["c_k"] = {}
     c_of: dict[str, torch.Tensor] = {}
-    for method in CK_METHODS:
-        ck_s, c_of[method] = timed(lambda method=method: directional_derivatives(per_sample, theta, g_val,
-                                                                                  method=method), args.repeats)
+    ck_timings = interleaved({method: (lambda method=method: (directional_derivatives(per_sample, theta, g_val,
+                                                                                       method=method),
+                                                              {"wall": 0.0, "cpu": 0.0}))
+                              for method in CK_METHODS}, args.repeats)
+    for method, (ck_s, c_of[method]) in ck_timings.items():
         results["c_k"][method] = {"seconds": ck_s, "per_epoch": per_epoch(ck_s)}
     if args.backward_loop:
         loop_s, c_loop = timed(c_by_backward, 1)
@@ -303,44 +370,117 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     psi = space.init_psi()
     latents = space.sample(psi, args.batch, torch.Generator().manual_seed(1))
 
-    def problem(mode: str, val_gradient: Callable[[], Params], shared_graph: bool) -> HypergradProblem:
+    def problem(mode: str, val_gradient: Callable[[], Params], shared_graph: bool, c_k: str = "jvp",
+                check: bool = False) -> HypergradProblem:
         hvp = hvp_operator(mean_loss, theta, mode=mode) if shared_graph else (
             lambda v: default_hvp(mean_loss, theta, v, mode=mode))
         return HypergradProblem(
             params=theta, train_losses=per_sample, hvp=hvp,
-            val_gradient=val_gradient, log_prob=lambda: space.log_prob(psi, latents), psi=psi)
+            val_gradient=val_gradient, log_prob=lambda: space.log_prob(psi, latents), psi=psi, c_k=c_k,
+            check_c_k=check, ggn=ggn_operator(outputs_of, mean_output_loss, theta))
 
-    estimators: dict[str, Callable[[HypergradProblem], Any]] = {
-        "quadratic": lambda p: quadratic(p, damping=0.01, max_iter=args.cg_iters, tol=1e-4),
-        "approx-quadratic": approx_quadratic,
-        "linear": linear,
-        "no-val": no_val,
+    estimators: dict[str, Callable[[HypergradProblem, str], Any]] = {
+        "quadratic": lambda p, curvature: quadratic(p, damping=0.01, max_iter=args.cg_iters, tol=1e-4,
+                                                    curvature=curvature),
+        "approx-quadratic": lambda p, curvature: approx_quadratic(p, curvature=curvature),
+        "linear": lambda p, curvature: linear(p),
+        "no-val": lambda p, curvature: no_val(p),
     }
     hyper: dict[str, Any] = {}
-    default_ck = hypergrad.DEFAULT_CK_METHOD
-    # "before": the validation gradient in a pass of its own, forward-over-reverse HVPs, c_k by
-    # jvp; "after": the fused validation pass and the defaults.
-    configs = {"before": ("forward-over-reverse", "jvp", False), "after": (DEFAULT_HVP_MODE, default_ck, True)}
-    try:
-        for name, fn in estimators.items():
-            hyper[name] = {}
-            for label, (mode, method, fused_pass) in configs.items():
-                hypergrad.DEFAULT_CK_METHOD = method
-                g_fn = (lambda: fused.gradient) if fused_pass else val_gradient_separate
-                seconds, estimate = timed(lambda fn=fn, mode=mode, g_fn=g_fn, fused_pass=fused_pass:
-                                          fn(problem(mode, g_fn, fused_pass)),
-                                          args.repeats)
-                if fused_pass and name != "no-val":
-                    seconds = {k: seconds[k] + marginal[k] for k in seconds}
-                hyper[name][label] = {
-                    "hvp": mode, "c_k": method, "fused_val_pass": fused_pass, "seconds": seconds,
-                    "per_epoch": per_epoch(seconds),
-                    "diagnostics": {k: v for k, v in estimate.diagnostics.items()
-                                    if k in ("cg_iterations", "negative_curvature", "cg_residual")}}
-    finally:
-        hypergrad.DEFAULT_CK_METHOD = default_ck
+    # Each configuration: (HVP mode, the validation gradient's rows: "separate", "all" or a subset
+    # size, c_k, check, curvature). "separate": the validation gradient in a pass of its own,
+    # forward-over-reverse HVPs, c_k by jvp; "before": the fused validation pass (its forward part
+    # not counted: it is the evaluation the iteration does anyway), HVPs sharing one graph, c_k by
+    # jvp; "after": the same with autosimulate's c_k = "auto" on the iterations it does not check
+    # (central difference); "after_check": an iteration it checks (central difference and jvp);
+    # "gradient_validation_N": "after" with the validation gradient from N images; "gauss_newton"
+    # (quadratic and approx-quadratic): "after" with curvature = "gauss-newton", and
+    # "gauss_newton_gradient_validation_N" with the first subset size as well.
+    zero = {"wall": 0.0, "cpu": 0.0}
+    Config = tuple[str, str | int, str, bool, str]
+    configs: dict[str, Config] = {
+        "separate": ("forward-over-reverse", "separate", "jvp", False, "hessian"),
+        "before": (DEFAULT_HVP_MODE, "all", "jvp", False, "hessian"),
+        "after": (DEFAULT_HVP_MODE, "all", "central-difference", False, "hessian"),
+        "after_check": (DEFAULT_HVP_MODE, "all", "central-difference", True, "hessian"),
+    }
+    for n in subset_sizes:
+        configs[f"gradient_validation_{n}"] = (DEFAULT_HVP_MODE, n, "central-difference", False, "hessian")
+    configs["gauss_newton"] = (DEFAULT_HVP_MODE, "all", "central-difference", False, "gauss-newton")
+    for n in subset_sizes[:1]:
+        configs[f"gauss_newton_gradient_validation_{n}"] = (DEFAULT_HVP_MODE, n, "central-difference", False,
+                                                            "gauss-newton")
+
+    def applies(estimator: str, label: str) -> bool:
+        if estimator == "no-val":
+            return label in ("separate", "before")
+        return estimator in ("quadratic", "approx-quadratic") or configs[label][4] == "hessian"
+
+    def one_hypergradient(fn: Callable[[HypergradProblem, str], Any], config: Config,
+                          fused_pass: bool) -> tuple[Any, dict[str, float]]:
+        """The estimate of one iteration: the validation pass (its forward part returned, to be left
+        out) unless the gradient has a pass of its own, then the estimator."""
+        mode, rows, c_k, check, curvature = config
+        if rows == "separate":
+            return fn(problem(mode, val_gradient_separate, False, c_k, check), curvature), zero
+        if not fused_pass:
+            return fn(problem(mode, lambda: fused.gradient, True, c_k, check), curvature), zero
+        gradient = val_pass(None if rows == "all" else subsets[int(rows)][0]).gradient
+        forward = {"wall": sum(w for w, _ in forward_seconds), "cpu": sum(c for _, c in forward_seconds)}
+        return fn(problem(mode, lambda: gradient, True, c_k, check), curvature), forward
+
+    # An epoch of a copy of the model in every round: the unit of this section's ratios, timed
+    # beside what it divides.
+    epoch_model = copy.deepcopy(model)
+    epoch_optimizer = torch.optim.Adam([p for p in epoch_model.parameters() if p.requires_grad], lr=1e-3)
+
+    def copy_epoch() -> tuple[None, dict[str, float]]:
+        epoch_model.train()
+        for minibatch in train.chunks(args.train_batch_size):
+            core_defaults.train_step(model=epoch_model, batch=minibatch, optimizer=epoch_optimizer, loss_fn=losses)
+        return None, zero
+
+    section_epoch: list[dict[str, float]] = []
+    for name, fn in estimators.items():
+        labels = [label for label in configs if applies(name, label)]
+        timings = interleaved({"epoch": copy_epoch, **{
+            label: (lambda fn=fn, c=configs[label], fused_pass=name != "no-val": one_hypergradient(fn, c, fused_pass))
+            for label in labels}}, args.repeats)
+        section_epoch.append(timings["epoch"][0])
+        hyper[name] = {}
+        for label in labels:
+            mode, _, method, check, curvature = configs[label]
+            seconds, estimate = timings[label]
+            hyper[name][label] = {
+                "hvp": mode, "curvature": curvature, "c_k": method, "c_k_checked": check, "seconds": seconds,
+                "per_epoch": per_epoch(seconds), "per_interleaved_epoch": ratio(seconds, timings["epoch"][0]),
+                "diagnostics": {k: v for k, v in estimate.diagnostics.items()
+                                if k in ("cg_iterations", "negative_curvature", "cg_residual", "c_k_error_over_se")}}
+        if name == "no-val":
+            continue
+        # What the approximations do to the estimate, in units of its own standard error: the central
+        # difference (against the jvp, same theta and scenes), the subsets (against the whole set's
+        # gradient; one subset per seed), and the cosine with the whole set's hypergradient.
+        full = fn(problem(DEFAULT_HVP_MODE, lambda: fused.gradient, True), "hessian")
+        effect: dict[str, Any] = {"stderr_norm": tree_norm(full.stderr), "grad_norm": tree_norm(full.grad),
+                                  "c_k_error_over_se": hyper[name]["after_check"]["diagnostics"]["c_k_error_over_se"]}
+        for n in subset_sizes:
+            shifts, cosines = [], []
+            for g_sub in subset_gradients[n]:
+                sub = fn(problem(DEFAULT_HVP_MODE, lambda g_sub=g_sub: g_sub, True), "hessian")
+                shifts.append(error_over_stderr(sub.grad, full.grad, full.stderr))
+                cosines.append(float(tree_dot(sub.grad, full.grad)) / (tree_norm(sub.grad) * tree_norm(full.grad)))
+            effect[f"gradient_validation_{n}"] = {
+                "shift_over_se": {"median": statistics.median(shifts), "max": max(shifts)},
+                "cosine_to_whole_set": {"median": statistics.median(cosines), "min": min(cosines)}}
+        hyper[name]["effect"] = effect
+    results["val_gradient_subsets"] = {
+        str(n): {"cosine_to_whole_set": [float(tree_dot(g, fused.gradient)) / (tree_norm(g) * tree_norm(fused.gradient))
+                                         for g in subset_gradients[n]]} for n in subset_sizes}
     results["hypergrad"] = hyper
-    results["defaults"] = {"hvp": DEFAULT_HVP_MODE, "c_k": default_ck}
+    results["hypergrad_epochs"] = section_epoch
+    results["defaults"] = {"hvp": DEFAULT_HVP_MODE, "c_k": AutoSimulateSettings().c_k,
+                           "gradient_validation": AutoSimulateSettings().gradient_validation}
     if args.run_iterations:
         results["run"] = {name: short_run(args, name, settings) for name in ("linear", "approx-quadratic")}
 
