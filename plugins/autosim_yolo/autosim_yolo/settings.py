@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 SHAPE_CLASSES = ["circle", "square", "triangle"]
+CLASSES_FROM_LABELS = "the simulator's labels hook"
 
 # Darknet's anchors (pixels at a 416 x 416 input), smallest first; scaled to input_size.
 TINY_ANCHORS = [(10.0, 14.0), (23.0, 27.0), (37.0, 58.0), (81.0, 82.0), (135.0, 169.0), (344.0, 319.0)]
@@ -36,6 +37,18 @@ class DetectionSettings(BaseModel):
     nms_iou: float = Field(0.6, gt=0, le=1, description="IoU above which NMS suppresses a detection of the "
                                                         "same class")
     max_detections: int = Field(100, ge=1, description="detections kept per image")
+    # Where ``classes`` came from, for the error about an object of another category; the
+    # task's ``apply_labels`` sets it when the simulator's labels replace the default.
+    _classes_from_labels: str | None = PrivateAttr(None)
+
+    @property
+    def classes_source(self) -> str:
+        """Where the class list came from, in words: the config, the simulator or the default."""
+        if self._classes_from_labels is not None:
+            return self._classes_from_labels
+        if "classes" in self.model_fields_set:
+            return "[task.settings] classes"
+        return "the default classes; set [task.settings] classes"
 
     @model_validator(mode="after")
     def _check_shared(self) -> DetectionSettings:
