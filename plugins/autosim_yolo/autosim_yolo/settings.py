@@ -93,8 +93,8 @@ class YoloSettings(DetectionSettings):
                             "best, at the cell of its centre (YOLOv3); 'multi' = also every anchor whose width and "
                             "height are within anchor_ratio of the box's; 'multi-cells' = 'multi' at the centre's "
                             "cell and at the two neighbouring cells nearest the centre (YOLOv5; wants xy_range = 2)")
-    anchor_ratio: float = Field(4.0, gt=1, description="'multi' assignment: the largest ratio (either way) of box "
-                                                       "to anchor width or height (YOLOv5's anchor_t)")
+    anchor_ratio: float = Field(4.0, gt=1, description="'multi' and 'multi-cells': the largest ratio (either way) "
+                                                       "of box to anchor width or height (YOLOv5's anchor_t)")
     xy_range: float = Field(1.0, ge=1, le=3, description="a box centre decodes to (xy_range * sigmoid(t) - "
                             "(xy_range - 1) / 2 + cell) * stride: 1 keeps it in its cell (YOLOv3), 2 lets it reach "
                             "half a cell past either edge, as 'multi-cells' assignment needs (YOLOv5)")
