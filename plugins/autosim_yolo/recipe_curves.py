@@ -41,7 +41,8 @@ from autosim_yolo.model import build_yolo
 from autosim_yolo.plugin import collate_detection
 from autosim_yolo.settings import YoloSettings
 
-# What the demo trains (examples/shapes_yolo_oracle.toml) before this study: the reference.
+# The base every variant changes: the recipe examples/shapes_yolo_oracle.toml trained with before
+# these curves (YOLOv3's assignment, assign = "best"), spelled out so later defaults leave it alone.
 BASE_TASK: dict[str, Any] = {"variant": "tiny", "input_size": 128, "width": 0.25, "box_gain": 0.5, "obj_gain": 8.0,
                              "cls_gain": 1.0, "assign": "best", "xy_range": 1.0, "obj_pos_weight": 1.0}
 BASE_LOOP: dict[str, Any] = {"lr": 3e-3, "warmup": 0, "cosine": False, "ema": None}
