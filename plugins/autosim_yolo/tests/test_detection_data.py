@@ -243,6 +243,14 @@ def test_bop_split(tmp_path):
     assert rows.tolist() == [[1.0, 2.0, 4.0, 6.0, 0.0]]
 
 
+def test_bop_boxes_are_clipped_to_their_16_x_12_image(tmp_path):
+    scene = tmp_path / "000004"
+    bop_scene(scene, {1: [(1, [10, 8, 10, 10], 1.0)]})  # x1 = 20 > 16, y1 = 18 > 12
+    (example,) = load_bop(scene)
+    assert example.objects[0]["box"] == [10.0, 8.0, 16.0, 12.0]
+    assert example.objects[0]["clipped_from"] == [10.0, 8.0, 20.0, 18.0]
+
+
 def test_bop_names_limit_and_single_scene(tmp_path):
     split = bop_split(tmp_path)
     examples = load_bop(split, names={"1": "ape", 6: "cat"}, limit=2)
