@@ -191,7 +191,7 @@ def bench_detection(session: nox.Session) -> None:
 @nox.session(python=PYTHON, name="bench-detection-recipe")
 def bench_detection_recipe(session: nox.Session) -> None:
     """YOLO training recipes' learning curves on the shapes target preset, one thread, 2 seeds: the
-    plugin README's tables (about 35 minutes of one core; docs/results/detection-recipe.json)."""
+    plugin README's tables (about half an hour of one idle core; docs/results/detection-recipe.json)."""
     _install(session, CORE, YOLO)
     os.makedirs("bench-results", exist_ok=True)
     script = "plugins/autosim_yolo/recipe_curves.py"
