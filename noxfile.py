@@ -212,6 +212,21 @@ def bench_detection(session: nox.Session) -> None:
                 env={"AUTOSIM_CACHE": os.path.abspath("bench-results/autosim-cache")})
 
 
+@nox.session(python=PYTHON, name="bench-detection-recipe")
+def bench_detection_recipe(session: nox.Session) -> None:
+    """YOLO training recipes' learning curves on the shapes target preset, one thread, 2 seeds: the
+    plugin README's tables (about half an hour of one idle core; docs/results/detection-recipe.json)."""
+    _install(session, CORE, YOLO)
+    os.makedirs("bench-results", exist_ok=True)
+    script = "plugins/autosim_yolo/recipe_curves.py"
+    session.run("python", script, "--out", "bench-results/detection-recipe-300.json", "--variants", "base",
+                "multi-anchor-cells", "multi-anchor", "warmup-cosine", "ema", "yolov5-gains", "obj-pos-weight-4",
+                "input-160", "width-0.5", "--seeds", "0", "1", "--steps", "300", "--eval-every", "50")
+    session.run("python", script, "--out", "bench-results/detection-recipe-900.json", "--variants", "base",
+                "multi-anchor", "multi-anchor-cells", "multi-anchor-warmup-cosine-ema", "--seeds", "0", "1",
+                "--steps", "900", "--eval-every", "150")
+
+
 @nox.session(python=PYTHON, name="bench-nuclei")
 def bench_nuclei(session: nox.Session) -> None:
     """Sim-to-real on the real nuclei image: AutoSimulate, initial, wide and random search under the
@@ -243,6 +258,10 @@ def bench(session: nox.Session) -> None:
     # The sizes of examples/shapes_yolo.toml for yolo (96 px, K = 64); Faster R-CNN at 160 px.
     session.run("python", "plugins/autosim_yolo/bench.py", "--out", "bench-results/yolo.json", "--size", "96",
                 "--image-size", "96", "--width", "0.25", "--batch", "64", "--val", "64")
+    # The hypergradient phase at K = 32, 128 px, one thread (docs/results.md, "Where the time goes").
+    session.run("python", "plugins/autosim_yolo/bench.py", "--out", "bench-results/yolo-k32.json", "--models", "tiny",
+                "--size", "128", "--image-size", "128", "--width", "0.25", "--batch", "32", "--val", "64",
+                "--threads", "1")
     # The size of examples/placement_yolo.toml and benchmarks/detection.py: 64 x 64, one thread per run.
     session.run("python", "plugins/autosim_arnold/bench.py", "--out", "bench-results/arnold.json", "--size", "64",
                 "--threads", "1")

@@ -68,7 +68,9 @@ FORMATS = ("png", "coco", "bop")
 
 
 def _boxes(example: Example, where: Any, category_ids: dict[str, int]) -> list[tuple[int, list[float], dict]]:
-    """(category id, [x0, y0, x1, y1], object) of an example's objects with a non-empty box."""
+    """(category id, [x0, y0, x1, y1], object) of an example's objects with a non-empty box,
+    clipped to the image (COCO and BOP boxes lie inside their image; a renderer's box may not)."""
+    height, width = float(example.image.shape[-2]), float(example.image.shape[-1])
     found = []
     for obj in example.objects:
         category = obj.get("category")
@@ -78,6 +80,8 @@ def _boxes(example: Example, where: Any, category_ids: dict[str, int]) -> list[t
         if box is None or len(box) != 4:
             raise ValueError(f"example {where!r}: object {category!r} has no box [x0, y0, x1, y1]")
         x0, y0, x1, y1 = (float(v) for v in box)
+        x0, x1 = min(max(x0, 0.0), width), min(max(x1, 0.0), width)
+        y0, y1 = min(max(y0, 0.0), height), min(max(y1, 0.0), height)
         if x1 > x0 and y1 > y0:  # an empty box is no valid annotation in either format
             found.append((category_ids[category], [x0, y0, x1, y1], obj))
     return found

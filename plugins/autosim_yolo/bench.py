@@ -98,7 +98,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         model.eval()
 
         def val_pass() -> Any:
-            run._val_pass = None
+            run.training._val_pass = None  # the cache a fresh pass must not hit
             return run.validation_pass(model)
 
         vp_s, fused = timed(val_pass, args.repeats)

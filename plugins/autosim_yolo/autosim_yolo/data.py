@@ -22,6 +22,7 @@ to a far smaller input anyway.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,8 @@ import torch
 from autosim_core.export import DatasetWriter
 from autosim_core.records import Example
 from PIL import Image
+
+from .targets import clip_box
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 BOP_TARGETS_FILE = "test_targets_bop19.json"
@@ -93,6 +96,30 @@ def _xywh_to_xyxy(box: Any, where: str) -> list[float]:
         raise DatasetError(f"{where}: bbox {box!r} is not [x, y, width, height]")
     x, y, w, h = (float(v) for v in box)
     return [x, y, x + w, y + h]
+
+
+def _inside_image(objects: list[tuple[str, dict[str, Any]]], image: torch.Tensor) -> tuple[list[dict[str, Any]], int]:
+    """``(where, object)`` pairs -> the objects with their boxes clipped to ``image`` (C, H, W)
+    and how many were clipped. A clipped object keeps its box as read in ``"clipped_from"``;
+    a box with no area inside the image is a ``DatasetError`` naming ``where`` (``clip_box``)."""
+    height, width = image.shape[1], image.shape[2]
+    kept, clipped = [], 0
+    for where, obj in objects:
+        try:
+            box, moved = clip_box(obj["box"], width, height, where)
+        except ValueError as err:
+            raise DatasetError(str(err)) from None
+        if moved:
+            obj = {**obj, "box": box, "clipped_from": [float(v) for v in obj["box"]]}
+            clipped += 1
+        kept.append(obj)
+    return kept, clipped
+
+
+def _report_clipped(source: Path, clipped: int) -> None:
+    if clipped:
+        logging.getLogger("autosim").warning("%s: %d box(es) reach outside their image; clipped to it (each keeps "
+                                             "the box as read in 'clipped_from')", source, clipped)
 
 
 # -- COCO ---------------------------------------------------------------------------------------
@@ -201,7 +228,7 @@ def load_coco(path: str | Path, *, image_root: str | Path | None = None, limit: 
             raise DatasetError(f"{json_path}: image id {img['id']!r} appears twice")
         images[img["id"]] = img
 
-    per_image: dict[Any, list[dict[str, Any]]] = {i: [] for i in images}
+    per_image: dict[Any, list[tuple[str, dict[str, Any]]]] = {i: [] for i in images}
     for ann in data.get("annotations", []):
         where = f"{json_path}: annotation {ann.get('id', '?')!r}" if isinstance(ann, dict) else f"{json_path}"
         if not isinstance(ann, dict) or "image_id" not in ann or "bbox" not in ann or "category_id" not in ann:
@@ -215,13 +242,13 @@ def load_coco(path: str | Path, *, image_root: str | Path | None = None, limit: 
         obj: dict[str, Any] = {"category": names[ann["category_id"]], "box": _xywh_to_xyxy(ann["bbox"], where)}
         if "visible_fraction" in ann:
             obj["visible_fraction"] = float(ann["visible_fraction"])
-        per_image[ann["image_id"]].append(obj)
+        per_image[ann["image_id"]].append((where, obj))
 
     dirs = [Path(image_root)] if image_root is not None else _coco_image_dirs(json_path, root)
     chosen = sorted(images.values(), key=lambda img: str(img["file_name"]))
     if limit is not None:
         chosen = chosen[:limit]
-    examples = []
+    examples, clipped = [], 0
     for img in chosen:
         name = str(img["file_name"])
         file = next((d / name for d in dirs if (d / name).is_file()), None)
@@ -235,9 +262,12 @@ def load_coco(path: str | Path, *, image_root: str | Path | None = None, limit: 
         if None not in declared and tuple(int(v) for v in declared) != actual:
             raise DatasetError(f"{file}: image is {actual[0]}x{actual[1]} but {json_path.name} says "
                                f"{declared[0]}x{declared[1]} (width x height)")
-        objects = [{**obj, "box": _scaled(obj["box"], factors)} for obj in per_image[img["id"]]]
+        objects, count = _inside_image([(where, {**obj, "box": _scaled(obj["box"], factors)})
+                                        for where, obj in per_image[img["id"]]], image)
+        clipped += count
         examples.append(Example(image=image, objects=objects,
                                 scene=_scene({"id": name, "image_id": img["id"]}, factors)))
+    _report_clipped(json_path, clipped)
     return examples
 
 
@@ -249,7 +279,8 @@ def write_coco(examples: Iterable[Example], out_dir: str | Path, classes: Sequen
     Category ids are 1, 2, ... in the order of ``classes`` (0 is background to several
     trainers); image and annotation ids start at 1 as well. ``area`` is the box's area, as
     there are no masks. An object's ``visible_fraction`` is kept as an extra annotation key,
-    which COCO tools ignore. Objects with an empty box (zero width or height) are left out:
+    which COCO tools ignore. Boxes are clipped to the image; objects with an empty box (zero width
+    or height) are left out:
     they are not valid COCO and every detector drops them anyway. The files are those of
     ``autosim generate --format coco`` (the core's ``DatasetWriter``).
     """
@@ -362,7 +393,7 @@ def load_bop(path: str | Path, *, names: Mapping[int | str, str] | None = None,
     if limit is not None:
         chosen = chosen[:limit]
 
-    examples = []
+    examples, clipped = [], 0
     for scene_id, im_id, scene, record in chosen:
         where = f"{scene}/scene_gt_info.json: image {im_id}"
         if not isinstance(record["info"], list) or len(record["info"]) != len(record["gt"]):
@@ -382,12 +413,15 @@ def load_bop(path: str | Path, *, names: Mapping[int | str, str] | None = None,
                                    "box": _scaled(_xywh_to_xyxy(bbox, where), factors), "obj_id": obj_id}
             if "visib_fract" in obj_info:
                 obj["visible_fraction"] = float(obj_info["visib_fract"])
-            objects.append(obj)
+            objects.append((f"{where}: object {obj_id}", obj))
+        objects, count = _inside_image(objects, image)
+        clipped += count
         scene_record: dict[str, Any] = {"id": f"{scene_id:06d}/{im_id:06d}", "bop_scene_id": scene_id,
                                         "bop_im_id": im_id}
         if "cam_K" in record["camera"]:
             scene_record["cam_K"] = [float(v) for v in record["camera"]["cam_K"]]
         examples.append(Example(image=image, objects=objects, scene=_scene(scene_record, factors)))
+    _report_clipped(root, clipped)
     return examples
 
 
@@ -404,7 +438,7 @@ def load_generated(path: str | Path, *, limit: int | None = None, max_size: int 
     index = root / GENERATED_INDEX
     if not index.is_file():
         raise DatasetError(f"{index}: not found (expected the folder autosim generate writes)")
-    examples = []
+    examples, clipped = [], 0
     with index.open() as f:
         for number, line in enumerate(f, 1):
             if not line.strip():
@@ -427,13 +461,16 @@ def load_generated(path: str | Path, *, limit: int | None = None, max_size: int 
                 box = obj.get("box") if isinstance(obj, dict) else None
                 if box is None or len(box) != 4 or "category" not in obj:
                     raise DatasetError(f"{where}: object {obj!r} needs a 'category' and a 'box' [x0, y0, x1, y1]")
-                objects.append({**obj, "box": _scaled(box, factors)})
+                objects.append((f"{where}: object {obj['category']!r}", {**obj, "box": _scaled(box, factors)}))
+            objects, count = _inside_image(objects, image)
+            clipped += count
             scene = dict(row.get("scene") or {})
             scene.setdefault("id", Path(row["image"]).name)
             examples.append(Example(image=image, objects=objects, label=row.get("label"),
                                     scene=_scene(scene, factors)))
     if not examples:
         raise DatasetError(f"{index}: no examples")
+    _report_clipped(index, clipped)
     return examples
 
 

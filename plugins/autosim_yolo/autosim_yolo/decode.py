@@ -2,7 +2,8 @@
 
 The box decoding here is the one the loss uses (``loss.py`` imports ``decode_xyxy``), as
 YOLOv3 defines it: centre ``((sigmoid(tx) + gx) * stride, (sigmoid(ty) + gy) * stride)``, size
-``(anchor_w * exp(tw), anchor_h * exp(th))``, all in pixels of the network input.
+``(anchor_w * exp(tw), anchor_h * exp(th))``, all in pixels of the network input; with the
+``xy_range`` setting r the centre is ``(r * sigmoid(t) - (r - 1) / 2 + g) * stride`` (YOLOv5's r = 2).
 """
 
 from __future__ import annotations
@@ -28,11 +29,14 @@ def check_outputs(outputs: torch.Tensor, settings: YoloSettings) -> None:
                          f"must have shape (B, {n}, {5 + c}), got {tuple(outputs.shape)}")
 
 
-def decode_xyxy(raw_box: torch.Tensor, grid: dict[str, torch.Tensor]) -> torch.Tensor:
-    """(..., N, 4) raw tx, ty, tw, th -> (..., N, 4) boxes x0, y0, x1, y1 in input pixels."""
+def decode_xyxy(raw_box: torch.Tensor, grid: dict[str, torch.Tensor], xy_range: float = 1.0) -> torch.Tensor:
+    """(..., N, 4) raw tx, ty, tw, th -> (..., N, 4) boxes x0, y0, x1, y1 in input pixels.
+
+    ``xy_range`` (the setting): the centre's reach in cells, centred on the cell (1: YOLOv3's)."""
     stride = grid["stride"]
-    cx = (torch.sigmoid(raw_box[..., 0]) + grid["gx"]) * stride
-    cy = (torch.sigmoid(raw_box[..., 1]) + grid["gy"]) * stride
+    shift = (xy_range - 1) / 2
+    cx = (xy_range * torch.sigmoid(raw_box[..., 0]) - shift + grid["gx"]) * stride
+    cy = (xy_range * torch.sigmoid(raw_box[..., 1]) - shift + grid["gy"]) * stride
     half_w = 0.5 * grid["anchor_w"] * torch.exp(raw_box[..., 2].clamp(max=MAX_LOG_SCALE))
     half_h = 0.5 * grid["anchor_h"] * torch.exp(raw_box[..., 3].clamp(max=MAX_LOG_SCALE))
     return torch.stack([cx - half_w, cy - half_h, cx + half_w, cy + half_h], dim=-1)
@@ -44,7 +48,8 @@ def decode_boxes(outputs: torch.Tensor, settings: Any) -> tuple[torch.Tensor, to
     settings = coerce(settings, YoloSettings)
     check_outputs(outputs, settings)
     grid = prediction_grid(settings, outputs.device, outputs.dtype)
-    return decode_xyxy(outputs[..., :4], grid), torch.sigmoid(outputs[..., 4]), torch.sigmoid(outputs[..., 5:])
+    boxes = decode_xyxy(outputs[..., :4], grid, settings.xy_range)
+    return boxes, torch.sigmoid(outputs[..., 4]), torch.sigmoid(outputs[..., 5:])
 
 
 @torch.no_grad()

@@ -1,15 +1,20 @@
 """The YOLOv3 loss, one value per image, written for torch.func.
 
-Assignment (from the targets only, so nothing here depends on theta): each ground-truth box
-goes to the anchor, among all of the variant's anchors, whose shape (w, h) matches it best by
-IoU, at the cell of its centre in that anchor's head. The result is dense per-prediction
-targets (positive weight, box, class one-hot) built with scatters; when two boxes land on the
-same prediction the later row of the targets wins.
+Assignment (from the targets only, so nothing here depends on theta), by the ``assign``
+setting: ``best`` (YOLOv3's) gives each ground-truth box the anchor, among all of the variant's
+anchors, whose shape (w, h) matches it best by IoU, at the cell of its centre in that anchor's
+head; ``multi`` also every anchor whose width and height are both within ``anchor_ratio`` of
+the box's (YOLOv5's rule); ``multi-cells`` each of those at the centre's cell and at the two
+neighbouring cells whose edges the centre is nearer (YOLOv5's), which a centre decoded with
+``xy_range = 2`` can reach. The result is dense per-prediction targets (positive weight, box,
+class one-hot) built with scatters; when two boxes land on the same prediction the later row of
+the targets wins.
 
 Terms per image, with P its positives and N all its predictions:
 
 * box: GIoU loss between the decoded predicted box and its ground truth, mean over P;
-* objectness: BCE with logits over all N predictions, target 1 at P and 0 elsewhere, except
+* objectness: BCE with logits over all N predictions (positives weighted by ``obj_pos_weight``),
+  target 1 at P and 0 elsewhere, except
   predictions (not in P) whose detached decoded box overlaps a ground-truth box by IoU above
   ``ignore_iou``, which count 0; the sum is divided by N (fixed for an input size, so the
   term's scale does not jump when predictions enter or leave the ignored set);
@@ -71,12 +76,55 @@ def _anchor_tables(settings: YoloSettings, device: torch.device, dtype: torch.dt
     return out
 
 
+def _candidates(boxes: torch.Tensor, settings: YoloSettings, tables: dict[str, torch.Tensor],
+                dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per target row (B, M) the J predictions the ``assign`` rule gives it: their indices
+    (B, M, J) and whether each is taken (B, M, J) bool (before rows are checked for padding)."""
+    k_all = tables["wh"].shape[0]
+    w = (boxes[..., 2] - boxes[..., 0]).clamp(min=0)
+    h = (boxes[..., 3] - boxes[..., 1]).clamp(min=0)
+    aw, ah = tables["wh"][:, 0], tables["wh"][:, 1]
+    inter = torch.minimum(w[..., None], aw) * torch.minimum(h[..., None], ah)
+    shape_iou = inter / (w[..., None] * h[..., None] + aw * ah - inter)
+    best = shape_iou.argmax(-1)  # (B, M)
+    if settings.assign == "best":
+        anchor, usable = best[..., None], torch.ones_like(best[..., None], dtype=torch.bool)
+    else:
+        # YOLOv5's rule: every anchor within anchor_ratio of the box in width and height, and
+        # the best-fitting one always, so that no box is left without a prediction.
+        anchor = torch.arange(k_all, device=boxes.device).expand(*best.shape, k_all)
+        ratio = torch.maximum(torch.maximum(w[..., None] / aw, aw / w[..., None].clamp(min=1e-9)),
+                              torch.maximum(h[..., None] / ah, ah / h[..., None].clamp(min=1e-9)))
+        usable = (ratio < settings.anchor_ratio) | (anchor == best[..., None])
+
+    stride = tables["stride"][anchor].to(dtype)
+    side = tables["side"][anchor]
+    cx = ((boxes[..., 0] + boxes[..., 2]) / 2)[..., None] / stride
+    cy = ((boxes[..., 1] + boxes[..., 3]) / 2)[..., None] / stride
+    gx = torch.minimum(torch.floor(cx).long().clamp(min=0), side - 1)
+    gy = torch.minimum(torch.floor(cy).long().clamp(min=0), side - 1)
+    cells = [(gx, gy, usable)]
+    if settings.assign == "multi-cells":
+        # The neighbour across the nearer vertical edge and the one across the nearer
+        # horizontal edge (YOLOv5's g = 0.5): centres within half a cell of them.
+        nx = torch.where(cx - gx < 0.5, gx - 1, gx + 1)
+        ny = torch.where(cy - gy < 0.5, gy - 1, gy + 1)
+        cells += [(nx, gy, usable & (nx >= 0) & (nx < side)), (gx, ny, usable & (ny >= 0) & (ny < side))]
+    base = tables["offset"][anchor] + tables["slot"][anchor] * side * side
+    # A neighbour outside the grid gets an index here too, but is not taken (the caller drops it).
+    index = torch.cat([base + y * side + x for x, y, _ in cells], -1)
+    return index, torch.cat([ok for _, _, ok in cells], -1)
+
+
 def assign_targets(targets: torch.Tensor, settings: Any, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
-    """Dense per-prediction targets from the padded targets (B, M, 5).
+    """Dense per-prediction targets from the padded targets (B, M, 5), by the ``assign`` rule.
 
     Returns ``positive`` (B, N) 1 at assigned predictions, ``box`` (B, N, 4) their ground-truth
-    box (a neutral box elsewhere), ``cls`` (B, N, C) the one-hot class and ``index`` (B, M) the
-    prediction each target row went to (N for padding and for rows a later row overwrote).
+    box (a neutral box elsewhere), ``cls`` (B, N, C) the one-hot class and ``index`` the
+    predictions each target row went to (N for padding, for candidates the rule does not take
+    and for those a later row took): (B, M) for ``assign = "best"``, else (B, M, J) with the J
+    candidates of a row (anchor by anchor; for "multi-cells" the centre's cells of all anchors,
+    then the horizontal neighbours, then the vertical ones).
     """
     settings = coerce(settings, YoloSettings)
     if targets.dim() != 3 or targets.shape[-1] != 5:
@@ -92,35 +140,26 @@ def assign_targets(targets: torch.Tensor, settings: Any, dtype: torch.dtype | No
         raise ValueError(f"targets hold class ids >= the {c} classes of the task")
 
     tables = _anchor_tables(settings, device, dtype)
-    w = (boxes[..., 2] - boxes[..., 0]).clamp(min=0)
-    h = (boxes[..., 3] - boxes[..., 1]).clamp(min=0)
-    aw, ah = tables["wh"][:, 0], tables["wh"][:, 1]
-    inter = torch.minimum(w[..., None], aw) * torch.minimum(h[..., None], ah)
-    shape_iou = inter / (w[..., None] * h[..., None] + aw * ah - inter)
-    best = shape_iou.argmax(-1)  # (B, M)
+    index, taken = _candidates(boxes, settings, tables, dtype)
+    j = index.shape[-1]
+    index = torch.where(valid[..., None] & taken, index, n).reshape(b, m * j)
 
-    stride = tables["stride"][best].to(dtype)
-    side = tables["side"][best]
-    cx = (boxes[..., 0] + boxes[..., 2]) / 2
-    cy = (boxes[..., 1] + boxes[..., 3]) / 2
-    gx = torch.minimum(torch.floor(cx / stride).long().clamp(min=0), side - 1)
-    gy = torch.minimum(torch.floor(cy / stride).long().clamp(min=0), side - 1)
-    index = tables["offset"][best] + tables["slot"][best] * side * side + gy * side + gx
-    index = torch.where(valid, index, n)
-
-    # Last row wins: a row keeps its prediction only if no later row of the image took it.
-    rows = torch.arange(m, device=device).expand(b, m)
+    # Last row wins: a row keeps a prediction only if no later row of the image took it.
+    rows = torch.arange(m, device=device).repeat_interleave(j).expand(b, m * j)
     winner = torch.full((b, n + 1), -1, device=device, dtype=torch.long).scatter_reduce(
         1, index, rows, reduce="amax")
-    index = torch.where(valid & (winner.gather(1, index) == rows), index, n)
+    index = torch.where((index < n) & (winner.gather(1, index) == rows), index, n)
 
-    # One spare slot (N) takes padding and overwritten rows and is cut off afterwards.
-    taken = (index < n).to(dtype)
-    positive = torch.zeros(b, n + 1, device=device, dtype=dtype).scatter(1, index, taken)[:, :n]
+    # One spare slot (N) takes the candidates not taken and is cut off afterwards.
+    flat_boxes = boxes.repeat_interleave(j, dim=1)
+    one_hot = (labels.long()[..., None] == torch.arange(c, device=device)).to(dtype).repeat_interleave(j, dim=1)
+    used = (index < n).to(dtype)
+    positive = torch.zeros(b, n + 1, device=device, dtype=dtype).scatter(1, index, used)[:, :n]
     box = torch.tensor(_NEUTRAL_BOX, device=device, dtype=dtype).repeat(b, n + 1, 1)
-    box = box.scatter(1, index[..., None].expand(b, m, 4), boxes)[:, :n]
-    one_hot = (labels.long()[..., None] == torch.arange(c, device=device)).to(dtype)
-    cls = torch.zeros(b, n + 1, c, device=device, dtype=dtype).scatter(1, index[..., None].expand(b, m, c), one_hot)
+    box = box.scatter(1, index[..., None].expand(b, m * j, 4), flat_boxes)[:, :n]
+    cls = torch.zeros(b, n + 1, c, device=device, dtype=dtype).scatter(1, index[..., None].expand(b, m * j, c),
+                                                                       one_hot)
+    index = index.reshape(b, m) if j == 1 else index.reshape(b, m, j)
     return {"positive": positive, "box": box, "cls": cls[:, :n], "index": index}
 
 
@@ -151,13 +190,15 @@ def yolo_losses(outputs: torch.Tensor, targets: torch.Tensor, settings: Any) -> 
     count = positive.sum(1).clamp(min=1)
 
     grid = prediction_grid(settings, outputs.device, outputs.dtype)
-    pred_boxes = decode_xyxy(outputs[..., :4], grid)
+    pred_boxes = decode_xyxy(outputs[..., :4], grid, settings.xy_range)
 
     box = (giou_loss(pred_boxes, assigned["box"]) * positive).sum(1) / count
 
     ignored = ignore_mask(pred_boxes, targets, settings.ignore_iou) & (positive == 0)
     obj_weight = 1 - ignored.to(outputs.dtype)
-    obj = (F.binary_cross_entropy_with_logits(outputs[..., 4], positive, reduction="none") * obj_weight).sum(1) / n
+    pos_weight = None if settings.obj_pos_weight == 1 else outputs.new_tensor(settings.obj_pos_weight)
+    obj_bce = F.binary_cross_entropy_with_logits(outputs[..., 4], positive, reduction="none", pos_weight=pos_weight)
+    obj = (obj_bce * obj_weight).sum(1) / n
 
     cls_bce = F.binary_cross_entropy_with_logits(outputs[..., 5:], assigned["cls"], reduction="none").mean(-1)
     cls = (cls_bce * positive).sum(1) / count

@@ -16,7 +16,7 @@ from .faster_rcnn import build_faster_rcnn, faster_rcnn_detections, faster_rcnn_
 from .loss import yolo_losses
 from .metrics import detection_metrics
 from .model import build_yolo
-from .settings import DetectionSettings, FasterRCNNSettings, YoloSettings, coerce
+from .settings import CLASSES_FROM_LABELS, DetectionSettings, FasterRCNNSettings, YoloSettings, coerce
 from .shapes import shapes_simulator
 from .targets import PAD, letterbox, object_rows, pack_targets
 
@@ -40,7 +40,8 @@ def collate_detection(examples: list[Example], settings: DetectionSettings) -> B
         square, scale, offset = letterbox(image, settings.input_size)
         images.append(square)
         rows.append(object_rows(example.objects, settings.classes, scale, offset, where,
-                                settings.min_visible_fraction))
+                                settings.min_visible_fraction, image_size=(image.shape[1], image.shape[2]),
+                                classes_source=settings.classes_source))
     return Batch(torch.stack(images), pack_targets(rows))
 
 
@@ -92,8 +93,10 @@ class _DetectionTask:
         s = self._settings(settings)
         if "classes" in s.model_fields_set:
             return s
-        return self.settings_model.model_validate({**s.model_dump(include=set(s.model_fields_set)),
-                                                   "classes": list(labels)})
+        adapted = self.settings_model.model_validate({**s.model_dump(include=set(s.model_fields_set)),
+                                                      "classes": list(labels)})
+        adapted._classes_from_labels = CLASSES_FROM_LABELS
+        return adapted
 
     @hookimpl
     def create_model(self, settings: Any) -> torch.nn.Module:

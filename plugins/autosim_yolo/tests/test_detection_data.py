@@ -153,6 +153,44 @@ def test_write_coco_round_trip_and_pycocotools(tmp_path):
     assert loaded[2].objects == [{"category": "triangle", "box": [0.0, 0.0, 16.0, 12.0]}]
 
 
+def test_coco_boxes_outside_their_image_are_clipped_or_refused(tmp_path, caplog):
+    png(tmp_path / "c.png", width=128, height=128)
+    data = {"images": [{"id": 1, "file_name": "c.png", "width": 128, "height": 128}],
+            "annotations": [{"id": 5, "image_id": 1, "category_id": 1, "bbox": [13, 97, 155, 21]}],
+            "categories": [{"id": 1, "name": "cup"}]}
+    write_json(tmp_path / "annotations.json", data)
+    with caplog.at_level("WARNING", logger="autosim"):
+        (example,) = load_coco(tmp_path)
+    # x1 = 13 + 155 = 168 > 128: clipped there; y1 = 97 + 21 = 118 is inside.
+    assert example.objects == [{"category": "cup", "box": [13.0, 97.0, 128.0, 118.0],
+                                "clipped_from": [13.0, 97.0, 168.0, 118.0]}]
+    assert any("1 box(es) reach outside their image" in r.getMessage() for r in caplog.records)
+
+    data["annotations"] += [{"id": 6, "image_id": 1, "category_id": 1, "bbox": [130, 4, 10, 10]}]
+    write_json(tmp_path / "annotations.json", data)
+    with pytest.raises(DatasetError, match=r"annotations.json: annotation 6: box \[130.0, 4.0, 140.0, 14.0\] has no "
+                                           r"area once clipped to the image"):
+        load_coco(tmp_path)
+    data["annotations"][1]["bbox"] = [3, 4, 0, 10]
+    write_json(tmp_path / "annotations.json", data)
+    with pytest.raises(DatasetError, match=r"annotation 6: box \[3.0, 4.0, 3.0, 14.0\] has no area"):
+        load_coco(tmp_path)
+
+
+def test_generated_folder_boxes_outside_their_image_are_refused_naming_the_line(tmp_path):
+    root = tmp_path / "gen"
+    write_examples([Example(image=torch.rand(3, 8, 8), objects=[{"category": "circle", "box": [9, 1, 12, 3]}])], root)
+    with pytest.raises(DatasetError, match=r"annotations.jsonl:1: object 'circle': box .* has no area once clipped"):
+        load_generated(root)
+
+
+def test_write_coco_clips_boxes_to_the_image(tmp_path):
+    example = Example(image=torch.zeros(3, 128, 128), scene={"id": "x"},
+                      objects=[{"category": "cup", "box": [13.0, 97.0, 168.0, 118.0]}])
+    data = json.loads(write_coco([example], tmp_path, ["cup"]).read_text())
+    assert data["annotations"][0]["bbox"] == [13.0, 97.0, 115.0, 21.0]
+
+
 def test_write_coco_rejects_unknown_category(tmp_path):
     example = Example(image=torch.zeros(3, 4, 4), scene={"id": "x"}, objects=[{"category": "cat", "box": [0, 0, 1, 1]}])
     with pytest.raises(ValueError, match=r"example 'x': object category 'cat' is not one of \['dog'\]"):
@@ -203,6 +241,14 @@ def test_bop_split(tmp_path):
     # The task's min_visible_fraction then drops the barely visible one, as BOP does.
     rows = object_rows(second.objects, ["obj_000001", "obj_000006"], 1.0, (0.0, 0.0), "x", min_visible_fraction=0.1)
     assert rows.tolist() == [[1.0, 2.0, 4.0, 6.0, 0.0]]
+
+
+def test_bop_boxes_are_clipped_to_their_16_x_12_image(tmp_path):
+    scene = tmp_path / "000004"
+    bop_scene(scene, {1: [(1, [10, 8, 10, 10], 1.0)]})  # x1 = 20 > 16, y1 = 18 > 12
+    (example,) = load_bop(scene)
+    assert example.objects[0]["box"] == [10.0, 8.0, 16.0, 12.0]
+    assert example.objects[0]["clipped_from"] == [10.0, 8.0, 20.0, 18.0]
 
 
 def test_bop_names_limit_and_single_scene(tmp_path):

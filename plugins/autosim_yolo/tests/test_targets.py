@@ -43,14 +43,52 @@ def test_pack_pads_with_minus_one_and_unpack_inverts_it():
     assert pack_targets([b]).shape == (1, 1, 5)
 
 
-def test_occluded_and_degenerate_objects_are_left_out_and_unknown_classes_are_an_error():
+def test_occluded_objects_are_left_out_and_unknown_classes_are_an_error_naming_the_class_list():
     objects = [{"category": "circle", "box": [0, 0, 5, 5], "visible_fraction": 0.05},
-               {"category": "circle", "box": [3, 3, 3, 8]},
                {"category": "circle", "box": [1, 2, 3, 4], "visible_fraction": 0.5}]
     rows = object_rows(objects, ["circle"], 1.0, (0.0, 0.0), "s", min_visible_fraction=0.1)
     assert rows.tolist() == [[1.0, 2.0, 3.0, 4.0, 0.0]]
-    with pytest.raises(ValueError, match=r"example 's': object category 'duck' is not one of the task's classes"):
-        object_rows([{"category": "duck", "box": [0, 0, 1, 1]}], ["circle"], 1.0, (0.0, 0.0), "s")
+    with pytest.raises(ValueError, match=r"example 's': object category 'duck' is not one of the task's classes "
+                                         r"\['circle'\] \(from the simulator's labels hook\)"):
+        object_rows([{"category": "duck", "box": [0, 0, 1, 1]}], ["circle"], 1.0, (0.0, 0.0), "s",
+                    classes_source="the simulator's labels hook")
+
+
+def test_a_box_reaching_outside_the_image_is_clipped_to_it(caplog):
+    # The 16 x 8 image is letterboxed to 32: scale 2, content offset (0, 8).
+    objects = [{"category": "circle", "box": [-3.0, 2.0, 5.0, 11.0]},  # left and bottom outside
+               {"category": "circle", "box": [12.0, 1.0, 16.0000001, 4.0]}]  # on the edge up to rounding
+    with caplog.at_level("WARNING", logger="autosim"):
+        rows = object_rows(objects, ["circle"], 2.0, (0.0, 8.0), "s", image_size=(8, 16))
+    assert rows.flatten().tolist() == pytest.approx([0.0, 12.0, 10.0, 24.0, 0.0, 24.0, 10.0, 32.0, 16.0, 0.0])
+
+
+@pytest.mark.parametrize(("box", "why"), [
+    ([20.0, 2.0, 30.0, 6.0], r"has no area once clipped to the image"),  # wholly right of the image
+    ([3.0, 3.0, 3.0, 8.0], r"has no area \(x1 > x0"),  # zero width
+    ([5.0, 6.0, 2.0, 7.0], r"has no area \(x1 > x0"),  # corners swapped
+    ([1.0, float("nan"), 3.0, 4.0], r"is not finite"),
+])
+def test_a_box_with_no_area_in_the_image_is_an_error_naming_the_example(box, why):
+    with pytest.raises(ValueError, match=rf"^example 'scene-7': object 'circle': box .* {why}"):
+        object_rows([{"category": "circle", "box": box}], ["circle"], 1.0, (0.0, 0.0), "scene-7",
+                    image_size=(8, 16))
+
+
+def test_collate_clips_a_render_box_and_says_so_once(caplog):
+    from autosim_yolo import targets
+
+    targets._CLIP_REPORTED.clear()
+    settings = YoloSettings(input_size=64)
+    example = Example(image=torch.rand(3, 32, 64), scene={"id": "r1"},
+                      objects=[{"category": "circle", "box": [50.0, -4.0, 70.0, 10.0]}])
+    with caplog.at_level("WARNING", logger="autosim"):
+        first = collate_detection([example], settings)
+        collate_detection([example], settings)
+    # Clipped to [50, 0, 64, 10]; the letterbox keeps the scale (1) and moves y by 16.
+    assert first.targets[0].tolist() == [[50.0, 16.0, 64.0, 26.0, 0.0]]
+    notes = [r.getMessage() for r in caplog.records if "outside the image" in r.getMessage()]
+    assert len(notes) == 1 and notes[0].startswith("example 'r1': object 'circle': box [50.0, -4.0, 70.0, 10.0]")
 
 
 def test_collate_letterboxes_images_of_different_sizes_into_one_batch():

@@ -58,3 +58,22 @@ def test_the_simulator_classes_reach_the_task_without_settings(tmp_path, registr
 def test_explicit_classes_win(tmp_path, registry) -> None:
     run = make_run(tmp_path, registry, "renamed", settings={"classes": ["circle", "square", "triangle", "star"]})
     assert run.task_settings.classes == ["circle", "square", "triangle", "star"]
+
+
+class TwoLabels(ShapesSimulator):
+    """The shapes simulator declaring two of the three classes it renders."""
+
+    @hookimpl
+    def labels(self) -> list[str]:
+        return ["circle", "square"]
+
+
+@pytest.mark.parametrize(("settings", "source"), [
+    ({}, r"the simulator's labels hook"), ({"classes": ["circle", "square"]}, r"\[task.settings\] classes")])
+def test_an_object_outside_the_classes_names_where_the_classes_came_from(tmp_path, registry, settings,
+                                                                         source) -> None:
+    registry.plugins["simulators"]["two-labels"] = TwoLabels()
+    run = make_run(tmp_path, registry, "two-labels", settings=settings)
+    with pytest.raises(ValueError, match=rf"object category 'triangle' is not one of the task's classes "
+                                         rf"\['circle', 'square'\] \(from {source}\)"):
+        run.render_training(run.space.init_psi(), 16)

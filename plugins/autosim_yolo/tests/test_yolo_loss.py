@@ -23,7 +23,9 @@ N_TINY = 3 * (2 * 2 + 4 * 4)  # predictions of yolov3-tiny at 64 px
 
 
 def _settings(**kw) -> YoloSettings:
-    base = {"variant": "tiny", "input_size": SIZE, "width": 0.125, "classes": ["a", "b", "c"]}
+    # YOLOv3's assignment and decoding, which the hand-worked answers and the reference follow.
+    base = {"variant": "tiny", "input_size": SIZE, "width": 0.125, "classes": ["a", "b", "c"], "assign": "best",
+            "xy_range": 1.0}
     return YoloSettings(**{**base, **kw})
 
 
@@ -138,6 +140,36 @@ def test_two_boxes_on_one_prediction_last_wins():
     assert assigned["box"][0, 1].tolist() == [35, 19, 47, 31] and assigned["cls"][0, 1].tolist() == [0, 1, 0]
 
 
+def test_multi_anchor_and_neighbour_cell_assignment_by_hand():
+    # Anchors at 64 px: 0 (1.5 x 2.2), 1 (3.5 x 4.2), 2 (5.7 x 8.9) in the stride-16 head (4 x 4,
+    # predictions 12 + slot * 16 + y * 4 + x), 3 (12.5 x 12.6), 4 (20.8 x 26), 5 (52.9 x 49.1) in
+    # the stride-32 head (2 x 2, predictions slot * 4 + y * 2 + x).
+    # Row 0: a 12 x 12 box centred at (38, 22). Width and height within 4x of anchors 1 (3.4x),
+    # 2, 3, 4 (2.2x), not 0 (7.8x) nor 5 (4.4x). Its centre is at cell (2.375, 1.375) of the
+    # stride-16 grid: cell (2, 1), nearer the left and top edges, so neighbours (1, 1) and (2, 0);
+    # of the stride-32 grid at (1.19, 0.69): cell (1, 0), neighbours (0, 0) and (1, 1).
+    # Row 1: a 4 x 4 box centred at (4, 4) fits anchors 0-3; every neighbour is off the grid.
+    n = N_TINY
+    targets = torch.tensor([[[32.0, 16, 44, 28, 2], [2, 2, 6, 6, 0]]])
+    multi = assign_targets(targets, _settings(assign="multi"))
+    assert multi["index"].tolist() == [[[n, 34, 50, 1, 5, n], [12, 28, 44, 0, n, n]]]
+    cells = assign_targets(targets, _settings(assign="multi-cells", xy_range=2.0))
+    # Row 0's neighbour (0, 0) for anchor 3 is prediction 0, row 1's centre cell for anchor 3:
+    # the later row wins it.
+    assert cells["index"].tolist() == [[[n, 34, 50, 1, 5, n, n, 33, 49, n, 4, n, n, 30, 46, 3, 7, n],
+                                        [12, 28, 44, 0, n, n] + [n] * 12]]
+    assert cells["positive"].sum() == 11 + 4 and cells["box"][0, 0].tolist() == [2, 2, 6, 6]
+    assert cells["box"][0, 33].tolist() == [32, 16, 44, 28] and cells["cls"][0, 33].tolist() == [0, 0, 1]
+    assert cells["box"][0, 12].tolist() == [2, 2, 6, 6] and cells["cls"][0, 12].tolist() == [1, 0, 0]
+    # With xy_range 2 a centre reaches half a cell past either edge: prediction 33 is cell (1, 1)
+    # of stride 16, and its box centre spans x in (8, 40); sigmoid(0) keeps the cell's middle.
+    outputs = torch.zeros(1, n, 8, dtype=torch.float64)
+    outputs[0, 33, 0] = 50.0
+    boxes = decode_boxes(outputs, _settings(xy_range=2.0))[0]
+    assert float(boxes[0, 33, [0, 2]].mean()) == pytest.approx(40.0)
+    assert float(boxes[0, 34, [0, 2]].mean()) == pytest.approx(40.0)  # cell 2's middle: (2 + 0.5) * 16
+
+
 @pytest.mark.parametrize("ignore_iou", [0.7, 0.05])
 def test_losses_match_the_reference(ignore_iou):
     s = _settings(ignore_iou=ignore_iou)
@@ -200,8 +232,12 @@ def test_bad_arguments():
 
 
 # ---------------------------------------------------------------- per image, batch of one ---
-def _model_and_batch(dtype=torch.float64):
-    s = _settings()
+# The YOLOv5-like recipe's settings, for the transforms the hypergradient uses.
+RECIPE = {"assign": "multi-cells", "xy_range": 2.0, "obj_pos_weight": 3.0}
+
+
+def _model_and_batch(dtype=torch.float64, **settings):
+    s = _settings(**settings)
     torch.manual_seed(0)
     model = build_yolo(s).to(dtype)
     images = torch.rand(3, 3, SIZE, SIZE, dtype=dtype)
@@ -243,8 +279,9 @@ def _unit(params: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]
     return {k: t / norm for k, t in v.items()}
 
 
-def test_hvp_matches_finite_difference_of_gradients():
-    s, model, images, targets = _model_and_batch()
+@pytest.mark.parametrize("settings", [{}, RECIPE], ids=["default", "yolov5-like"])
+def test_hvp_matches_finite_difference_of_gradients(settings):
+    s, model, images, targets = _model_and_batch(**settings)
     params, per_image = _functional(s, model, images, targets)
 
     def mean_loss(p):
@@ -266,8 +303,9 @@ def test_hvp_matches_finite_difference_of_gradients():
         assert err < 1e-6 * scale, hvp.__name__
 
 
-def test_jvp_of_per_image_losses():
-    s, model, images, targets = _model_and_batch()
+@pytest.mark.parametrize("settings", [{}, RECIPE], ids=["default", "yolov5-like"])
+def test_jvp_of_per_image_losses(settings):
+    s, model, images, targets = _model_and_batch(**settings)
     params, per_image = _functional(s, model, images, targets)
     v = _unit(params, 2)
     _, tangent = jvp(per_image, (params,), (v,))

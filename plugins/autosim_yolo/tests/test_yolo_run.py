@@ -25,8 +25,9 @@ def _config(tmp_path, **changes):
 
 
 def test_overfitting_a_small_drawn_set_reaches_a_high_map(tmp_path):
-    # At 96 px YOLOv3's assignment (one object per anchor of a cell) drops 4 of this set's 35
-    # objects, which caps the reachable recall; at 128 px one is dropped.
+    # At 96 px YOLOv3's assignment (one object per anchor of a cell, assign = "best") drops 4 of
+    # this set's 35 objects, which caps the reachable recall; at 128 px one is dropped (the
+    # default "multi" gives each object several anchors, so fewer are left without one).
     task = {"name": "yolo", "settings": {"variant": "tiny", "input_size": 128, "width": 0.25}}
     run = Run(_config(tmp_path, task=task), tmp_path / "run")
     model = run.create_model()
