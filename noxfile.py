@@ -1,7 +1,7 @@
-"""Test, lint and benchmark sessions. ``nox`` runs lint, the core's tests (the Ray executor's among
-them) and every plugin's (``plugins``: all of them in one environment); ``nox -s clevr`` and the other
-plugin sessions run one plugin beside the core alone, ``nox -s ray`` the Ray tests alone; ``nox -s
-bench`` writes benchmark JSON to bench-results/.
+"""Test, lint and benchmark sessions. ``nox`` runs lint, the core's tests, the Ray executor's (on a local
+Ray, in an environment of their own) and every plugin's (``plugins``: all of them in one environment);
+``nox -s clevr`` and the other plugin sessions run one plugin beside the core alone; ``nox -s bench``
+writes benchmark JSON to bench-results/.
 
 Every install applies constraints.txt (the torch/torchvision pair). uv does not read pip's
 configuration, so pip's find-links and extra index URLs are handed to uv here: on machines with
@@ -17,7 +17,7 @@ import sys
 import nox
 
 nox.options.default_venv_backend = "uv|virtualenv"
-nox.options.sessions = ["lint", "core", "plugins"]
+nox.options.sessions = ["lint", "core", "ray", "plugins"]
 
 CONSTRAINTS = ("-c", "constraints.txt")
 CORE = ("-e", ".[test,baselines]")
@@ -71,10 +71,9 @@ def _install(session: nox.Session, *specs: tuple[str, ...]) -> None:
 
 def _pytest(session: nox.Session, *paths: str, parallel: bool = False, env: dict[str, str] | None = None) -> None:
     """pytest on ``paths``; ``parallel``: the tests shared out over up to two processes (pytest-xdist,
-    one per core of the machines CI runs on): the core's 400 tests take 110 s instead of 175 s. A
-    module marked ``xdist_group`` keeps its tests on one process (the Ray tests share one local Ray)."""
+    one per core of the machines CI runs on): the core's 400 tests take 110 s instead of 175 s."""
     env = {"AUTOSIM_CACHE": str(session.create_tmp() + "/autosim-cache"), "MPLBACKEND": "Agg", **(env or {})}
-    workers = ("-n", "auto", "--maxprocesses", "2", "--dist", "loadgroup") if parallel else ()
+    workers = ("-n", "auto", "--maxprocesses", "2") if parallel else ()
     session.run("pytest", "-q", "--durations=15", *workers, *paths, *session.posargs, env=env)
 
 
@@ -90,16 +89,16 @@ def lint(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def core(session: nox.Session) -> None:
-    """The core alone (and what installs the guide's example plugin), with the Ray executor on a local
-    Ray that its tests start and shut down."""
+    """The core alone (and what installs the guide's example plugin)."""
     # The tensorboard extra: tests/test_observers.py reads the TensorBoard observer's event files.
-    _install(session, ("-e", ".[test,baselines,tensorboard,ray]"), GUIDE)
-    _pytest(session, "tests", parallel=True, env=RAY_ENV)
+    _install(session, ("-e", ".[test,baselines,tensorboard]"), GUIDE)
+    _pytest(session, "tests", parallel=True)
 
 
 @nox.session(python=PYTHON)
 def ray(session: nox.Session) -> None:
-    """The Ray executor's tests alone (the core session runs them too)."""
+    """The Ray executor on a local Ray (started by the tests and shut down after them), on one process:
+    its tests share the one Ray."""
     _install(session, ("-e", ".[ray,test]"))
     _pytest(session, "tests/test_executors_ray.py", env=RAY_ENV)
 

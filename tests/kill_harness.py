@@ -253,7 +253,11 @@ def main() -> None:
         except ProcessLookupError:
             pass
         code = wait(pid)
-        if code == 0 and len(extended) < 5:
+        # A loop-anchored kill that found the run already done (summary written, the process not yet
+        # gone) is not the kill in the loop it names: like a start that finished, it is tried again.
+        last = folder_state(killed)["checkpoint"] if isinstance(delay, str) and delay != "config" else None
+        done_first = code == -signal.SIGKILL and last is not None and last >= iterations
+        if (code == 0 or done_first) and len(extended) < 5:
             # The run got done before this kill (the children ran faster than the timing run
             # said): a larger budget continues it, which --resume allows; the uninterrupted run
             # below gets the same final budget.

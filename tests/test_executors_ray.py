@@ -12,8 +12,6 @@ import torch
 from executor_helpers import expected_points, flaky_run, render_batch
 
 ray = pytest.importorskip("ray")
-# One process runs this module's tests: they share the one local Ray its fixture starts.
-pytestmark = pytest.mark.xdist_group("ray")
 
 
 @pytest.fixture(scope="module", autouse=True)
