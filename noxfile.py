@@ -248,7 +248,7 @@ def bench(session: nox.Session) -> None:
     # The outer loop on problems with a known optimum: about 13 minutes of one core.
     session.run("python", "benchmarks/convergence.py", "--out", "bench-results/convergence.json")
     session.run("python", "benchmarks/executors.py", "--out", "bench-results/executors.json", "--blackbox",
-                env={"RAY_AUTH_MODE": "disabled", "RAY_TMPDIR": f"/tmp/ray-{os.getpid()}"})
+                env=RAY_ENV)
     session.run("python", "plugins/autosim_clevr/bench.py", "--out", "bench-results/clevr.json")
     # The sizes of examples/clevr_unet.toml: 64x64 images, K = 32, 64 validation images.
     session.run("python", "plugins/autosim_unet/bench.py", "--out", "bench-results/unet.json", "--size", "64",

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .hypergrad import Baseline, Params, ScoreEstimate, score_function_terms
+from .hypergrad import DEFAULT_CK_METHOD, Baseline, Params, ScoreEstimate, score_function_terms
 from .pathwise import Pathwise, replace_terms
 
 if TYPE_CHECKING:
@@ -65,7 +65,7 @@ class HypergradProblem:
     baseline: Baseline = "mean"
     pathwise: Pathwise | None = None
     ggn: Callable[[Params], Params] | None = None
-    c_k: str = "jvp"
+    c_k: str = DEFAULT_CK_METHOD
     check_c_k: bool = False
 
     def score_function(self, values: torch.Tensor) -> ScoreEstimate:

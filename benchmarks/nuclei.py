@@ -121,12 +121,11 @@ def renders(space_dict: dict[str, Any], count: int, seed: int) -> tuple[list[np.
 
 def object_f1(predicted: np.ndarray, instances: np.ndarray) -> dict[str, float]:
     """Per-object F1 at IoU 0.5: predicted objects (ids, 0 none) against the real instances."""
-    labels = predicted
-    n_pred = int(labels.max())
+    n_pred = int(predicted.max())
     gt_ids, gt = np.unique(instances, return_inverse=True)
     gt = gt.reshape(instances.shape)
     n_gt = len(gt_ids) - (1 if gt_ids[0] == 0 else 0)
-    joint = np.bincount(gt.ravel() * (n_pred + 1) + labels.ravel(),
+    joint = np.bincount(gt.ravel() * (n_pred + 1) + predicted.ravel(),
                         minlength=len(gt_ids) * (n_pred + 1)).reshape(len(gt_ids), n_pred + 1)
     area_gt, area_pred = joint.sum(1), joint.sum(0)
     start = 1 if gt_ids[0] == 0 else 0
@@ -139,10 +138,8 @@ def object_f1(predicted: np.ndarray, instances: np.ndarray) -> dict[str, float]:
 def predicted_objects(classes: np.ndarray) -> np.ndarray:
     """Object ids of a predicted class map: the components of class 1, or with a boundary class (2) the
     components of the interiors grown by GROW pixels into the predicted outlines."""
-    if not (classes == 2).any():
-        return ndimage.label(classes == 1)[0]
     objects = ndimage.label(classes == 1)[0]
-    for _ in range(GROW):
+    for _ in range(GROW if (classes == 2).any() else 0):
         grown = ndimage.grey_dilation(objects, footprint=ndimage.generate_binary_structure(2, 1))
         take = (objects == 0) & (classes == 2) & (grown > 0)
         objects[take] = grown[take]
