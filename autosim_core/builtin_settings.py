@@ -51,6 +51,10 @@ class AutoSimulateSettings(BaseModel):
     gradient_validation: int | None = Field(
         None, ge=1, description="grad_theta L_val from this many validation images, a seeded random subset drawn "
                                 "anew each iteration (the scores still use all); None = all of them")
+    curvature_scenes: int | None = Field(
+        None, ge=1, description="the quadratic estimators' curvature products (Hessian or Gauss-Newton) over this "
+                                "many of the iteration's scenes, a seeded random subset drawn anew each iteration "
+                                "(c_k and the score-function sum still over all); None = all of them")
     warn_below_noise: int = Field(
         5, ge=0, description="warn (history row and progress line) when the hypergradient's norm stays below its "
                              "standard error this many iterations in a row; 0 = never")

@@ -169,23 +169,42 @@ class Rendered:
                    state["log_q"])
 
 
+def _seeded_subset(total: int, count: int | None, seed: int) -> torch.Tensor | None:
+    if count is None or count >= total:
+        return None
+    return torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:count].sort().values
+
+
 def validation_subset(run: SearchContext, count: int | None, iteration: int) -> torch.Tensor | None:
     """The validation examples iteration ``iteration``'s gradient uses: ``count`` of them drawn
     without replacement from a stream seeded by the run's seed and the iteration (the same on a
     resumed run, and apart from the run's own stream), sorted; None for all."""
-    if count is None or run.val is None or count >= len(run.val):
+    if run.val is None:
         return None
-    generator = torch.Generator().manual_seed(run.config.seed * 1_000_003 + iteration)
-    return torch.randperm(len(run.val), generator=generator)[:count].sort().values
+    return _seeded_subset(len(run.val), count, run.config.seed * 1_000_003 + iteration)
+
+
+CURVATURE_STREAM = 500_000_001
+"""Offset of the curvature subsets' seeds from the validation subsets' (apart for any iteration
+below it)."""
+
+
+def curvature_subset(run: SearchContext, count: int | None, scenes: int, iteration: int) -> torch.Tensor | None:
+    """The rows of iteration ``iteration``'s ``scenes`` training examples its curvature products
+    use: ``count`` of them, drawn like ``validation_subset``'s from a stream of their own; None
+    for all."""
+    return _seeded_subset(scenes, count, run.config.seed * 1_000_003 + iteration + CURVATURE_STREAM)
 
 
 def hypergrad_problem(run: SearchContext, model: torch.nn.Module, pool: Sequence[Rendered], *, baseline: Baseline,
                       reuse_clip: float, hvp: Callable[[Params], Params] | None = None,
-                      val_gradient: Callable[[], Params] | None = None, chunk: int | None = None) -> HypergradProblem:
+                      val_gradient: Callable[[], Params] | None = None, chunk: int | None = None,
+                      curvature_rows: torch.Tensor | None = None) -> HypergradProblem:
     """The estimators' problem at the model's theta over the scenes of ``pool``: the current
-    iteration's first (the HVP's data unless ``hvp`` is given), then reused ones, importance-
-    weighted against the psi they were drawn from. ``chunk`` splits each batch's loss function
-    into pieces of that many examples (for batches too large for one pass)."""
+    iteration's first (the curvature's data unless ``hvp`` is given: all of them, or the rows
+    ``curvature_rows``), then reused ones, importance-weighted against the psi they were drawn
+    from. ``chunk`` splits each batch's loss function into pieces of that many examples (for
+    batches too large for one pass)."""
     theta = run.theta(model)
     losses = [run.functional_losses(model, part) for r in pool
               for part in (r.batch.chunks(chunk) if chunk else [r.batch])]
@@ -194,13 +213,15 @@ def hypergrad_problem(run: SearchContext, model: torch.nn.Module, pool: Sequence
         with torch.no_grad():
             log_q_now = torch.cat([run.log_prob(run.psi, r.scenes) for r in pool])
         weights = importance_weights(log_q_now, torch.cat([r.log_q for r in pool]), reuse_clip)
+    curvature_batch = pool[0].batch if curvature_rows is None else pool[0].batch.select(curvature_rows)
     if hvp is None:
         if chunk:
             raise ValueError("a problem over chunked batches needs its own hvp")
-        hvp = run.hvp_operator(losses[0], theta)
+        hvp = run.hvp_operator(losses[0] if curvature_rows is None else run.functional_losses(model, curvature_batch),
+                               theta)
     # Built on its first product (``ggn_operator``): free for an estimator that does not use it.
-    ggn = run.ggn_operator(model, pool[0].batch, theta) if not chunk else _chunked_ggn(run, model, pool[0].batch,
-                                                                                        theta, chunk)
+    ggn = run.ggn_operator(model, curvature_batch, theta) if not chunk else _chunked_ggn(run, model, curvature_batch,
+                                                                                          theta, chunk)
     if val_gradient is None and run.val is not None:
         def val_gradient() -> Params:
             return run.val_gradient(model)
@@ -304,8 +325,9 @@ class AutoSimulate:
             pool = [Rendered(scenes, batch, log_q_drawn), *self.reused]
             rows = validation_subset(run, s.gradient_validation, iteration)
             val_gradient = None if rows is None else (lambda: run.val_gradient(model, rows))
+            curvature_rows = curvature_subset(run, s.curvature_scenes, len(batch), iteration)
             problem = hypergrad_problem(run, model, pool, baseline=s.resolved_baseline(), reuse_clip=s.reuse_clip,
-                                        val_gradient=val_gradient)
+                                        val_gradient=val_gradient, curvature_rows=curvature_rows)
             if s.pathwise:
                 problem.pathwise = pathwise_for(run, model, scenes)
             problem.c_k, problem.check_c_k = self.c_k.next()
@@ -325,6 +347,8 @@ class AutoSimulate:
             info["grad_se_norm"] = math.sqrt(sum(float((e.double() ** 2).sum()) for e in estimate.stderr.values()))
         if rows is not None:
             info["gradient_validation"] = len(rows)
+        if curvature_rows is not None:
+            info["curvature_scenes"] = len(curvature_rows)
         if problem.pathwise is not None:
             info["pathwise"] = problem.pathwise.keys if problem.pathwise.used else []
         if weights is not None:

@@ -1,7 +1,7 @@
 """The cheaper ways of forming a hypergradient, each against an exact answer: the validation
 gradient over a subset against the subset's own gradient, c_k by central difference checked
 against the jvp (and the run falling back to the jvp where the difference is wrong), the
-seeded subsets of a run."""
+seeded subsets of a run, the curvature over a subset of the scenes against its dense Hessian."""
 
 from __future__ import annotations
 
@@ -19,7 +19,15 @@ from autosim_core.hypergrad import error_over_stderr, hvp_operator, loss_gradien
 from autosim_core.records import Batch
 from autosim_core.run import Run
 from autosim_core.rundir import HISTORY
-from autosim_core.searchers import CK_AUTO_CHECK_EVERY, CK_AUTO_TOLERANCE, CkChoice, validation_subset
+from autosim_core.searchers import (
+    CK_AUTO_CHECK_EVERY,
+    CK_AUTO_TOLERANCE,
+    CkChoice,
+    Rendered,
+    curvature_subset,
+    hypergrad_problem,
+    validation_subset,
+)
 from autosim_core.space import Normal, ParameterSpace
 from autosim_core.training import validation_pass
 
@@ -151,3 +159,51 @@ def test_a_run_draws_its_gradients_subset_per_iteration_and_checks_c_k_first(
     assert not torch.equal(subsets[0], subsets[1])
     torch.testing.assert_close(validation_subset(run, 20, 1), subsets[0], rtol=0, atol=0)
     assert validation_subset(run, 50, 1) is None and validation_subset(run, None, 1) is None
+
+
+def test_the_curvature_over_some_scenes_is_the_hessian_of_their_mean_loss(
+        tmp_path: Path, cache_dir: Path, make_toy_data) -> None:
+    data_ = make_toy_data(cache_dir, estimator="quadratic", iterations=2)
+    data_["task"]["settings"] = {"hidden": 4}
+    data_["searcher"]["settings"].update(curvature_scenes=5)
+    run = Run(parse_config(data_), tmp_path / "run")
+    run.execute()
+    history = [json.loads(line) for line in (tmp_path / "run" / HISTORY).read_text().splitlines() if line]
+    assert [row["estimator"]["curvature_scenes"] for row in history] == [5, 5]
+
+    k = data_["searcher"]["settings"]["scenes_per_iteration"]
+    rows = curvature_subset(run, 5, k, 1)
+    assert rows is not None and len(set(rows.tolist())) == 5 and int(rows.max()) < k
+    assert not torch.equal(rows, curvature_subset(run, 5, k, 2))
+    torch.testing.assert_close(curvature_subset(run, 5, k, 1), rows, rtol=0, atol=0)
+    assert curvature_subset(run, k, k, 1) is None and curvature_subset(run, None, k, 1) is None
+
+    model = run.model
+    assert model is not None
+    model.eval()
+    scenes, batch = run.render_training(run.psi, k)
+    with torch.no_grad():
+        log_q = run.log_prob(run.psi, scenes)
+    pool = [Rendered(scenes, batch, log_q)]
+    problem = hypergrad_problem(run, model, pool, baseline="none", reuse_clip=5.0, curvature_rows=rows)
+    whole = hypergrad_problem(run, model, pool, baseline="none", reuse_clip=5.0)
+
+    theta = problem.params
+    names, shapes = list(theta), [theta[n].shape for n in theta]
+    sizes = [theta[n].numel() for n in names]
+    flat = torch.cat([theta[n].reshape(-1) for n in names]).double()
+
+    def mean_loss(vector: torch.Tensor, part: Batch) -> torch.Tensor:
+        params = {n: p.reshape(s) for n, p, s in zip(names, vector.split(sizes), shapes, strict=True)}
+        outputs = functional_call(model, params, (part.inputs.double(),))
+        return torch.nn.functional.cross_entropy(outputs, part.targets, reduction="none").mean()
+
+    dense_subset = torch.autograd.functional.hessian(lambda x: mean_loss(x, batch.select(rows)), flat)
+    dense_whole = torch.autograd.functional.hessian(lambda x: mean_loss(x, batch), flat)
+    v = torch.randn(flat.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    v_tree = {n: p.reshape(s).float() for n, p, s in zip(names, v.split(sizes), shapes, strict=True)}
+    got = torch.cat([problem.hvp(v_tree)[n].reshape(-1) for n in names]).double()
+    torch.testing.assert_close(got, dense_subset @ v, rtol=1e-4, atol=1e-5)
+    assert float((dense_subset @ v - dense_whole @ v).norm()) > 10 * float((got - dense_subset @ v).norm())
+    got_whole = torch.cat([whole.hvp(v_tree)[n].reshape(-1) for n in names]).double()
+    torch.testing.assert_close(got_whole, dense_whole @ v, rtol=1e-4, atol=1e-5)

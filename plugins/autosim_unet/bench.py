@@ -29,6 +29,9 @@ seconds; CPU seconds are the steadier figure when other work shares the cores. T
                    the same with c_k by central difference (autosimulate's c_k = "auto" between
                    its checks); ``after_check``: an iteration that "auto" checks (both c_k);
                    ``gradient_validation_N``: ``after`` with the gradient from N validation images;
+                   ``curvature_N`` / ``gauss_newton_curvature_N``: ``after`` (``gauss_newton``)
+                   with the curvature products over N of the K scenes (autosimulate's
+                   curvature_scenes; --curvature-scenes sizes);
                    ``effect``: what the central difference and the subsets do to the estimate,
                    in units of its standard error (max over psi coordinates), and the cosine of
                    the subsets' hypergradients with the whole set's
@@ -203,6 +206,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--run-epochs", type=int, default=8, help="fine-tune epochs per iteration of the short runs")
     parser.add_argument("--gradient-validation", type=int, nargs="*", default=[32, 16],
                         help="validation-gradient subset sizes to measure (autosimulate's gradient_validation)")
+    parser.add_argument("--curvature-scenes", type=int, nargs="*", default=[8, 16],
+                        help="curvature subset sizes to measure (autosimulate's curvature_scenes)")
     parser.add_argument("--subsets", type=int, default=8, help="seeded subsets per size for their effect")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = parser.parse_args(argv)
@@ -322,11 +327,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results["hvp"]["shared_graph"] = {"seconds": shared_s, "per_epoch": per_epoch(shared_s),
                                       "over_forward_backward": ratio(shared_s, fb_s)}
 
-    def outputs_of(th: Params) -> torch.Tensor:
-        return functional_call(model, {**fixed, **th}, (train.inputs,))
+    def outputs_of(th: Params, part: Batch = train) -> torch.Tensor:
+        return functional_call(model, {**fixed, **th}, (part.inputs,))
 
-    def mean_output_loss(out: torch.Tensor) -> torch.Tensor:
-        return losses(out, train.targets).mean()
+    def mean_output_loss(out: torch.Tensor, part: Batch = train) -> torch.Tensor:
+        return losses(out, part.targets).mean()
 
     ggn_first_s, _ = timed(lambda: ggn_operator(outputs_of, mean_output_loss, theta)(g_val), args.repeats)
     ggn_shared = ggn_operator(outputs_of, mean_output_loss, theta)
@@ -370,14 +375,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     psi = space.init_psi()
     latents = space.sample(psi, args.batch, torch.Generator().manual_seed(1))
 
+    # The curvature subsets drawn as a run draws them (one per iteration), the first one timed.
+    curvature_sizes = [n for n in args.curvature_scenes if n < len(train)]
+    curvature_subsets = {n: [torch.randperm(len(train), generator=torch.Generator().manual_seed(100 + i))[:n]
+                             .sort().values for i in range(args.subsets)] for n in curvature_sizes}
+
     def problem(mode: str, val_gradient: Callable[[], Params], shared_graph: bool, c_k: str = "jvp",
-                check: bool = False) -> HypergradProblem:
-        hvp = hvp_operator(mean_loss, theta, mode=mode) if shared_graph else (
-            lambda v: default_hvp(mean_loss, theta, v, mode=mode))
+                check: bool = False, curvature_rows: torch.Tensor | None = None) -> HypergradProblem:
+        part = train if curvature_rows is None else train.select(curvature_rows)
+        part_losses = per_sample_of(part)
+
+        def part_mean(th: Params) -> torch.Tensor:
+            return part_losses(th).mean()
+
+        hvp = hvp_operator(part_mean, theta, mode=mode) if shared_graph else (
+            lambda v: default_hvp(part_mean, theta, v, mode=mode))
         return HypergradProblem(
             params=theta, train_losses=per_sample, hvp=hvp,
             val_gradient=val_gradient, log_prob=lambda: space.log_prob(psi, latents), psi=psi, c_k=c_k,
-            check_c_k=check, ggn=ggn_operator(outputs_of, mean_output_loss, theta))
+            check_c_k=check, ggn=ggn_operator(lambda th: outputs_of(th, part),
+                                              lambda out: mean_output_loss(out, part), theta))
 
     estimators: dict[str, Callable[[HypergradProblem, str], Any]] = {
         "quadratic": lambda p, curvature: quadratic(p, damping=0.01, max_iter=args.cg_iters, tol=1e-4,
@@ -388,46 +405,55 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     hyper: dict[str, Any] = {}
     # Each configuration: (HVP mode, the validation gradient's rows: "separate", "all" or a subset
-    # size, c_k, check, curvature). "separate": the validation gradient in a pass of its own,
+    # size, c_k, check, curvature, the curvature's scenes: None for all K or a subset size).
+    # "separate": the validation gradient in a pass of its own,
     # forward-over-reverse HVPs, c_k by jvp; "before": the fused validation pass (its forward part
     # not counted: it is the evaluation the iteration does anyway), HVPs sharing one graph, c_k by
     # jvp; "after": the same with autosimulate's c_k = "auto" on the iterations it does not check
     # (central difference); "after_check": an iteration it checks (central difference and jvp);
     # "gradient_validation_N": "after" with the validation gradient from N images; "gauss_newton"
     # (quadratic and approx-quadratic): "after" with curvature = "gauss-newton", and
-    # "gauss_newton_gradient_validation_N" with the first subset size as well.
+    # "gauss_newton_gradient_validation_N" with the first subset size as well; "curvature_N" and
+    # "gauss_newton_curvature_N": "after" and "gauss_newton" with the curvature over N scenes.
     zero = {"wall": 0.0, "cpu": 0.0}
-    Config = tuple[str, str | int, str, bool, str]
+    Config = tuple[str, str | int, str, bool, str, int | None]
     configs: dict[str, Config] = {
-        "separate": ("forward-over-reverse", "separate", "jvp", False, "hessian"),
-        "before": (DEFAULT_HVP_MODE, "all", "jvp", False, "hessian"),
-        "after": (DEFAULT_HVP_MODE, "all", "central-difference", False, "hessian"),
-        "after_check": (DEFAULT_HVP_MODE, "all", "central-difference", True, "hessian"),
+        "separate": ("forward-over-reverse", "separate", "jvp", False, "hessian", None),
+        "before": (DEFAULT_HVP_MODE, "all", "jvp", False, "hessian", None),
+        "after": (DEFAULT_HVP_MODE, "all", "central-difference", False, "hessian", None),
+        "after_check": (DEFAULT_HVP_MODE, "all", "central-difference", True, "hessian", None),
     }
     for n in subset_sizes:
-        configs[f"gradient_validation_{n}"] = (DEFAULT_HVP_MODE, n, "central-difference", False, "hessian")
-    configs["gauss_newton"] = (DEFAULT_HVP_MODE, "all", "central-difference", False, "gauss-newton")
+        configs[f"gradient_validation_{n}"] = (DEFAULT_HVP_MODE, n, "central-difference", False, "hessian", None)
+    configs["gauss_newton"] = (DEFAULT_HVP_MODE, "all", "central-difference", False, "gauss-newton", None)
     for n in subset_sizes[:1]:
         configs[f"gauss_newton_gradient_validation_{n}"] = (DEFAULT_HVP_MODE, n, "central-difference", False,
-                                                            "gauss-newton")
+                                                            "gauss-newton", None)
+    for n in curvature_sizes:
+        configs[f"curvature_{n}"] = (DEFAULT_HVP_MODE, "all", "central-difference", False, "hessian", n)
+        configs[f"gauss_newton_curvature_{n}"] = (DEFAULT_HVP_MODE, "all", "central-difference", False,
+                                                  "gauss-newton", n)
 
     def applies(estimator: str, label: str) -> bool:
         if estimator == "no-val":
             return label in ("separate", "before")
-        return estimator in ("quadratic", "approx-quadratic") or configs[label][4] == "hessian"
+        if estimator in ("quadratic", "approx-quadratic"):
+            return True
+        return configs[label][4] == "hessian" and configs[label][5] is None
 
     def one_hypergradient(fn: Callable[[HypergradProblem, str], Any], config: Config,
                           fused_pass: bool) -> tuple[Any, dict[str, float]]:
         """The estimate of one iteration: the validation pass (its forward part returned, to be left
         out) unless the gradient has a pass of its own, then the estimator."""
-        mode, rows, c_k, check, curvature = config
+        mode, rows, c_k, check, curvature, scenes = config
+        curvature_rows = None if scenes is None else curvature_subsets[scenes][0]
         if rows == "separate":
             return fn(problem(mode, val_gradient_separate, False, c_k, check), curvature), zero
         if not fused_pass:
             return fn(problem(mode, lambda: fused.gradient, True, c_k, check), curvature), zero
         gradient = val_pass(None if rows == "all" else subsets[int(rows)][0]).gradient
         forward = {"wall": sum(w for w, _ in forward_seconds), "cpu": sum(c for _, c in forward_seconds)}
-        return fn(problem(mode, lambda: gradient, True, c_k, check), curvature), forward
+        return fn(problem(mode, lambda: gradient, True, c_k, check, curvature_rows), curvature), forward
 
     # An epoch of a copy of the model in every round: the unit of this section's ratios, timed
     # beside what it divides.
@@ -449,10 +475,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         section_epoch.append(timings["epoch"][0])
         hyper[name] = {}
         for label in labels:
-            mode, _, method, check, curvature = configs[label]
+            mode, _, method, check, curvature, scenes = configs[label]
             seconds, estimate = timings[label]
             hyper[name][label] = {
-                "hvp": mode, "curvature": curvature, "c_k": method, "c_k_checked": check, "seconds": seconds,
+                "hvp": mode, "curvature": curvature, "curvature_scenes": scenes, "c_k": method, "c_k_checked": check,
+                "seconds": seconds,
                 "per_epoch": per_epoch(seconds), "per_interleaved_epoch": ratio(seconds, timings["epoch"][0]),
                 "diagnostics": {k: v for k, v in estimate.diagnostics.items()
                                 if k in ("cg_iterations", "negative_curvature", "cg_residual", "c_k_error_over_se")}}
@@ -473,6 +500,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             effect[f"gradient_validation_{n}"] = {
                 "shift_over_se": {"median": statistics.median(shifts), "max": max(shifts)},
                 "cosine_to_whole_set": {"median": statistics.median(cosines), "min": min(cosines)}}
+        # The curvature over subsets of the scenes, against the curvature over all K (same gradient).
+        for curvature in ("hessian", "gauss-newton") if name in ("quadratic", "approx-quadratic") else ():
+            whole = full if curvature == "hessian" else fn(problem(DEFAULT_HVP_MODE, lambda: fused.gradient, True),
+                                                         curvature)
+            prefix = "curvature" if curvature == "hessian" else "gauss_newton_curvature"
+            for n in curvature_sizes:
+                shifts, cosines = [], []
+                for rows_k in curvature_subsets[n]:
+                    sub = fn(problem(DEFAULT_HVP_MODE, lambda: fused.gradient, True, curvature_rows=rows_k), curvature)
+                    shifts.append(error_over_stderr(sub.grad, whole.grad, whole.stderr))
+                    cosines.append(float(tree_dot(sub.grad, whole.grad))
+                                   / (tree_norm(sub.grad) * tree_norm(whole.grad)))
+                effect[f"{prefix}_{n}"] = {
+                    "against": "hessian" if curvature == "hessian" else "gauss_newton",
+                    "shift_over_se": {"median": statistics.median(shifts), "max": max(shifts)},
+                    "cosine_to_all_scenes": {"median": statistics.median(cosines), "min": min(cosines)}}
         hyper[name]["effect"] = effect
     results["val_gradient_subsets"] = {
         str(n): {"cosine_to_whole_set": [float(tree_dot(g, fused.gradient)) / (tree_norm(g) * tree_norm(fused.gradient))
@@ -480,7 +523,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results["hypergrad"] = hyper
     results["hypergrad_epochs"] = section_epoch
     results["defaults"] = {"hvp": DEFAULT_HVP_MODE, "c_k": AutoSimulateSettings().c_k,
-                           "gradient_validation": AutoSimulateSettings().gradient_validation}
+                           "gradient_validation": AutoSimulateSettings().gradient_validation,
+                           "curvature_scenes": AutoSimulateSettings().curvature_scenes}
     if args.run_iterations:
         results["run"] = {name: short_run(args, name, settings) for name in ("linear", "approx-quadratic")}
 
