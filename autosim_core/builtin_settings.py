@@ -26,8 +26,8 @@ class AutoSimulateSettings(BaseModel):
     optimizer: Literal["adam", "sgd"] = Field("adam", description="optimiser of psi (the step on the hypergradient)")
     lr: float = Field(0.05, gt=0, description="step size of the psi optimiser")
     step_units: Literal["raw", "scaled"] = Field(
-        "raw", description="raw: lr in each psi coordinate's own units; scaled: a Gaussian-latent family's "
-                           "centre steps lr times its starting std (spreads and logits are unitless)")
+        "scaled", description="raw: lr in each psi coordinate's own units; scaled: a Gaussian-latent family's "
+                              "centre steps lr times its starting std (spreads and logits are unitless)")
     max_grad_norm: float | None = Field(None, gt=0, description="clip the hypergradient's norm")
     # -- variance of the hypergradient --------------------------------------------------------
     baseline: Literal["auto", "mean", "loo", "none"] = Field(

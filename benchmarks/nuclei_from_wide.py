@@ -28,7 +28,7 @@ import torch
 from nuclei import ROOT, compare, real_files, real_image, scored_runs, spread
 
 METHODS = ["from_wide_raw", "from_wide_scaled", "nuclei_unet_wide"]
-LEARNED = 'settings = { scenes_per_iteration = 32, lr = 0.15 }'
+LEARNED = 'settings = { scenes_per_iteration = 32, lr = 0.15, step_units = "raw" }'
 
 
 def write_configs(folder: Path) -> list[str]:
