@@ -504,6 +504,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for curvature in ("hessian", "gauss-newton") if name in ("quadratic", "approx-quadratic") else ():
             whole = full if curvature == "hessian" else fn(problem(DEFAULT_HVP_MODE, lambda: fused.gradient, True),
                                                          curvature)
+            if curvature == "gauss-newton":
+                # the Gauss-Newton estimate against the exact one (a different estimator, not noise)
+                effect["gauss_newton"] = {
+                    "against": "hessian", "shift_over_se": error_over_stderr(whole.grad, full.grad, full.stderr),
+                    "cosine_to_hessian": float(tree_dot(whole.grad, full.grad))
+                    / (tree_norm(whole.grad) * tree_norm(full.grad))}
             prefix = "curvature" if curvature == "hessian" else "gauss_newton_curvature"
             for n in curvature_sizes:
                 shifts, cosines = [], []
