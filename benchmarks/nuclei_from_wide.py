@@ -10,9 +10,11 @@ Started from a poor hand-set guess (``--start poor``): does it reach that random
 (``from_wide_scaled``), and the `wide` preset kept fixed (examples/nuclei_unet_wide.toml).
 ``--start poor`` writes AutoSimulate (linear, the default scaled steps) from the poor guess
 (``from_poor``, ``--poor-iterations`` iterations: it has further to go), the poor guess kept fixed
-(``fixed_poor``) and `wide` kept fixed. The poor guess is ``POOR`` below: `initial` with the nuclei
-too small, too many, too dim and too blurred, on too bright a background — a guess at the wrong
-magnification and exposure. Both run ``autosim compare --final-training`` over ``--seeds`` seeds
+(``fixed_poor``) and `wide` kept fixed. The poor guess is one of ``GUESSES`` (``--guess``):
+`initial` with ``small-dim`` nuclei (too many, too small, too dim and too blurred, on too bright a
+background: the first tried, which turned out no worse than `wide`) or ``large-bright`` ones (one
+or two large, saturated, sharp, noiseless nuclei on black; the default). Both run
+``autosim compare --final-training`` over ``--seeds`` seeds
 (the same recipe, budgets and real validation and test halves as benchmarks/nuclei.py). The report
 holds each method's fresh-model scores on the real test half (the task's mIoU, object F1 and
 two-class mIoU, as benchmarks/nuclei.py measures them) and ψ per run.
@@ -44,16 +46,32 @@ METHODS = {"wide": ["from_wide_raw", "from_wide_scaled", "nuclei_unet_wide"],
 INITIAL = {"wide": "nuclei_unet_wide", "poor": "fixed_poor"}
 LEARNED = 'settings = { scenes_per_iteration = 32, lr = 0.15, step_units = "raw" }'
 SIMULATOR = "settings = { size = 64 }\n"
-POOR = """\n[simulator.overrides]
+GUESSES = {
+    # The first guess tried: too many, too small, too dim and too blurred nuclei on too bright a
+    # background (the wrong magnification and exposure).
+    "small-dim": """
+[simulator.overrides]
 count = { median = 12.0 }
 radius = { median = 4.0 }
 brightness = { median = 0.15 }
 blur = { mean = 2.5 }
 background = { mean = 0.25 }
-"""
+""",
+    # The second: one or two large, saturated, sharp, noiseless nuclei on a black background.
+    "large-bright": """
+[simulator.overrides]
+count = { median = 1.5 }
+radius = { median = 14.0 }
+brightness = { median = 1.0 }
+blur = { mean = 0.2 }
+photons = { median = 10000.0 }
+read_noise = { mean = 0.0 }
+background = { mean = 0.0 }
+""",
+}
 
 
-def write_configs(folder: Path, start: str, poor_iterations: int) -> list[str]:
+def write_configs(folder: Path, start: str, poor_iterations: int, guess: str = "large-bright") -> list[str]:
     folder.mkdir(parents=True, exist_ok=True)
     base = (ROOT / "examples" / "nuclei_unet.toml").read_text()
     assert 'start = "initial"' in base and LEARNED in base and base.count(SIMULATOR) == 1, \
@@ -64,13 +82,13 @@ def write_configs(folder: Path, start: str, poor_iterations: int) -> list[str]:
             configs[f"from_wide_{units}"] = base.replace('start = "initial"', 'start = "wide"').replace(
                 LEARNED, f'settings = {{ scenes_per_iteration = 32, lr = 0.15, step_units = "{units}" }}')
     else:
-        poor = base.replace(SIMULATOR, SIMULATOR + POOR)
+        poor = base.replace(SIMULATOR, SIMULATOR + GUESSES[guess])
         configs["from_poor"] = poor.replace(LEARNED, "settings = { scenes_per_iteration = 32, lr = 0.15 }").replace(
             "[budget]\niterations = 5", f"[budget]\niterations = {poor_iterations}")
         fixed = (ROOT / "examples" / "nuclei_unet_wide.toml").read_text()
         assert 'start = "wide"' in fixed and fixed.count(SIMULATOR) == 1
         configs["fixed_poor"] = fixed.replace('start = "wide"', 'start = "initial"').replace(SIMULATOR,
-                                                                                             SIMULATOR + POOR)
+                                                                                             SIMULATOR + GUESSES[guess])
         assert f"iterations = {poor_iterations}" in configs["from_poor"]
     configs["nuclei_unet_wide"] = (ROOT / "examples" / "nuclei_unet_wide.toml").read_text()
     paths = []
@@ -85,6 +103,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--start", choices=sorted(METHODS), default="wide")
     parser.add_argument("--poor-iterations", type=int, default=20, help="from_poor's iterations (--start poor)")
+    parser.add_argument("--guess", choices=sorted(GUESSES), default="large-bright",
+                        help="the poor guess (--start poor)")
     parser.add_argument("--out", type=Path, default=None, help="default bench-results/nuclei-from-START")
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--workers", type=int, default=2)
@@ -92,7 +112,7 @@ def main() -> None:
     args = parser.parse_args()
     args.out = args.out or Path(f"bench-results/nuclei-from-{args.start}")
     real_files()
-    configs = write_configs(args.out / "configs", args.start, args.poor_iterations)
+    configs = write_configs(args.out / "configs", args.start, args.poor_iterations, args.guess)
     start = time.perf_counter()
     comparison = compare(configs, INITIAL[args.start], args.out, args)
     wall = time.perf_counter() - start
@@ -103,7 +123,8 @@ def main() -> None:
             r.pop("space", None)
     fresh = {e["method"]: {"test": e["fresh_test_metric"], "val": e["fresh_val_metric"]}
              for e in comparison["methods"]}
-    report = {"benchmark": f"nuclei-from-{args.start}", "seeds": args.seeds, "wall_seconds": wall,
+    report = {"benchmark": f"nuclei-from-{args.start}", "guess": args.guess if args.start == "poor" else None,
+              "seeds": args.seeds, "wall_seconds": wall,
               "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__},
               "configs": {Path(c).stem: Path(c).read_text() for c in configs}, "fresh": fresh,
               "object_f1": spread(runs, "f1"), "binary_miou": spread(runs, "binary_miou"),
