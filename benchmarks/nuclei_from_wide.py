@@ -65,8 +65,8 @@ radius = { median = 14.0 }
 brightness = { median = 1.0 }
 blur = { mean = 0.2 }
 photons = { median = 10000.0 }
-read_noise = { mean = 0.0 }
-background = { mean = 0.0 }
+read_noise = { mean = 0.002 }
+background = { mean = 0.005 }
 """,
 }
 
