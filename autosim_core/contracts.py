@@ -75,14 +75,21 @@ class HypergradProblem:
         return score_function_terms(values.to(log_q.device), log_q, self.psi, baseline=self.baseline,
                                     weights=self.weights)
 
-    def estimate(self, values: torch.Tensor, direction: Params | None) -> ScoreEstimate:
+    def pathwise_terms(self, direction: Params | None) -> Params | None:
+        """The pathwise estimate of the coordinates ``pathwise`` covers (None without it), for the
+        f that ``direction`` names (see ``estimate``)."""
+        return None if self.pathwise is None else self.pathwise.terms(self.params, direction)
+
+    def estimate(self, values: torch.Tensor, direction: Params | None,
+                 pathwise_terms: Params | None = None) -> ScoreEstimate:
         """grad_psi E[f] from per-scene values f_k: the score function, except for the coordinates
-        ``pathwise`` covers (if set), which get their pathwise estimate. ``direction`` says what f
-        is: f_k = -grad_theta l_k . v for v = ``direction``, or f_k = l_k when it is None."""
+        ``pathwise`` covers (if set), which get their pathwise estimate (``pathwise_terms`` when
+        given, already computed for this direction). ``direction`` says what f is:
+        f_k = -grad_theta l_k . v for v = ``direction``, or f_k = l_k when it is None."""
         est = self.score_function(values)
         if self.pathwise is None:
             return est
-        return replace_terms(est, self.pathwise.terms(self.params, direction))
+        return replace_terms(est, pathwise_terms if pathwise_terms is not None else self.pathwise_terms(direction))
 
     def curvature(self, kind: str, estimator: str) -> Callable[[Params], Params]:
         """The curvature products the estimator named asks for: ``hvp`` ("hessian") or ``ggn``

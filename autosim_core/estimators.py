@@ -39,11 +39,13 @@ def _from_direction(problem: HypergradProblem, v: Params, diagnostics: dict[str,
     for a check, c_k also by the jvp: the exact estimate is returned and the approximation's error
     reported in units of its standard error."""
     c = directional_derivatives(problem.train_losses, problem.params, v, method=problem.c_k)
-    est = problem.estimate(-c, v)
+    # the pathwise part does not depend on c_k: once for both estimates of a checked iteration
+    terms = problem.pathwise_terms(v)
+    est = problem.estimate(-c, v, terms)
     diagnostics.update(c_k=problem.c_k)
     if problem.check_c_k and problem.c_k != "jvp":
         exact = directional_derivatives(problem.train_losses, problem.params, v, method="jvp")
-        reference = problem.estimate(-exact, v)
+        reference = problem.estimate(-exact, v, terms)
         diagnostics.update(c_k="jvp", c_k_error_over_se=error_over_stderr(est.grad, reference.grad,
                                                                           reference.stderr()))
         c, est = exact, reference

@@ -15,6 +15,7 @@ import math
 from typing import Any
 
 import numpy as np
+import pytest
 import torch
 
 from autosim_core.contracts import HypergradProblem
@@ -160,6 +161,23 @@ def test_a_discrete_parameter_keeps_the_score_function_beside_the_pathwise_ones(
     score = linear(problem(space, 6000, seed=1, pathwise=False))
     assert torch.allclose(results["k.logits"][0], score.grad["k.logits"])
     assert not torch.allclose(results["a.loc"][0], score.grad["a.loc"])
+
+
+def test_a_checked_iteration_renders_the_pathwise_part_once_and_returns_the_jvps_estimate(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    space = make_space(mixed=True)
+    calls = []
+    terms = Pathwise.terms
+    monkeypatch.setattr(Pathwise, "terms", lambda self, *a: calls.append(1) or terms(self, *a))
+    checked = problem(space, 500, seed=3, pathwise=True)
+    checked.c_k, checked.check_c_k = "central-difference", True
+    est = linear(checked)
+    assert len(calls) == 1 and est.diagnostics["c_k"] == "jvp"
+    exact = problem(space, 500, seed=3, pathwise=True)
+    exact.c_k = "jvp"
+    reference = linear(exact)
+    for key, g in reference.grad.items():
+        torch.testing.assert_close(est.grad[key], g, rtol=0, atol=0)
 
 
 def test_no_val_differentiates_the_training_loss_itself() -> None:
