@@ -204,10 +204,26 @@ def main() -> None:
     ap.add_argument("--pretrain-images", type=int, default=0,
                     help="start every detector from one trained on this many uniform renders (0: from scratch)")
     ap.add_argument("--pretrain-epochs", type=int, default=20)
+    ap.add_argument("--image-size", type=int, default=None,
+                    help="render and detector input size for every method (default: 64)")
+    ap.add_argument("--epochs", type=int, default=None, help="[training].epochs for every method (default: 24)")
     args = ap.parse_args()
+    # A sizing for every method at once (pilots for the experiment's size): the pretraining's
+    # config (BASE) and every method's.
+    if args.image_size:
+        BASE["simulator"]["settings"]["image_size"] = args.image_size
+        BASE["task"]["settings"]["input_size"] = args.image_size
+    if args.epochs:
+        BASE["training"]["epochs"] = args.epochs
     if args.smoke:
         args.seeds = 1
     all_configs = configs(args.smoke)
+    for config in all_configs.values():
+        if args.image_size:
+            config["simulator"]["settings"]["image_size"] = args.image_size
+            config["task"]["settings"]["input_size"] = args.image_size
+        if args.epochs:
+            config["training"]["epochs"] = args.epochs
     budget = args.budget_images or all_configs["fixed_uniform"]["budget"]["images"]
 
     import tomli_w
